@@ -1,0 +1,202 @@
+"""The manifest format: `manifest.json` + `languages.parquet` + `shards.parquet`, one reader.
+
+A manifest describes a built (or synthetic) corpus:
+- `manifest.json`: format version, kind (`built` or `synthetic`), build settings, tokenizer
+  (hash, vocab size, special ids), LID model hash, file-level issues and totals.
+- `languages.parquet`: one row per language key: source, docs, tokens, bytes, shards, and
+  `dropped_<reason>` counts.
+- `shards.parquet`: one row per shard file: path (relative to the manifest), language, index,
+  docs, tokens, bytes, sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from curriculum.errors import ManifestError
+
+FORMAT_VERSION = 1
+MANIFEST_JSON = "manifest.json"
+LANGUAGES_PARQUET = "languages.parquet"
+SHARDS_PARQUET = "shards.parquet"
+DROP_PREFIX = "dropped_"
+
+LANGUAGE_SCHEMA: dict[str, pl.DataType] = {
+    "language": pl.String(),
+    "source": pl.String(),
+    "docs": pl.Int64(),
+    "tokens": pl.Int64(),
+    "bytes": pl.Int64(),
+    "shards": pl.Int32(),
+}
+SHARD_SCHEMA: dict[str, pl.DataType] = {
+    "path": pl.String(),
+    "language": pl.String(),
+    "index": pl.Int32(),
+    "docs": pl.Int64(),
+    "tokens": pl.Int64(),
+    "bytes": pl.Int64(),
+    "sha256": pl.String(),
+}
+
+
+class TokenizerMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    sha256: str
+    vocab_size: int = Field(gt=0)
+    cls_id: int = Field(ge=0)
+    sep_id: int = Field(ge=0)
+    mask_id: int = Field(ge=0)
+    pad_id: int = Field(ge=0)
+    special_ids: list[int] = Field(default_factory=list)
+
+
+class ManifestMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = FORMAT_VERSION
+    kind: Literal["built", "synthetic"]
+    created_by: str = "curriculum"
+    tokenizer: TokenizerMeta | None = None
+    lid_model: dict | None = None
+    build: dict = Field(default_factory=dict)
+    file_issues: list[dict] = Field(default_factory=list)
+    mean_doc_tokens: float | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest; `root` is the directory it was read from."""
+
+    root: Path
+    meta: ManifestMeta
+    languages: pl.DataFrame
+    shards: pl.DataFrame = field(repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the tables and metadata (part of a batch's build id)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(self.meta.model_dump_json(exclude={"build"}).encode())
+        for df in (self.languages, self.shards):
+            h.update(df.hash_rows(seed=0).to_numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def available_tokens(self) -> dict[str, int]:
+        return dict(zip(self.languages["language"].to_list(), self.languages["tokens"].to_list()))
+
+
+def drop_columns(df: pl.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith(DROP_PREFIX)]
+
+
+def _check_columns(df: pl.DataFrame, schema: dict[str, pl.DataType], where: Path) -> pl.DataFrame:
+    missing = [c for c in schema if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{where}: missing column(s) {', '.join(missing)}; rebuild the manifest")
+    try:
+        return df.with_columns([pl.col(c).cast(t, strict=True) for c, t in schema.items()])
+    except pl.exceptions.PolarsError as exc:
+        raise ManifestError(f"{where}: a column has the wrong type ({exc}); rebuild the manifest") from None
+
+
+def read_manifest(root: str | Path) -> Manifest:
+    """Read and validate a manifest directory; errors name the file and what is wrong."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError(f"manifest {root}: not a directory; run `curriculum build` or `curriculum synth` first")
+    mpath = root / MANIFEST_JSON
+    try:
+        meta = ManifestMeta.model_validate_json(mpath.read_bytes())
+    except FileNotFoundError:
+        raise ManifestError(f"{mpath}: missing; is {root} a manifest directory?") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ManifestError(f"{mpath}: field {loc!r}: {first['msg']}") from None
+    if meta.format_version != FORMAT_VERSION:
+        raise ManifestError(
+            f"{mpath}: format_version {meta.format_version} is not supported (expected {FORMAT_VERSION})"
+        )
+    tables = {}
+    for name, schema in ((LANGUAGES_PARQUET, LANGUAGE_SCHEMA), (SHARDS_PARQUET, SHARD_SCHEMA)):
+        p = root / name
+        try:
+            df = pl.read_parquet(p)
+        except FileNotFoundError:
+            raise ManifestError(f"{p}: missing; the manifest is incomplete") from None
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise ManifestError(f"{p}: not a readable Parquet file ({exc})") from None
+        tables[name] = _check_columns(df, schema, p)
+    langs, shards = tables[LANGUAGES_PARQUET], tables[SHARDS_PARQUET]
+
+    dup = langs.filter(pl.col("language").is_duplicated())["language"].unique().sort().to_list()
+    if dup:
+        raise ManifestError(f"{root / LANGUAGES_PARQUET}: language(s) listed twice: {', '.join(dup)}")
+    bad = langs.filter((pl.col("tokens") < 0) | (pl.col("docs") < 0))["language"].to_list()
+    if bad:
+        raise ManifestError(f"{root / LANGUAGES_PARQUET}: negative counts for {', '.join(bad[:10])}")
+    if meta.kind == "built":
+        _check_shards_agree(root, langs, shards)
+    return Manifest(root=root, meta=meta, languages=langs, shards=shards)
+
+
+def _check_shards_agree(root: Path, langs: pl.DataFrame, shards: pl.DataFrame) -> None:
+    unknown = sorted(set(shards["language"].to_list()) - set(langs["language"].to_list()))
+    if unknown:
+        raise ManifestError(f"{root / SHARDS_PARQUET}: shards of unlisted language(s) {', '.join(unknown[:10])}")
+    per = shards.group_by("language").agg(
+        pl.col("tokens").sum().alias("s_tokens"), pl.col("docs").sum().alias("s_docs"), pl.len().alias("s_n")
+    )
+    joined = langs.join(per, on="language", how="left").fill_null(0)
+    off = joined.filter(
+        (pl.col("tokens") != pl.col("s_tokens")) | (pl.col("docs") != pl.col("s_docs")) | (pl.col("shards") != pl.col("s_n"))
+    )
+    if off.height:
+        row = off.row(0, named=True)
+        raise ManifestError(
+            f"{root}: language {row['language']} lists {row['tokens']} tokens / {row['docs']} docs / "
+            f"{row['shards']} shards but its shards sum to {row['s_tokens']} / {row['s_docs']} / {row['s_n']}; "
+            f"rebuild that language"
+        )
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(root: str | Path, meta: ManifestMeta, languages: pl.DataFrame, shards: pl.DataFrame) -> Path:
+    """Write the three files atomically (tables first, manifest.json last)."""
+    root = Path(root)
+    langs = _check_columns(languages, LANGUAGE_SCHEMA, root / LANGUAGES_PARQUET).sort("language")
+    shards = _check_columns(shards, SHARD_SCHEMA, root / SHARDS_PARQUET).sort(["language", "index"])
+    # Parquet written by polars is byte-identical for identical tables (no timestamps).
+    _atomic_write(root / LANGUAGES_PARQUET, lambda p: langs.write_parquet(p, statistics=False))
+    _atomic_write(root / SHARDS_PARQUET, lambda p: shards.write_parquet(p, statistics=False))
+    body = json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    _atomic_write(root / MANIFEST_JSON, lambda p: Path(p).write_text(body))
+    return root
+
+
+def empty_shards() -> pl.DataFrame:
+    return pl.DataFrame(schema=SHARD_SCHEMA)

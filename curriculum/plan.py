@@ -1,0 +1,212 @@
+"""What a recipe does with a manifest: per phase, the languages, weights, tokens and epochs.
+
+Pure functions over the recipe and the manifest's language table; `curriculum plan`, the
+sampler and the dashboard all call `plan_recipe` / `phase_segments`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from curriculum.errors import RecipeError
+from curriculum.languages import UnknownLanguageError, normalize_language
+from curriculum.manifest import Manifest
+from curriculum.mixture import Allocation, allocate
+from curriculum.recipe import Phase, Recipe, TopN
+
+EPOCH_WARNING = 5.0  # a language repeated more than this many times in a phase is flagged
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of a phase with constant language weights (one blend segment)."""
+
+    tau: float
+    tokens: float
+    allocation: Allocation
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    phase: Phase
+    index: int
+    start_step: int
+    start_tokens: float
+    languages: list[str]
+    available: np.ndarray  # int64 tokens per language
+    segments: list[Segment]
+    table: pl.DataFrame  # language, source, available_tokens, weight, allotted_tokens, epochs, capped
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return self.phase.steps
+
+
+def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], list[str]]:
+    """Language keys a phase uses (manifest order for `all`, size order for top-N), and warnings."""
+    present = languages.filter(pl.col("tokens") > 0)
+    sel = phase.languages
+    warnings: list[str] = []
+    if sel == "all":
+        return present["language"].to_list(), warnings
+    if isinstance(sel, TopN):
+        ranked = present.sort(["tokens", "language"], descending=[True, False])
+        if sel.top > ranked.height:
+            warnings.append(f"phase {phase.name!r}: top {sel.top} asked, the manifest has {ranked.height} languages")
+        return ranked["language"].head(sel.top).to_list(), warnings
+    have = set(present["language"].to_list())
+    keys: list[str] = []
+    for label in sel:
+        try:
+            key = normalize_language(label)
+        except UnknownLanguageError as exc:
+            raise RecipeError(f"phase {phase.name!r}, field 'languages': {exc}") from None
+        if key not in have:
+            msg = f"phase {phase.name!r}: language {label!r} ({key}) is not in the manifest (or has no tokens)"
+            if phase.on_missing == "error":
+                raise RecipeError(msg + "; remove it from the recipe or set on_missing = \"skip\"")
+            warnings.append(msg + "; skipped")
+            continue
+        if key not in keys:
+            keys.append(key)
+    if not keys:
+        raise RecipeError(f"phase {phase.name!r}: none of its languages is in the manifest")
+    return keys, warnings
+
+
+def _multipliers(phase: Phase, keys: list[str], sources: list[str]) -> np.ndarray | None:
+    if not phase.source_weights and not phase.language_weights:
+        return None
+    m = np.array([phase.source_weights.get(s, 1.0) for s in sources], dtype=np.float64)
+    index = {k: i for i, k in enumerate(keys)}
+    for label, w in phase.language_weights.items():
+        try:
+            key = normalize_language(label)
+        except UnknownLanguageError as exc:
+            raise RecipeError(f"phase {phase.name!r}, field 'language_weights': {exc}") from None
+        if key in index:
+            m[index[key]] *= w
+        elif phase.on_missing == "error":
+            raise RecipeError(
+                f"phase {phase.name!r}, field 'language_weights': {label!r} ({key}) is not among the phase's languages"
+            )
+    return m
+
+
+def phase_segments(phase: Phase, available: np.ndarray, multipliers: np.ndarray | None = None) -> list[Segment]:
+    """Blend segments of a phase: one for constant τ, `anneal_segments` for an annealed τ.
+
+    Each segment gets an equal share of the budget; an epoch cap applies per segment (so over the
+    phase too)."""
+    taus = phase.segment_taus()
+    seg_tokens = phase.tokens / len(taus)
+    cap = phase.max_epochs / len(taus) if phase.max_epochs is not None else None
+    out = []
+    for tau in taus:
+        try:
+            alloc = allocate(available, tau, seg_tokens, cap, multipliers)
+        except Exception as exc:  # MixtureError: say which phase
+            raise RecipeError(f"phase {phase.name!r}: {exc}") from None
+        out.append(Segment(tau=tau, tokens=seg_tokens, allocation=alloc))
+    return out
+
+
+def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: int = 0, start_tokens: float = 0.0) -> PhasePlan:
+    keys, warnings = select_languages(phase, languages)
+    sub = pl.DataFrame({"language": keys}).join(languages, on="language", how="left", maintain_order="left")
+    available = sub["tokens"].to_numpy().astype(np.int64)
+    sources = sub["source"].to_list()
+    segments = phase_segments(phase, available, _multipliers(phase, keys, sources))
+    allotted = np.sum([s.allocation.allotted for s in segments], axis=0)
+    capped = np.any([s.allocation.capped for s in segments], axis=0)
+    table = pl.DataFrame(
+        {
+            "language": keys,
+            "source": sources,
+            "available_tokens": available,
+            "weight": allotted / allotted.sum(),
+            "allotted_tokens": allotted,
+            "epochs": allotted / available,
+            "capped": capped,
+        }
+    )
+    over = table.filter(pl.col("epochs") > EPOCH_WARNING).sort("epochs", descending=True)
+    if over.height:
+        names = ", ".join(f"{r['language']} ({r['epochs']:.1f})" for r in over.head(5).iter_rows(named=True))
+        warnings.append(
+            f"phase {phase.name!r}: {over.height} language(s) repeated more than {EPOCH_WARNING:g} epochs: {names}"
+            + (" ..." if over.height > 5 else "")
+        )
+    return PhasePlan(phase, index, start_step, start_tokens, keys, available, segments, table, warnings)
+
+
+def plan_recipe(recipe: Recipe, manifest: Manifest) -> list[PhasePlan]:
+    plans = []
+    step, tokens = 0, 0.0
+    for i, phase in enumerate(recipe.phases):
+        plans.append(plan_phase(phase, i, manifest.languages, step, tokens))
+        step += phase.steps
+        tokens += phase.steps * phase.batch_tokens
+    return plans
+
+
+def phase_summary(plan: PhasePlan) -> dict:
+    """Headline numbers of a phase plan (for tables, JSON and the report)."""
+    t = plan.table.sort("weight", descending=True)
+    w = t["weight"].to_numpy()
+    top10 = float(w[:10].sum())
+    tail_n = max(0, t.height - 10)
+    p = plan.phase
+    tau = p.tau if isinstance(p.tau, float) else {"start": p.tau.start, "end": p.tau.end}
+    mask = p.mask_ratio if isinstance(p.mask_ratio, float) else {"start": p.mask_ratio.start, "end": p.mask_ratio.end}
+    return {
+        "name": p.name,
+        "tokens": p.tokens,
+        "start_step": plan.start_step,
+        "steps": p.steps,
+        "batch_tokens": p.batch_tokens,
+        "batch_sequences": p.batch_sequences,
+        "seq_len": p.seq_len,
+        "tau": tau,
+        "mask_ratio": mask,
+        "max_epochs": p.max_epochs,
+        "n_languages": t.height,
+        "top10_share": top10,
+        "tail_share": 1.0 - top10,
+        "tail_languages": tail_n,
+        "max_epochs_used": float(t["epochs"].max()),
+        "capped_languages": int(t["capped"].sum()),
+        "warnings": plan.warnings,
+    }
+
+
+def plan_to_json(recipe: Recipe, manifest: Manifest, plans: list[PhasePlan]) -> dict:
+    """Machine-readable plan: phases → languages → available, weight, allotted, epochs."""
+    return {
+        "recipe": recipe.name,
+        "recipe_fingerprint": recipe.fingerprint(),
+        "manifest": str(manifest.root),
+        "manifest_fingerprint": manifest.fingerprint,
+        "total_tokens": recipe.total_tokens,
+        "phases": [
+            {
+                **phase_summary(pl_),
+                "languages": [
+                    {
+                        "language": r["language"],
+                        "available_tokens": int(r["available_tokens"]),
+                        "weight": float(r["weight"]),
+                        "allotted_tokens": float(r["allotted_tokens"]),
+                        "epochs": float(r["epochs"]),
+                        "capped": bool(r["capped"]),
+                    }
+                    for r in pl_.table.iter_rows(named=True)
+                ],
+            }
+            for pl_ in plans
+        ],
+    }

@@ -1,0 +1,235 @@
+"""The recipe: a curriculum of training phases, as typed data loaded from TOML.
+
+A recipe is validated once, at the edge (`load_recipe`); everything downstream takes the typed
+models. Validation errors name the file, the phase and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from curriculum.errors import RecipeError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Anneal(_Model):
+    """A value that moves linearly from `start` to `end` across a phase."""
+
+    start: float
+    end: float
+
+
+Scalar = Union[float, Anneal]
+
+
+class TopN(_Model):
+    """The N languages with the most available tokens (ties broken by key)."""
+
+    top: Annotated[int, Field(gt=0)]
+
+
+LanguageSelection = Union[Literal["all"], TopN, list[str]]
+
+
+class LRSchedule(_Model):
+    """Learning-rate shape of a phase, as a factor of the peak LR, in tokens of the phase.
+
+    warmup: linear from 0 to 1 over `warmup_tokens`; then stable at 1; then, over the last
+    `decay_tokens` of the phase (the whole phase when unset), a decay to `final_factor`:
+    `linear` 1 - (1-f)x, `one_minus_sqrt` 1 - (1-f)sqrt(x), `inv_sqrt` 1/sqrt(1 + x(1/f^2 - 1)),
+    with x in [0, 1] the fraction of the decay done. Every shape ends exactly at `final_factor`.
+    """
+
+    warmup_tokens: Annotated[float, Field(ge=0)] = 0.0
+    decay: Literal["none", "linear", "one_minus_sqrt", "inv_sqrt"] = "none"
+    decay_tokens: Annotated[float, Field(gt=0)] | None = None
+    final_factor: Annotated[float, Field(gt=0, le=1)] = 0.02
+
+    def factor(self, tokens_done: float, phase_tokens: float) -> float:
+        """LR factor after `tokens_done` tokens of a phase of `phase_tokens`."""
+        if self.warmup_tokens > 0 and tokens_done < self.warmup_tokens:
+            return tokens_done / self.warmup_tokens
+        if self.decay == "none":
+            return 1.0
+        span = min(self.decay_tokens or phase_tokens, phase_tokens)
+        start = phase_tokens - span
+        if tokens_done <= start:
+            return 1.0
+        x = min(1.0, (tokens_done - start) / span)
+        f = self.final_factor
+        if self.decay == "linear":
+            return 1.0 - (1.0 - f) * x
+        if self.decay == "one_minus_sqrt":
+            return 1.0 - (1.0 - f) * math.sqrt(x)
+        return 1.0 / math.sqrt(1.0 + x * (1.0 / (f * f) - 1.0))
+
+
+class Phase(_Model):
+    """One phase of the curriculum."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    tokens: Annotated[float, Field(gt=0, description="token budget of the phase")]
+    batch_tokens: Annotated[int, Field(gt=0, description="global batch size in tokens")]
+    seq_len: Annotated[int, Field(gt=1)]
+    languages: LanguageSelection = "all"
+    on_missing: Literal["error", "skip"] = "error"
+    tau: Scalar = 1.0
+    mask_ratio: Scalar = 0.15
+    max_epochs: Annotated[float, Field(gt=0)] | None = None
+    lr: LRSchedule = LRSchedule()
+    source_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    language_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    anneal_segments: Annotated[int, Field(ge=1, le=4096)] = 16
+
+    @field_validator("tau")
+    @classmethod
+    def _tau_range(cls, v: Scalar) -> Scalar:
+        for x in (v.start, v.end) if isinstance(v, Anneal) else (v,):
+            if not 0.0 <= x <= 1.0:
+                raise ValueError(f"tau must be in [0, 1], got {x}")
+        return v
+
+    @field_validator("mask_ratio")
+    @classmethod
+    def _mask_range(cls, v: Scalar) -> Scalar:
+        for x in (v.start, v.end) if isinstance(v, Anneal) else (v,):
+            if not 0.0 <= x < 1.0:
+                raise ValueError(f"mask_ratio must be in [0, 1), got {x}")
+        return v
+
+    @model_validator(mode="after")
+    def _batch_shape(self) -> Phase:
+        if self.batch_tokens % self.seq_len:
+            raise ValueError(
+                f"batch_tokens ({self.batch_tokens}) must be a multiple of seq_len ({self.seq_len})"
+            )
+        if self.lr.warmup_tokens > self.tokens:
+            raise ValueError("lr.warmup_tokens exceeds the phase's tokens")
+        return self
+
+    @property
+    def batch_sequences(self) -> int:
+        return self.batch_tokens // self.seq_len
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps in the phase: enough full batches to cover its token budget."""
+        return max(1, math.ceil(self.tokens / self.batch_tokens))
+
+    @property
+    def annealed(self) -> bool:
+        return isinstance(self.tau, Anneal)
+
+    def tau_at(self, fraction: float) -> float:
+        return _interp(self.tau, fraction)
+
+    def mask_ratio_at(self, fraction: float) -> float:
+        return _interp(self.mask_ratio, fraction)
+
+    def segment_taus(self) -> list[float]:
+        """τ of each blend segment: constant τ is one segment; an anneal is piecewise constant
+        over `anneal_segments` equal parts, each at the τ of its midpoint."""
+        if not isinstance(self.tau, Anneal):
+            return [float(self.tau)]
+        n = self.anneal_segments
+        return [self.tau_at((s + 0.5) / n) for s in range(n)]
+
+
+def _interp(v: Scalar, fraction: float) -> float:
+    if isinstance(v, Anneal):
+        x = min(1.0, max(0.0, fraction))
+        return v.start + (v.end - v.start) * x
+    return float(v)
+
+
+class Recipe(_Model):
+    """A named sequence of phases."""
+
+    name: Annotated[str, Field(min_length=1)]
+    description: str = ""
+    phases: Annotated[list[Phase], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Recipe:
+        names = [p.name for p in self.phases]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"phase names must be unique; repeated: {', '.join(dup)}")
+        return self
+
+    def phase(self, name: str) -> Phase:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise RecipeError(
+            f"recipe {self.name!r} has no phase {name!r}; phases: {', '.join(p.name for p in self.phases)}"
+        )
+
+    @property
+    def total_tokens(self) -> float:
+        return sum(p.tokens for p in self.phases)
+
+    def fingerprint(self) -> str:
+        """Stable hash of the recipe's content (part of a batch's build id)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe dict; errors name `source`, the phase and the field."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_describe(exc, data, source)) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load and validate a TOML recipe."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"recipe {p}: cannot read ({exc.strerror}); check the path") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"recipe {p}: not valid TOML: {exc}") from None
+    return parse_recipe(data, str(p))
+
+
+def _describe(exc: ValidationError, data: dict, source: str) -> str:
+    phases = data.get("phases") if isinstance(data, dict) else None
+    lines = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = ""
+        if len(loc) >= 2 and loc[0] == "phases" and isinstance(loc[1], int):
+            idx = loc[1]
+            name = None
+            if isinstance(phases, list) and idx < len(phases) and isinstance(phases[idx], dict):
+                name = phases[idx].get("name")
+            where = f"phase {name!r} (phases[{idx}])" if name else f"phases[{idx}]"
+            loc = loc[2:]
+        # Drop pydantic's union-branch tags (e.g. 'TopN', 'float') from the field path.
+        field = ".".join(
+            str(x) for x in loc if not (isinstance(x, str) and (x[:1].isupper() or x in {"float", "int", "list[str]", "literal['all']"}))
+        )
+        parts = [p for p in (where, f"field {field!r}" if field else "") if p]
+        key = f"{where}/{field.split('.')[0]}"
+        lines.append((key, len(field.split(".")) if field else 0, f"{', '.join(parts) or 'recipe'}: {err['msg']}"))
+    # A union reports one error per branch; keep only the deepest (most specific) per field.
+    best: dict[str, int] = {}
+    for key, depth, _ in lines:
+        best[key] = max(best.get(key, 0), depth)
+    uniq = list(dict.fromkeys(text for key, depth, text in lines if depth == best[key]))
+    return f"recipe {source}: " + "; ".join(uniq)

@@ -1,0 +1,88 @@
+"""Synthetic manifests for planning and scale tests at full size, without a corpus.
+
+`synth_long_tail` gives L languages a realistic long tail: the rank-size curve of FineWeb-2's
+1,913 train subsets (real available data, from `data/fineweb2_language_distribution.csv`),
+interpolated in log space to L ranks and rescaled to the requested total. Language names are
+mmBERT's 1,833 languages + code ordered by how much the published run sampled of them (pretrain,
+then mid-training, then decay), so the largest synthetic languages are the ones mmBERT treated as
+high-resource. Beyond 1,834 languages, synthetic keys `s0001_Latn`... fill the rest.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from curriculum.errors import CurriculumError
+from curriculum.languages import default_key_for_iso3
+from curriculum.manifest import ManifestMeta, TokenizerMeta, empty_shards, write_manifest
+
+MEAN_DOC_TOKENS = 600.0  # a typical web document after filtering (FineWeb-2: ~2.5 KB, ~3 bytes/token)
+BYTES_PER_TOKEN = 3.0  # Gemma 2 on multilingual text (DEPENDENCIES.md: 2.98 on UDHR)
+# Gemma 2's special ids, so a synthetic manifest can drive a (virtual) sampler like the real one.
+GEMMA2 = TokenizerMeta(
+    name="gemma2 (synthetic)", sha256="synthetic", vocab_size=256_000,
+    cls_id=2, sep_id=1, mask_id=4, pad_id=0, special_ids=[0, 1, 2, 3, 4],
+)
+
+
+def data_file(name: str) -> Path:
+    return Path(str(resources.files("curriculum") / "data" / name))
+
+
+def fineweb2_rank_size() -> np.ndarray:
+    """UTF-8 bytes of FineWeb-2's train subsets, largest first."""
+    df = pl.read_csv(data_file("fineweb2_language_distribution.csv"))
+    train = df.filter((pl.col("split") == "train") & ~pl.col("subset").str.ends_with("_removed"))
+    return np.sort(train["utf8_bytes"].cast(pl.Float64).to_numpy())[::-1]
+
+
+def mmbert_language_order() -> list[str]:
+    """mmBERT's languages as keys, most-sampled first (ties by key)."""
+    df = pl.read_csv(data_file("mmbert_language_counts.csv"))
+    df = df.sort(["pretrain", "ext", "decay-all", "language"], descending=[True, True, True, False])
+    return [default_key_for_iso3(c) for c in df["language"].to_list()]
+
+
+def long_tail_tokens(n_languages: int, total_tokens: float) -> np.ndarray:
+    """Token counts (int64, descending) following FineWeb-2's rank-size curve, summing to total."""
+    if n_languages < 1:
+        raise CurriculumError("--languages must be at least 1")
+    curve = np.log(fineweb2_rank_size())
+    ranks = np.linspace(0.0, curve.size - 1.0, n_languages) if n_languages > 1 else np.zeros(1)
+    logv = np.interp(ranks, np.arange(curve.size, dtype=np.float64), curve)
+    share = np.exp(logv - logv.max())
+    tokens = np.maximum(1.0, np.floor(share / share.sum() * total_tokens)).astype(np.int64)
+    tokens[0] += int(round(total_tokens)) - int(tokens.sum())  # exact total, error on the largest
+    if tokens[0] < 1:
+        raise CurriculumError("--total-tokens is too small for that many languages")
+    return tokens
+
+
+def synth_long_tail(out: str | Path, n_languages: int = 1833, total_tokens: float = 3e12) -> Path:
+    """Write a synthetic manifest (no shards) with a FineWeb-2-shaped long tail."""
+    names = mmbert_language_order()
+    if n_languages > len(names):
+        names += [f"s{i:04d}_Latn" for i in range(1, n_languages - len(names) + 1)]
+    keys = names[:n_languages]
+    tokens = long_tail_tokens(n_languages, total_tokens)
+    langs = pl.DataFrame(
+        {
+            "language": keys,
+            "source": ["code" if k == "code" else "web" for k in keys],
+            "docs": np.maximum(1, np.round(tokens / MEAN_DOC_TOKENS)).astype(np.int64),
+            "tokens": tokens,
+            "bytes": np.round(tokens * BYTES_PER_TOKEN).astype(np.int64),
+            "shards": np.zeros(n_languages, dtype=np.int32),
+        }
+    )
+    meta = ManifestMeta(
+        kind="synthetic",
+        tokenizer=GEMMA2,
+        mean_doc_tokens=MEAN_DOC_TOKENS,
+        build={"synth": {"method": "fineweb2-rank-size", "languages": n_languages, "total_tokens": total_tokens}},
+    )
+    return write_manifest(out, meta, langs, empty_shards())

@@ -1,0 +1,89 @@
+"""`curriculum synth` + `curriculum plan`: the mmBERT recipe at full scale, language selection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import RECIPES, run_cli
+from curriculum.errors import RecipeError
+from curriculum.manifest import read_manifest
+from curriculum.plan import plan_recipe
+from curriculum.recipe import load_recipe, parse_recipe
+
+
+def test_synth_long_tail_is_realistic(synth_1833):
+    m = read_manifest(synth_1833)
+    tokens = m.languages["tokens"].to_numpy()
+    assert m.meta.kind == "synthetic" and m.languages.height == 1833
+    assert tokens.sum() == 3_000_000_000_000
+    assert 2 <= (tokens >= 1e11).sum() <= 12  # a few with hundreds of billions
+    assert (tokens < 1e7).sum() >= 1000  # a thousand-plus with under ten million
+    assert tokens.min() >= 1
+
+
+def test_plan_json_matches_the_mixture_rule(synth_1833):
+    out = run_cli("plan", str(RECIPES / "mmbert.toml"), "--manifest", str(synth_1833), "--json")
+    plan = json.loads(out.stdout)
+    assert [p["name"] for p in plan["phases"]] == ["pretrain", "midtrain", "decay"]
+    assert [p["n_languages"] for p in plan["phases"]] == [60, 110, 1833]
+    avail = read_manifest(synth_1833).available_tokens()
+    for phase, tau, budget in zip(plan["phases"], (0.7, 0.5, 0.3), (2.3e12, 6e11, 1e11)):
+        langs = phase["languages"]
+        n = np.array([avail[x["language"]] for x in langs], dtype=np.float64)
+        assert [x["available_tokens"] for x in langs] == n.astype(np.int64).tolist()
+        w = np.array([x["weight"] for x in langs])
+        np.testing.assert_allclose(w, n**tau / np.sum(n**tau), rtol=0, atol=1e-9)
+        allotted = np.array([x["allotted_tokens"] for x in langs])
+        assert allotted.sum() == pytest.approx(budget, rel=1e-12)
+        np.testing.assert_allclose([x["epochs"] for x in langs], allotted / n, rtol=1e-12)
+    # The top-N phases are nested: the 60 are among the 110.
+    first, second = ({x["language"] for x in p["languages"]} for p in plan["phases"][:2])
+    assert first < second
+
+
+def test_plan_table_output_and_html(synth_1833, tmp_path):
+    html = tmp_path / "report.html"
+    out = run_cli("plan", str(RECIPES / "mmbert.toml"), "--manifest", str(synth_1833), "--html", str(html))
+    assert "pretrain" in out.stdout and "most over-sampled" in out.stdout and "1,833 languages" in out.stdout
+    text = html.read_text()
+    assert text.count('class="chart"') == 1 + 2 * 3  # budgets + mixture and epochs per phase
+    assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text  # offline
+
+
+def test_explicit_languages_missing_is_error_or_skip(synth_1833):
+    m = read_manifest(synth_1833)
+    base = {"name": "x", "phases": [{"name": "p", "tokens": 1e9, "batch_tokens": 1024, "seq_len": 128, "languages": ["fr", "zz_Latn_not"]}]}
+    with pytest.raises(RecipeError, match="zz_Latn_not"):
+        plan_recipe(parse_recipe(base), m)
+    base["phases"][0]["languages"] = ["fr", "de", "qaa"]
+    with pytest.raises(RecipeError, match="'qaa'.*not in the manifest.*on_missing"):
+        plan_recipe(parse_recipe(base), m)
+    base["phases"][0]["on_missing"] = "skip"
+    (p,) = plan_recipe(parse_recipe(base), m)
+    assert p.languages == ["fra_Latn", "deu_Latn"] and any("qaa" in w for w in p.warnings)
+
+
+def test_cli_errors_are_one_line_with_exit_2(tmp_path, synth_1833):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "b"\n[[phases]]\nname = "p"\ntokens = 1e6\nbatch_tokens = 1000\nseq_len = 128\n')
+    proc = run_cli("plan", str(bad), "--manifest", str(synth_1833), check=False)
+    assert proc.returncode == 2
+    assert "multiple of seq_len" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("plan", str(RECIPES / "mmbert.toml"), "--manifest", str(tmp_path / "none"), check=False)
+    assert proc.returncode == 2 and "not a directory" in proc.stderr
+
+
+def test_annealed_tau_and_cap_in_plan(synth_1833):
+    m = read_manifest(synth_1833)
+    r = parse_recipe({"name": "a", "phases": [{
+        "name": "p", "tokens": 1e11, "batch_tokens": 8192, "seq_len": 1024, "languages": "all",
+        "tau": {"start": 0.7, "end": 0.3}, "anneal_segments": 4, "max_epochs": 5.0}]})
+    (p,) = plan_recipe(r, m)
+    assert [round(s.tau, 3) for s in p.segments] == [0.65, 0.55, 0.45, 0.35]
+    assert p.table["allotted_tokens"].sum() == pytest.approx(1e11, rel=1e-9)
+    assert p.table["epochs"].max() <= 5.0 * (1 + 1e-9) and p.table["capped"].any()

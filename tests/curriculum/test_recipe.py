@@ -1,0 +1,108 @@
+"""Recipe loading and validation: errors name the file, the phase and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from curriculum.errors import RecipeError
+from curriculum.recipe import Anneal, LRSchedule, TopN, load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = """
+name = "t"
+[[phases]]
+name = "a"
+tokens = 1e6
+batch_tokens = 4096
+seq_len = 128
+languages = { top = 3 }
+tau = 0.7
+mask_ratio = 0.3
+[[phases]]
+name = "b"
+tokens = 5e5
+batch_tokens = 4096
+seq_len = 256
+languages = ["fr", "deu_Latn"]
+tau = { start = 0.5, end = 0.3 }
+mask_ratio = { start = 0.15, end = 0.05 }
+max_epochs = 4
+lr = { decay = "inv_sqrt", final_factor = 0.02 }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "r.toml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_recipes_load():
+    mm = load_recipe(ROOT / "manifests/recipes/mmbert.toml")
+    assert [p.name for p in mm.phases] == ["pretrain", "midtrain", "decay"]
+    assert [p.tokens for p in mm.phases] == [2.3e12, 6e11, 1e11]
+    assert [p.seq_len for p in mm.phases] == [1024, 8192, 8192]
+    assert [p.tau for p in mm.phases] == [0.7, 0.5, 0.3]
+    assert [p.mask_ratio for p in mm.phases] == [0.3, 0.15, 0.05]
+    assert mm.phases[0].languages == TopN(top=60) and mm.phases[1].languages == TopN(top=110)
+    assert mm.phases[2].languages == "all"
+    assert all(p.batch_sequences == 4608 for p in mm.phases)
+    assert mm.phases[2].lr.decay == "inv_sqrt"
+    demo = load_recipe(ROOT / "manifests/recipes/demo.toml")
+    assert len(demo.phases) == 3 and demo.phases[2].languages == "all"
+
+
+def test_good_recipe_parses_all_forms(tmp_path):
+    r = load_recipe(write(tmp_path, GOOD))
+    a, b = r.phases
+    assert a.languages == TopN(top=3) and b.languages == ["fr", "deu_Latn"]
+    assert isinstance(b.tau, Anneal) and b.tau_at(0.5) == pytest.approx(0.4)
+    assert b.mask_ratio_at(1.0) == pytest.approx(0.05)
+    assert len(b.segment_taus()) == b.anneal_segments and b.segment_taus()[0] == pytest.approx(0.5 - 0.2 / 32)
+    assert a.steps == 245 and a.batch_sequences == 32
+    assert r.fingerprint() == load_recipe(write(tmp_path, GOOD)).fingerprint()
+
+
+@pytest.mark.parametrize(
+    "edit, needles",
+    [
+        (("tau = 0.7", "tau = 1.7"), ["phase 'a'", "'tau'", "[0, 1]"]),
+        (("seq_len = 256", "seq_len = 250"), ["phase 'b'", "multiple of seq_len"]),
+        (("tokens = 5e5", "tokens = -1"), ["phase 'b'", "'tokens'", "greater than 0"]),
+        (("languages = { top = 3 }", "languages = { top = 0 }"), ["phase 'a'", "languages"]),
+        (("mask_ratio = 0.3", "mask_ratio = 1.2"), ["phase 'a'", "mask_ratio"]),
+        (("max_epochs = 4", "max_epochs = 4\nbogus = 1"), ["phase 'b'", "'bogus'", "Extra inputs"]),
+        (('decay = "inv_sqrt"', 'decay = "cosine"'), ["phase 'b'", "lr.decay"]),
+        (('name = "b"', 'name = "a"'), ["unique", "a"]),
+    ],
+)
+def test_validation_errors_name_file_phase_and_field(tmp_path, edit, needles):
+    path = write(tmp_path, GOOD.replace(*edit))
+    with pytest.raises(RecipeError) as ei:
+        load_recipe(path)
+    msg = str(ei.value)
+    assert str(path) in msg
+    for n in needles:
+        assert n in msg, msg
+
+
+def test_not_toml_and_missing_file(tmp_path):
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        load_recipe(write(tmp_path, "name = [unclosed"))
+    with pytest.raises(RecipeError, match="cannot read"):
+        load_recipe(tmp_path / "nope.toml")
+
+
+def test_lr_shapes_end_at_final_factor():
+    for decay in ("linear", "one_minus_sqrt", "inv_sqrt"):
+        lr = LRSchedule(warmup_tokens=10, decay=decay, final_factor=0.02)
+        assert lr.factor(0, 100) == 0.0
+        assert lr.factor(5, 100) == pytest.approx(0.5)
+        assert lr.factor(100, 100) == pytest.approx(0.02)
+        vals = [lr.factor(t, 100) for t in range(10, 101)]
+        assert all(x >= y - 1e-12 for x, y in zip(vals, vals[1:])), decay  # monotone after warm-up
+    stable = LRSchedule(decay="linear", decay_tokens=20, final_factor=0.1)
+    assert stable.factor(80, 100) == 1.0 and stable.factor(90, 100) == pytest.approx(0.55)
