@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -56,16 +57,17 @@ def test_plan_table_output_and_html(synth_1833, tmp_path):
 
 
 def test_explicit_languages_missing_is_error_or_skip(synth_1833):
-    m = read_manifest(synth_1833)
+    full = read_manifest(synth_1833)
+    m = dataclasses.replace(full, languages=full.languages.filter(pl.col("language") != "tlh_Latn"))
     base = {"name": "x", "phases": [{"name": "p", "tokens": 1e9, "batch_tokens": 1024, "seq_len": 128, "languages": ["fr", "zz_Latn_not"]}]}
     with pytest.raises(RecipeError, match="zz_Latn_not"):
         plan_recipe(parse_recipe(base), m)
-    base["phases"][0]["languages"] = ["fr", "de", "qaa"]
-    with pytest.raises(RecipeError, match="'qaa'.*not in the manifest.*on_missing"):
+    base["phases"][0]["languages"] = ["fr", "de", "tlh"]
+    with pytest.raises(RecipeError, match="'tlh'.*not in the manifest.*on_missing"):
         plan_recipe(parse_recipe(base), m)
     base["phases"][0]["on_missing"] = "skip"
     (p,) = plan_recipe(parse_recipe(base), m)
-    assert p.languages == ["fra_Latn", "deu_Latn"] and any("qaa" in w for w in p.warnings)
+    assert p.languages == ["fra_Latn", "deu_Latn"] and any("tlh" in w for w in p.warnings)
 
 
 def test_cli_errors_are_one_line_with_exit_2(tmp_path, synth_1833):
