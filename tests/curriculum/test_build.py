@@ -1,0 +1,127 @@
+"""`curriculum build` end to end: accounting, determinism, bad input, resume after kill -9, Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from conftest import ROOT, run_cli, write_text_corpus
+from curriculum.build import BuildConfig, build
+from curriculum.manifest import read_manifest
+from curriculum.shards import open_shard
+from curriculum.verify import verify_manifest
+
+
+def tables(root: Path) -> dict[str, bytes]:
+    return {f: (root / f).read_bytes() for f in ("languages.parquet", "shards.parquet")}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_text_corpus(tmp_path_factory.mktemp("corpus"), n_files=12, docs_per_file=150)
+
+
+def run_build(corpus: Path, out: Path, tokenizer: Path, **kw) -> object:
+    cfg = BuildConfig(inputs=[str(corpus)], out=str(out), tokenizer=str(tokenizer), shard_bytes=64 << 10, **kw)
+    return build(cfg, workers=1, progress=False)
+
+
+def test_build_accounting_and_verify(corpus, small_tokenizer, tmp_path):
+    rep = run_build(corpus, tmp_path / "out", small_tokenizer)
+    m = read_manifest(tmp_path / "out")
+    docs = m.meta.model_extra["documents"]
+    assert docs["input"] == docs["kept"] + sum(docs["dropped"].values())
+    assert docs["kept"] == int(m.languages["docs"].sum()) == rep.docs_kept
+    assert docs["dropped"].get("near_duplicate", 0) >= 5  # the copied file's documents
+    langs = set(m.languages["language"].to_list())
+    assert {"fra_Latn", "deu_Latn", "rus_Cyrl"} <= langs
+    assert {"ukr_Cyrl", "ell_Grek"} <= langs  # identified by fastText from the unlabeled file
+    assert m.meta.lid_model and len(m.meta.lid_model["sha256"]) == 64
+    assert m.meta.tokenizer.vocab_size == 4000 and m.meta.tokenizer.mask_id == 4
+    assert m.shards.height > m.languages.height  # size-bounded shards: several per big language
+    n, problems = verify_manifest(tmp_path / "out")
+    assert n == m.shards.height and problems == []
+    view = open_shard(tmp_path / "out" / m.shards["path"][0])
+    assert view.tokens.dtype.name == "uint32" and view.docs == m.shards["docs"][0]
+
+
+def test_same_manifest_whatever_the_worker_count(corpus, small_tokenizer, tmp_path):
+    cfg = dict(inputs=[str(corpus)], tokenizer=str(small_tokenizer), shard_bytes=64 << 10)
+    build(BuildConfig(out=str(tmp_path / "a"), **cfg), workers=1, progress=False)
+    build(BuildConfig(out=str(tmp_path / "b"), **cfg), workers=2, progress=False)
+    assert tables(tmp_path / "a") == tables(tmp_path / "b")
+
+
+def test_verify_names_a_corrupted_shard(corpus, small_tokenizer, tmp_path):
+    run_build(corpus, tmp_path / "out", small_tokenizer)
+    m = read_manifest(tmp_path / "out")
+    victim = tmp_path / "out" / m.shards["path"][1]
+    data = bytearray(victim.read_bytes())
+    data[-100] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    proc = run_cli("verify", str(tmp_path / "out"), check=False)
+    assert proc.returncode == 1 and m.shards["path"][1] in proc.stderr and "checksum mismatch" in proc.stderr
+    (tmp_path / "out" / m.shards["path"][2]).unlink()
+    proc = run_cli("verify", str(tmp_path / "out"), check=False)
+    assert m.shards["path"][2] in proc.stderr and "missing" in proc.stderr
+
+
+def test_bad_inputs_are_reported_and_the_rest_is_built(small_tokenizer, tmp_path):
+    from badinputs import write_all
+
+    corpus = write_text_corpus(tmp_path / "in", n_files=3, docs_per_file=40)
+    cases = write_all(corpus)
+    out = tmp_path / "out"
+    proc = run_cli("build", str(corpus), "--out", str(out), "--tokenizer", str(small_tokenizer), check=False)
+    assert proc.returncode == 0, proc.stderr
+    m = read_manifest(out)
+    issues = m.meta.file_issues
+    docs = m.meta.model_extra["documents"]
+    assert docs["input"] == docs["kept"] + sum(docs["dropped"].values())
+    for case in cases:
+        hit = [i for i in issues if Path(i["path"]).name == case.path.name and i["reason"] == case.reason]
+        if case.stage == "read" and case.line is not None:
+            assert docs["dropped"].get(case.reason, 0) >= 1, case.kind
+        assert hit or docs["dropped"].get(case.reason, 0) >= 1, f"{case.kind}: {case.reason} not reported"
+    assert {"fra_Latn", "deu_Latn", "rus_Cyrl"} <= set(m.languages["language"].to_list())
+    assert "bad input:" in proc.stderr
+    strict = run_cli("build", str(corpus), "--out", str(tmp_path / "out2"), "--tokenizer", str(small_tokenizer), "--strict", check=False)
+    assert strict.returncode == 1 and "--strict" in strict.stderr
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume_gives_the_same_manifest(small_tokenizer, tmp_path):
+    corpus = write_text_corpus(tmp_path / "in", n_files=40, docs_per_file=600, seed=5)
+    ref = tmp_path / "ref"
+    build(BuildConfig(inputs=[str(corpus)], out=str(ref), tokenizer=str(small_tokenizer), shard_bytes=256 << 10), workers=2, progress=False)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "curriculum.cli", "build", str(corpus), "--out", str(out), "--tokenizer",
+           str(small_tokenizer), "--workers", "2", "--shard-mb", "0.25"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / ".work" / "extract").glob("*/stats.json"))) < 10:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists(), "the build finished before it was killed; make the corpus bigger"
+    done_before = len(list((out / ".work" / "extract").glob("*/stats.json")))
+    assert 0 < done_before < 41
+    run_cli("build", str(corpus), "--out", str(out), "--tokenizer", str(small_tokenizer), "--workers", "2", "--shard-mb", "0.25")
+    assert tables(out) == tables(ref)
+    assert verify_manifest(out)[1] == []
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_manifest(corpus, small_tokenizer, tmp_path):
+    cfg = dict(inputs=[str(corpus)], tokenizer=str(small_tokenizer), shard_bytes=64 << 10)
+    build(BuildConfig(out=str(tmp_path / "local"), **cfg), workers=1, progress=False)
+    build(BuildConfig(out=str(tmp_path / "ray"), **cfg), executor="ray", workers=2, progress=False)
+    assert tables(tmp_path / "local") == tables(tmp_path / "ray")
