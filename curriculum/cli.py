@@ -29,10 +29,17 @@ def synth(
     out: Path = typer.Option(..., "--out", help="Directory to write the manifest to."),
     languages: int = typer.Option(1833, "--languages", min=1, help="Number of languages."),
     total_tokens: float = typer.Option(3e12, "--total-tokens", min=1, help="Total available tokens."),
+    from_mmbert_counts: bool = typer.Option(
+        False, "--from-mmbert-counts", help="Reference manifest from the published run's per-language counts."
+    ),
 ) -> None:
     """Write a synthetic manifest (no shards) with a realistic long tail, for planning at scale."""
-    from curriculum.synth import synth_long_tail
+    from curriculum.synth import synth_from_mmbert_counts, synth_long_tail
 
+    if from_mmbert_counts:
+        synth_from_mmbert_counts(out)
+        console.print(f"wrote reference manifest from mmBERT's published counts: {out}")
+        return
     synth_long_tail(out, languages, total_tokens)
     console.print(f"wrote synthetic manifest: {out} ({languages:,} languages, {total_tokens:.3g} tokens)")
 
@@ -53,12 +60,12 @@ def plan(
 ) -> None:
     """Show what a recipe does with a manifest: per phase languages, shares, tokens, epochs."""
     from curriculum.manifest import read_manifest
-    from curriculum.plan import phase_summary, plan_recipe, plan_to_json
+    from curriculum.plan import phase_summary, plan_all_variants, plan_to_json
     from curriculum.recipe import load_recipe
 
     rec = load_recipe(recipe)
     man = read_manifest(manifest)
-    plans = plan_recipe(rec, man)
+    plans = plan_all_variants(rec, man)
     if html is not None:
         from curriculum.report import render_report
 
@@ -71,6 +78,9 @@ def plan(
         s = phase_summary(p)
         tau = s["tau"] if isinstance(s["tau"], float) else f"{s['tau']['start']}→{s['tau']['end']}"
         console.rule(f"[bold]{s['name']}[/]  {_fmt(s['tokens'])} tokens · {s['steps']:,} steps from {s['start_step']:,}")
+        if s["batch_warmup"]:
+            w = s["batch_warmup"]
+            console.print(f"batch warm-up: {w['min_sequences']:,} → {s['batch_sequences']:,} sequences over {_fmt(w['tokens'])} tokens (steps in multiples of {w['multiple']})")
         console.print(
             f"{s['n_languages']:,} languages · τ={tau} · batch {s['batch_sequences']:,}×{s['seq_len']:,} · "
             f"top-10 share {s['top10_share']:.1%} · tail ({s['tail_languages']:,} langs) {s['tail_share']:.1%} · "

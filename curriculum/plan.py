@@ -46,6 +46,17 @@ class PhasePlan:
         return self.phase.steps
 
 
+def _key(label: str, known, phase: Phase, field: str) -> str:
+    """A recipe's language label as a manifest key: used as is when the manifest has it
+    (custom keys like `code`), else normalized (`fr` → `fra_Latn`)."""
+    if label in known:
+        return label
+    try:
+        return normalize_language(label)
+    except UnknownLanguageError as exc:
+        raise RecipeError(f"phase {phase.label!r}, field {field!r}: {exc}") from None
+
+
 def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], list[str]]:
     """Language keys a phase uses (manifest order for `all`, size order for top-N), and warnings."""
     present = languages.filter(pl.col("tokens") > 0)
@@ -61,10 +72,7 @@ def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], 
     have = set(present["language"].to_list())
     keys: list[str] = []
     for label in sel:
-        try:
-            key = normalize_language(label)
-        except UnknownLanguageError as exc:
-            raise RecipeError(f"phase {phase.name!r}, field 'languages': {exc}") from None
+        key = _key(label, have, phase, "languages")
         if key not in have:
             msg = f"phase {phase.name!r}: language {label!r} ({key}) is not in the manifest (or has no tokens)"
             if phase.on_missing == "error":
@@ -78,16 +86,13 @@ def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], 
     return keys, warnings
 
 
-def _multipliers(phase: Phase, keys: list[str], sources: list[str]) -> np.ndarray | None:
+def _multipliers(phase: Phase, keys: list[str], sources: list[str], manifest_keys: set[str]) -> np.ndarray | None:
     if not phase.source_weights and not phase.language_weights:
         return None
     m = np.array([phase.source_weights.get(s, 1.0) for s in sources], dtype=np.float64)
     index = {k: i for i, k in enumerate(keys)}
     for label, w in phase.language_weights.items():
-        try:
-            key = normalize_language(label)
-        except UnknownLanguageError as exc:
-            raise RecipeError(f"phase {phase.name!r}, field 'language_weights': {exc}") from None
+        key = _key(label, manifest_keys, phase, "language_weights")
         if key in index:
             m[index[key]] *= w
         elif phase.on_missing == "error":
@@ -120,7 +125,7 @@ def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: in
     sub = pl.DataFrame({"language": keys}).join(languages, on="language", how="left", maintain_order="left")
     available = sub["tokens"].to_numpy().astype(np.int64)
     sources = sub["source"].to_list()
-    segments = phase_segments(phase, available, _multipliers(phase, keys, sources))
+    segments = phase_segments(phase, available, _multipliers(phase, keys, sources, set(languages["language"].to_list())))
     allotted = np.sum([s.allocation.allotted for s in segments], axis=0)
     capped = np.any([s.allocation.capped for s in segments], axis=0)
     table = pl.DataFrame(
@@ -138,20 +143,35 @@ def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: in
     if over.height:
         names = ", ".join(f"{r['language']} ({r['epochs']:.1f})" for r in over.head(5).iter_rows(named=True))
         warnings.append(
-            f"phase {phase.name!r}: {over.height} language(s) repeated more than {EPOCH_WARNING:g} epochs: {names}"
+            f"phase {phase.label!r}: {over.height} language(s) repeated more than {EPOCH_WARNING:g} epochs: {names}"
             + (" ..." if over.height > 5 else "")
         )
     return PhasePlan(phase, index, start_step, start_tokens, keys, available, segments, table, warnings)
 
 
 def plan_recipe(recipe: Recipe, manifest: Manifest) -> list[PhasePlan]:
-    plans = []
-    step, tokens = 0, 0.0
+    """One plan per phase of the resolved recipe (each phase's first variant unless resolved)."""
+    from curriculum.schedule import Timeline
+
+    recipe = recipe.resolve() if recipe.variant_names() else recipe
+    tl = Timeline(recipe)
+    return [
+        plan_phase(phase, i, manifest.languages, tl.phase_start[i], float(tl.tokens_start[i]))
+        for i, phase in enumerate(recipe.phases)
+    ]
+
+
+def plan_all_variants(recipe: Recipe, manifest: Manifest) -> list[PhasePlan]:
+    """Plans of every phase and, for phases with variants, of every variant (same start)."""
+    plans = plan_recipe(recipe, manifest)
+    out = []
     for i, phase in enumerate(recipe.phases):
-        plans.append(plan_phase(phase, i, manifest.languages, step, tokens))
-        step += phase.steps
-        tokens += phase.steps * phase.batch_tokens
-    return plans
+        if not phase.variants:
+            out.append(plans[i])
+            continue
+        for v in phase.variants:
+            out.append(plan_phase(phase.resolve(v.name), i, manifest.languages, plans[i].start_step, plans[i].start_tokens))
+    return out
 
 
 def phase_summary(plan: PhasePlan) -> dict:
@@ -163,9 +183,13 @@ def phase_summary(plan: PhasePlan) -> dict:
     p = plan.phase
     tau = p.tau if isinstance(p.tau, float) else {"start": p.tau.start, "end": p.tau.end}
     mask = p.mask_ratio if isinstance(p.mask_ratio, float) else {"start": p.mask_ratio.start, "end": p.mask_ratio.end}
+    w = p.batch_warmup
     return {
-        "name": p.name,
+        "name": p.label,
+        "phase": p.name,
+        "variant": p.variant,
         "tokens": p.tokens,
+        "batch_warmup": {"tokens": w.tokens, "min_sequences": w.min_sequences, "multiple": w.step_multiple} if w else None,
         "start_step": plan.start_step,
         "steps": p.steps,
         "batch_tokens": p.batch_tokens,

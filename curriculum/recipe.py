@@ -74,6 +74,36 @@ class LRSchedule(_Model):
         return 1.0 / math.sqrt(1.0 + x * (1.0 / (f * f) - 1.0))
 
 
+class BatchWarmup(_Model):
+    """The global batch grows linearly in tokens from `min_sequences` to the phase's full batch
+    over the first `tokens` tokens of the phase. Each step's size is rounded down to a multiple
+    of `multiple` (default: `min_sequences`), so any world size dividing `multiple` (and the full
+    batch) splits every step of the ramp."""
+
+    tokens: Annotated[float, Field(gt=0)]
+    min_sequences: Annotated[int, Field(gt=0)]
+    multiple: Annotated[int, Field(gt=0)] | None = None
+
+    @property
+    def step_multiple(self) -> int:
+        return self.multiple or self.min_sequences
+
+
+class PhaseVariant(_Model):
+    """A named alternative of a phase that branches from the same start; unset fields inherit."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str = ""
+    tokens: Annotated[float, Field(gt=0)] | None = None
+    languages: LanguageSelection | None = None
+    on_missing: Literal["error", "skip"] | None = None
+    tau: Scalar | None = None
+    mask_ratio: Scalar | None = None
+    max_epochs: Annotated[float, Field(gt=0)] | None = None
+    source_weights: dict[str, Annotated[float, Field(ge=0)]] | None = None
+    language_weights: dict[str, Annotated[float, Field(ge=0)]] | None = None
+
+
 class Phase(_Model):
     """One phase of the curriculum."""
 
@@ -90,6 +120,9 @@ class Phase(_Model):
     source_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     language_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     anneal_segments: Annotated[int, Field(ge=1, le=4096)] = 16
+    batch_warmup: BatchWarmup | None = None
+    variants: list[PhaseVariant] = Field(default_factory=list)
+    variant: str | None = Field(None, description="set on a resolved phase: which variant it is")
 
     @field_validator("tau")
     @classmethod
@@ -115,7 +148,34 @@ class Phase(_Model):
             )
         if self.lr.warmup_tokens > self.tokens:
             raise ValueError("lr.warmup_tokens exceeds the phase's tokens")
+        w = self.batch_warmup
+        if w is not None:
+            B, m = self.batch_sequences, w.step_multiple
+            if w.min_sequences > B:
+                raise ValueError(f"batch_warmup.min_sequences ({w.min_sequences}) exceeds the batch of {B} sequences")
+            if B % m or w.min_sequences % m:
+                raise ValueError(
+                    f"batch_warmup: the batch ({B} sequences) and min_sequences ({w.min_sequences}) must be multiples of {m}"
+                )
+            if w.tokens > self.tokens:
+                raise ValueError("batch_warmup.tokens exceeds the phase's tokens")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique; got {names}")
         return self
+
+    def resolve(self, variant: str | None = None) -> Phase:
+        """This phase as variant `variant` (default: the first); a phase without variants is itself."""
+        if not self.variants:
+            return self
+        chosen = self.variants[0] if variant is None else next((v for v in self.variants if v.name == variant), None)
+        if chosen is None:
+            raise RecipeError(
+                f"phase {self.name!r} has no variant {variant!r}; variants: {', '.join(v.name for v in self.variants)}"
+            )
+        over = {k: v for k, v in chosen.model_dump(exclude={"name", "description"}).items() if v is not None}
+        data = {**self.model_dump(exclude={"variants"}), **over, "variant": chosen.name}
+        return Phase.model_validate(data)
 
     @property
     def batch_sequences(self) -> int:
@@ -123,8 +183,14 @@ class Phase(_Model):
 
     @property
     def steps(self) -> int:
-        """Optimizer steps in the phase: enough full batches to cover its token budget."""
-        return max(1, math.ceil(self.tokens / self.batch_tokens))
+        """Optimizer steps in the phase (the batch warm-up's smaller steps included)."""
+        from curriculum.schedule import phase_layout
+
+        return phase_layout(self).steps
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.variant}" if self.variant else self.name
 
     @property
     def annealed(self) -> bool:
@@ -167,6 +233,21 @@ class Recipe(_Model):
             raise ValueError(f"phase names must be unique; repeated: {', '.join(dup)}")
         return self
 
+    def variant_names(self) -> dict[str, list[str]]:
+        """Phase name → its variant names, for phases that have variants."""
+        return {p.name: [v.name for v in p.variants] for p in self.phases if p.variants}
+
+    def resolve(self, variant: str | None = None) -> Recipe:
+        """The recipe with every phase that has variants replaced by `variant` (default: each
+        phase's first). A name no phase has is an error that lists the variants."""
+        names = {v for vs in self.variant_names().values() for v in vs}
+        if variant is not None and variant not in names:
+            raise RecipeError(
+                f"recipe {self.name!r} has no variant {variant!r}; variants: {', '.join(sorted(names)) or 'none'}"
+            )
+        phases = [p.resolve(variant if variant in [v.name for v in p.variants] else None) for p in self.phases]
+        return self.model_copy(update={"phases": phases})
+
     def phase(self, name: str) -> Phase:
         for p in self.phases:
             if p.name == name:
@@ -181,7 +262,7 @@ class Recipe(_Model):
 
     def fingerprint(self) -> str:
         """Stable hash of the recipe's content (part of a batch's build id)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        blob = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

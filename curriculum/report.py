@@ -28,6 +28,12 @@ def _scalar(v) -> str:
     return f"{v:g}"
 
 
+def _batch(s: dict) -> str:
+    full = f"{s['batch_sequences']:,} × {s['seq_len']:,}"
+    w = s["batch_warmup"]
+    return f"{w['min_sequences']:,}→{full} over {fmt_tokens(w['tokens'])}" if w else full
+
+
 def _summary_table(plans: list[PhasePlan]) -> str:
     rows = []
     for p in plans:
@@ -35,7 +41,7 @@ def _summary_table(plans: list[PhasePlan]) -> str:
         rows.append(
             "<tr>"
             f"<td>{escape(s['name'])}</td><td>{fmt_tokens(s['tokens'])}</td><td>{s['steps']:,}</td>"
-            f"<td>{s['start_step']:,}</td><td>{s['batch_sequences']:,} × {s['seq_len']:,}</td>"
+            f"<td>{s['start_step']:,}</td><td>{_batch(s)}</td>"
             f"<td>{s['n_languages']:,}</td><td>{_scalar(s['tau'])}</td><td>{_scalar(s['mask_ratio'])}</td>"
             f"<td>{s['top10_share']:.1%}</td><td>{s['tail_share']:.1%}</td><td>{s['max_epochs_used']:.2f}</td>"
             "</tr>"
@@ -57,8 +63,8 @@ def _mixture_chart(p: PhasePlan) -> str:
         values.append(float(t["weight"].slice(TOP_BARS).sum()))
         colors.append(TAIL_COLOR)
     return hbar_chart(
-        labels, values, title=f"{p.phase.name}: mixture (share of tokens)", value_fmt=lambda v: f"{v:.2%}",
-        colors=colors, chart_id=f"mixture-{p.phase.name}",
+        labels, values, title=f"{p.phase.label}: mixture (share of tokens)", value_fmt=lambda v: f"{v:.2%}",
+        colors=colors, chart_id=f"mixture-{p.phase.label}",
     )
 
 
@@ -67,13 +73,13 @@ def _epochs_chart(p: PhasePlan) -> str:
     return log_scatter(
         t["available_tokens"].cast(float).to_list(),
         t["epochs"].to_list(),
-        title=f"{p.phase.name}: epochs per language (red: > {EPOCH_WARNING:g})",
+        title=f"{p.phase.label}: epochs per language (red: > {EPOCH_WARNING:g})",
         x_label="available tokens",
         y_label="epochs",
         hot=[e > EPOCH_WARNING for e in t["epochs"].to_list()],
         labels=t["language"].to_list(),
         hline=EPOCH_WARNING,
-        chart_id=f"epochs-{p.phase.name}",
+        chart_id=f"epochs-{p.phase.label}",
     )
 
 
@@ -93,7 +99,7 @@ def _oversampled_table(p: PhasePlan, n: int = 8) -> str:
 def render_report(recipe: Recipe, manifest_label: str, plans: list[PhasePlan], extra_sections: list[str] | None = None) -> str:
     """The whole report as one HTML string."""
     budgets = hbar_chart(
-        [p.phase.name for p in plans],
+        [p.phase.label for p in plans],
         [p.phase.tokens for p in plans],
         title="token budget per phase",
         value_fmt=fmt_tokens,
@@ -104,7 +110,7 @@ def render_report(recipe: Recipe, manifest_label: str, plans: list[PhasePlan], e
     for p in plans:
         warns = "".join(f'<div class="warn">{escape(w)}</div>' for w in p.warnings)
         sections.append(
-            f'<h2 id="phase-{escape(p.phase.name)}">Phase {p.index + 1}: {escape(p.phase.name)}</h2>{warns}'
+            f'<h2 id="phase-{escape(p.phase.label)}">Phase {p.index + 1}: {escape(p.phase.label)}</h2>{warns}'
             f'<div class="grid"><div class="card">{_mixture_chart(p)}</div>'
             f'<div class="card">{_epochs_chart(p)}</div><div class="card">{_oversampled_table(p)}</div></div>'
         )

@@ -1,21 +1,81 @@
 """Step → phase → sequences: the timeline a recipe implies, shared by plan and sampler.
 
-Global step s falls in the phase whose step range holds it. Inside phase p, step t covers the
-phase's sequences [t·B_p, (t+1)·B_p) with B_p = batch_tokens / seq_len; rank r of W takes the
-contiguous slice [r·B_p/W, (r+1)·B_p/W) of them.
+Global step s falls in the phase whose step range holds it. Inside a phase, step t covers the
+phase's sequences [first(t), first(t) + B_t); rank r of W takes the contiguous slice
+[first + r·B_t/W, first + (r+1)·B_t/W). B_t is the full batch (batch_tokens / seq_len) except
+during a batch warm-up, where it grows linearly in tokens:
+    B_t = clamp(m · floor((B_min + (B - B_min) · T_t / W_tok) / m), B_min, B)
+with T_t the phase tokens before step t, W_tok the warm-up tokens and m the rounding multiple.
+Warm-up steps last while T_t < W_tok, so the warm-up ends within one batch of W_tok tokens; the
+rest of the budget is served in full batches (⌈remaining / batch_tokens⌉ steps).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
 
 from curriculum.errors import CurriculumError
-from curriculum.recipe import Recipe
+from curriculum.recipe import Phase, Recipe
 
 
 class ScheduleError(CurriculumError):
     """A step, rank or world size the schedule cannot serve."""
+
+
+@dataclass(frozen=True)
+class PhaseLayout:
+    """Steps and sequences of one phase."""
+
+    batch: int  # full global batch (sequences)
+    warm_first: np.ndarray  # int64[warm_steps + 1]: first sequence of each warm-up step, then the end
+    steps: int
+    total_sequences: int
+
+    @property
+    def warm_steps(self) -> int:
+        return self.warm_first.size - 1
+
+    def first_sequence(self, t: int) -> int:
+        if t < self.warm_steps:
+            return int(self.warm_first[t])
+        return int(self.warm_first[-1]) + (t - self.warm_steps) * self.batch
+
+    def batch_at(self, t: int) -> int:
+        if t < self.warm_steps:
+            return int(self.warm_first[t + 1] - self.warm_first[t])
+        return self.batch
+
+
+@lru_cache(maxsize=256)
+def _layout(tokens: float, batch: int, seq_len: int, w_tokens: float, w_min: int, w_mult: int) -> PhaseLayout:
+    firsts = [0]
+    if w_tokens > 0:
+        # O(warm-up steps) once per phase; mmBERT's 60B-token ramp is ~25k steps.
+        done = 0
+        while done * seq_len < w_tokens:
+            raw = w_min + (batch - w_min) * (done * seq_len) / w_tokens
+            b = min(batch, max(w_min, w_mult * math.floor(raw / w_mult)))
+            done += b
+            firsts.append(done)
+    warm = np.asarray(firsts, dtype=np.int64)
+    rest_tokens = max(0.0, tokens - int(warm[-1]) * seq_len)
+    rest_steps = math.ceil(rest_tokens / (batch * seq_len))
+    steps = max(1, warm.size - 1 + rest_steps)
+    total = int(warm[-1]) + (steps - (warm.size - 1)) * batch
+    return PhaseLayout(batch=batch, warm_first=warm, steps=steps, total_sequences=total)
+
+
+def phase_layout(phase: Phase) -> PhaseLayout:
+    w = phase.batch_warmup
+    return _layout(
+        float(phase.tokens), phase.batch_sequences, phase.seq_len,
+        float(w.tokens) if w else 0.0, w.min_sequences if w else 0, w.step_multiple if w else 1,
+    )
 
 
 @dataclass(frozen=True)
@@ -48,14 +108,15 @@ class Timeline:
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
+        self.layouts = [phase_layout(p) for p in recipe.phases]
         self.phase_start: list[int] = []
         self.tokens_start: list[int] = []
         step = tokens = 0
-        for p in recipe.phases:
+        for p, lay in zip(recipe.phases, self.layouts):
             self.phase_start.append(step)
             self.tokens_start.append(tokens)
-            step += p.steps
-            tokens += p.steps * p.batch_tokens
+            step += lay.steps
+            tokens += lay.total_sequences * p.seq_len
         self.total_steps = step
         self.total_tokens = tokens
 
@@ -72,9 +133,10 @@ class Timeline:
         i = self.phase_of(step)
         p = self.recipe.phases[i]
         t = step - self.phase_start[i]
-        B = p.batch_sequences
-        total_seq = p.steps * B
-        first = t * B
+        lay = self.layouts[i]
+        B = lay.batch_at(t)
+        total_seq = lay.total_sequences
+        first = lay.first_sequence(t)
         frac = first / total_seq
         taus = p.segment_taus()
         seg = min(len(taus) - 1, first * len(taus) // total_seq)
@@ -88,10 +150,10 @@ class Timeline:
             global_batch=B,
             first_sequence=first,
             phase_sequences=total_seq,
-            tokens_before=self.tokens_start[i] + t * p.batch_tokens,
+            tokens_before=self.tokens_start[i] + first * p.seq_len,
             tau=taus[seg],
             mask_ratio=p.mask_ratio_at(frac),
-            lr_factor=p.lr.factor(t * p.batch_tokens, p.tokens),
+            lr_factor=p.lr.factor(first * p.seq_len, p.tokens),
         )
 
     def rank_slice(self, info: StepInfo, rank: int, world_size: int) -> tuple[int, int]:

@@ -86,3 +86,31 @@ def synth_long_tail(out: str | Path, n_languages: int = 1833, total_tokens: floa
         build={"synth": {"method": "fineweb2-rank-size", "languages": n_languages, "total_tokens": total_tokens}},
     )
     return write_manifest(out, meta, langs, empty_shards())
+
+
+def synth_from_mmbert_counts(out: str | Path) -> Path:
+    """A reference manifest (no shards) from the published run's per-language token counts
+    (`data/mmbert_language_counts.csv`): each language's available tokens are the tokens the run
+    sampled of it in all phases (pretrain + mid-training + the `decay-all` variant). The run's
+    corpus held at least that much unique-or-repeated text, so planning `mmbert.toml` on it shows
+    the published mixture's shape with real language names and the real long tail."""
+    df = pl.read_csv(data_file("mmbert_language_counts.csv"))
+    total = (df["pretrain"] + df["ext"] + df["decay-all"]).cast(pl.Int64)
+    keys = [default_key_for_iso3(c) for c in df["language"].to_list()]
+    langs = pl.DataFrame(
+        {
+            "language": keys,
+            "source": ["code" if k == "code" else "web" for k in keys],
+            "docs": np.maximum(1, np.round(total.to_numpy() / MEAN_DOC_TOKENS)).astype(np.int64),
+            "tokens": total.to_numpy(),
+            "bytes": np.round(total.to_numpy() * BYTES_PER_TOKEN).astype(np.int64),
+            "shards": np.zeros(len(keys), dtype=np.int32),
+        }
+    ).filter(pl.col("tokens") > 0)
+    meta = ManifestMeta(
+        kind="synthetic",
+        tokenizer=GEMMA2,
+        mean_doc_tokens=MEAN_DOC_TOKENS,
+        build={"synth": {"method": "mmbert-published-counts", "columns": ["pretrain", "ext", "decay-all"]}},
+    )
+    return write_manifest(out, meta, langs, empty_shards())

@@ -30,10 +30,10 @@ def test_synth_long_tail_is_realistic(synth_1833):
 def test_plan_json_matches_the_mixture_rule(synth_1833):
     out = run_cli("plan", str(RECIPES / "mmbert.toml"), "--manifest", str(synth_1833), "--json")
     plan = json.loads(out.stdout)
-    assert [p["name"] for p in plan["phases"]] == ["pretrain", "midtrain", "decay"]
-    assert [p["n_languages"] for p in plan["phases"]] == [60, 110, 1833]
+    assert [p["name"] for p in plan["phases"]] == ["pretrain", "midtrain", "decay:all", "decay:eng", "decay:mid"]
+    assert [p["n_languages"] for p in plan["phases"]] == [60, 110, 1833, 110, 110]
     avail = read_manifest(synth_1833).available_tokens()
-    for phase, tau, budget in zip(plan["phases"], (0.7, 0.5, 0.3), (2.3e12, 6e11, 1e11)):
+    for phase, tau, budget in zip(plan["phases"][:3], (0.7, 0.5, 0.3), (2.3e12, 6e11, 1e11)):
         langs = phase["languages"]
         n = np.array([avail[x["language"]] for x in langs], dtype=np.float64)
         assert [x["available_tokens"] for x in langs] == n.astype(np.int64).tolist()
@@ -52,7 +52,7 @@ def test_plan_table_output_and_html(synth_1833, tmp_path):
     out = run_cli("plan", str(RECIPES / "mmbert.toml"), "--manifest", str(synth_1833), "--html", str(html))
     assert "pretrain" in out.stdout and "most over-sampled" in out.stdout and "1,833 languages" in out.stdout
     text = html.read_text()
-    assert text.count('class="chart"') == 1 + 2 * 3  # budgets + mixture and epochs per phase
+    assert text.count('class="chart"') == 1 + 2 * 5  # budgets + mixture and epochs per phase / variant
     assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text  # offline
 
 

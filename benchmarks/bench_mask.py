@@ -1,0 +1,170 @@
+"""MLM masking throughput: our numba kernel vs HF's DataCollatorForLanguageModeling, plain numpy,
+and memcpy bandwidth, all measured in this run on the same batch shapes.
+
+    NUMBA_THREADING_LAYER=omp python benchmarks/bench_mask.py [--reps 50] [--big]
+
+Prints tokens/s for each method and shape, then the ratios ours/HF, ours/numpy and ours/memcpy.
+`--big` adds a full mmBERT global batch (4,608 x 1,024), which no longer fits in cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
+# Pin OpenMP threads to distinct cores. Unpinned, on a 2-vCPU VM the worker thread of the first
+# 2-thread region sometimes lands on the caller's CPU and stays there; every parallel call then
+# waits out a scheduler slice (~4 ms) for the whole process (seen in about half of the runs).
+os.environ.setdefault("OMP_PROC_BIND", "spread")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sampler_server.kernels.mask import IGNORE_INDEX, mask_tokens  # noqa: E402
+from sampler_server.kernels.rng import sequence_key  # noqa: E402
+
+VOCAB = 256_000
+RATIO = 0.3
+# Gemma 2 ids: <pad>=0, <eos>=1, <bos>=2, <unk>=3, <mask>=4 (the mmBERT tokenizer).
+PAD, EOS, BOS, UNK, MASK = 0, 1, 2, 3, 4
+SPECIAL = [PAD, EOS, BOS, UNK, MASK]
+
+
+def make_batch(B: int, L: int, seed: int = 0) -> np.ndarray:
+    """Random int32 tokens with a BOS ... EOS document about every 500 tokens."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(len(SPECIAL), VOCAB, size=(B, L), dtype=np.int32)
+    ids[:, ::500] = BOS
+    ids[:, 499::500] = EOS
+    return ids
+
+
+def timed(fn: Callable[[], None], setup: Callable[[], None], reps: int) -> float:
+    """Best seconds of fn() over reps runs, each after an untimed setup().
+
+    Best-of, not median: on a small shared machine a 2-thread run that loses a core to another
+    process waits a whole scheduler slice (~4 ms), which says nothing about the code."""
+    times = []
+    for _ in range(reps):
+        setup()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def hf_collator():
+    """DataCollatorForLanguageModeling over a WordLevel tokenizer built in memory (no download)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
+
+    names = {PAD: "<pad>", EOS: "<eos>", BOS: "<bos>", UNK: "<unk>", MASK: "<mask>"}
+    vocab = {names.get(i, f"t{i}"): i for i in range(VOCAB)}
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")),
+        pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>", mask_token="<mask>",
+    )  # fmt: skip
+    assert tok.mask_token_id == MASK and len(tok) == VOCAB
+    return DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=RATIO)
+
+
+def numpy_generator_mask(ids: np.ndarray, is_special: np.ndarray, pool: np.ndarray, rng) -> np.ndarray:
+    """The usual numpy way: uniform draws from a Generator, boolean masks, fancy indexing."""
+    selected = (rng.random(ids.shape) < RATIO) & ~is_special[ids]
+    labels = np.where(selected, ids, IGNORE_INDEX).astype(np.int32)
+    action = rng.random(ids.shape)
+    ids[selected & (action < 0.8)] = MASK
+    rnd = selected & (action >= 0.8) & (action < 0.9)
+    ids[rnd] = pool[rng.integers(0, pool.size, int(rnd.sum()))]
+    return labels
+
+
+def bench_shape(B: int, L: int, reps: int, collator) -> dict[str, float]:
+    import torch
+
+    n = B * L
+    base = make_batch(B, L)
+    is_special = np.zeros(VOCAB, np.bool_)
+    is_special[SPECIAL] = True
+    pool = np.flatnonzero(~is_special).astype(np.int32)
+    keys = np.array([sequence_key(0, 0, g) for g in range(B)], np.uint64)
+    ratios = np.full(B, RATIO)
+    ids = np.empty_like(base)
+    labels = np.empty_like(base)
+    out: dict[str, float] = {}
+
+    def restore() -> None:
+        np.copyto(ids, base)
+
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        restore()
+        mask_tokens(ids, labels, keys, ratios, is_special, np.int32(MASK), pool)  # warm-up (compiled/cached)
+        t = timed(lambda: mask_tokens(ids, labels, keys, ratios, is_special, np.int32(MASK), pool), restore, reps)
+        out[f"ours, numba, {threads} thread{'s' if threads > 1 else ''}"] = n / t
+
+    rng = np.random.default_rng(0)
+    numpy_generator_mask(ids, is_special, pool, rng)
+    t = timed(lambda: numpy_generator_mask(ids, is_special, pool, rng), restore, reps)
+    out["numpy (Generator draws)"] = n / t
+
+    # HF works on int64 tensors (its random ids come from torch.randint(dtype=long)); it is given
+    # the precomputed special_tokens_mask so no per-token Python runs.
+    base_t = torch.from_numpy(base.astype(np.int64))
+    special_t = torch.from_numpy(is_special[base])
+    box: dict[str, torch.Tensor] = {}
+
+    def hf_setup() -> None:
+        box["x"] = base_t.clone()
+
+    hf_reps = max(3, min(reps, int(2e7 // n)))
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for _ in range(3):  # warm-up: torch's first calls are several times slower
+            hf_setup()
+            collator.torch_mask_tokens(box["x"], special_tokens_mask=special_t)
+        t = timed(lambda: collator.torch_mask_tokens(box["x"], special_tokens_mask=special_t), hf_setup, hf_reps)
+        out[f"HF torch_mask_tokens, {threads} thread{'s' if threads > 1 else ''}"] = n / t
+
+    dst = np.empty_like(base)
+    t = timed(lambda: np.copyto(dst, base), lambda: None, reps)
+    out["memcpy (np.copyto, int32)"] = n / t
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--big", action="store_true", help="also a 4,608 x 1,024 batch (past the caches)")
+    args = ap.parse_args()
+
+    shapes = [(64, 1024), (8, 8192)] + ([(4608, 1024)] if args.big else [])
+    collator = hf_collator()
+    print(
+        f"vocab {VOCAB}, mask ratio {RATIO}, int32 tokens; numba {numba.__version__} "
+        f"({numba.config.THREADING_LAYER} layer), {os.cpu_count()} CPUs; best of {args.reps} reps; "
+        f"load average before: {os.getloadavg()[0]:.2f} (2-thread rows need the other cores idle); "
+        f"OMP_PROC_BIND={os.environ['OMP_PROC_BIND']}"
+    )
+    results = {s: bench_shape(*s, reps=args.reps, collator=collator) for s in shapes}
+    names = list(results[shapes[0]])
+    header = f"{'method (Mtokens/s)':44s}" + "".join(f"{f'{B}x{L}':>12s}" for B, L in shapes)
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        print(f"{name:44s}" + "".join(f"{results[s][name] / 1e6:12.1f}" for s in shapes))
+    print("-" * len(header))
+    for threads in ("1 thread", "2 threads"):
+        ours = f"ours, numba, {threads}"
+        hf = f"HF torch_mask_tokens, {threads}"
+        for label, peer in (("HF", hf), ("numpy", "numpy (Generator draws)"), ("memcpy", "memcpy (np.copyto, int32)")):
+            row = f"ratio ours ({threads}) / {label}"
+            print(f"{row:44s}" + "".join(f"{results[s][ours] / results[s][peer]:12.2f}" for s in shapes))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,605 @@
+"""Read raw corpora: Parquet, JSONL (plain, gzip, zstd) and plain text, in bounded memory.
+
+- `discover_inputs(paths)` walks files and folders (sorted, hidden names skipped), classifies each
+  file by extension and takes its language from a FineWeb-2-style folder
+  (`fra_Latn/train/000.parquet`, or any folder named like `fra_Latn`).
+- `read_documents(f)` yields `DocBatch`es of at most `batch_size` documents. Each document keeps
+  its provenance: the source file and its row (Parquet, 0-based) or first line (JSONL and text,
+  1-based, as editors count).
+
+Bad input never stops the read and is never silent. A bad *document* (an undecodable or malformed
+line, a missing or non-string text) is dropped and counted under a reason, and its line is listed
+as a `FileIssue` (the first `max_issues_per_reason` of each reason per file; the counts are exact).
+A bad *file* (not found, not Parquet, a truncated stream, binary junk...) gets a `FileIssue` with
+`line=None`; whatever was read before the damage is kept. So per file:
+documents seen = documents yielded + sum of drops, and unreadable parts are in the file issues.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Literal, get_args
+
+import numpy as np
+
+from curriculum.languages import UnknownLanguageError, normalize_language
+
+# What a reader reports. Per document (counted in DocBatch.drops, the first lines listed as issues):
+DROP_REASONS = (
+    "invalid_utf8", "malformed_json", "not_an_object", "missing_text", "non_string_text", "empty_text",
+    "line_too_long", "block_too_long", "binary", "unknown_language",
+)
+# Per file (FileIssue with line=None; what was read before the damage is kept):
+FILE_REASONS = (
+    "not_found", "unsupported_format", "unknown_language_folder", "empty_file", "unreadable", "binary",
+    "corrupt_compressed", "not_parquet", "corrupt_parquet", "no_text_column", "non_string_text",
+)
+
+Format = Literal["parquet", "jsonl", "txt"]
+Compression = Literal["none", "gzip", "zstd"]
+
+DEFAULT_MAX_LINE_BYTES = 8 << 20  # a JSON line holding a 1M-character document fits (UTF-8 ≤ 4 B/char + escapes)
+DEFAULT_BATCH_BYTES = 64 << 20
+READ_CHUNK = 1 << 20
+# Compressed bytes per zstd call. One call's output is bounded by ~128 KiB per 4 input bytes (RLE
+# blocks), so 128 B caps it at 4 MiB; on text, decompression still runs at ~500 MB/s.
+_ZSTD_FEED = 128
+SNIFF_BYTES = 8000  # git's rule: a NUL in the first 8000 bytes means binary
+SPLIT_FOLDERS = frozenset({"train", "test", "validation", "valid", "dev"})
+# A folder named like a language key (`fra_Latn`, also `fra_Latn_removed`, which is then reported).
+_LANG_FOLDER = re.compile(r"^[a-z]{2,3}_[A-Za-z]{4}(?:_\w+)?$")
+_SUFFIXES: dict[str, tuple[Format, Compression]] = {
+    ".parquet": ("parquet", "none"),
+    ".jsonl": ("jsonl", "none"), ".ndjson": ("jsonl", "none"),
+    ".jsonl.gz": ("jsonl", "gzip"), ".ndjson.gz": ("jsonl", "gzip"),
+    ".jsonl.zst": ("jsonl", "zstd"), ".jsonl.zstd": ("jsonl", "zstd"), ".ndjson.zst": ("jsonl", "zstd"),
+    ".txt": ("txt", "none"), ".txt.gz": ("txt", "gzip"), ".txt.zst": ("txt", "zstd"),
+}
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file: how to read it and the language of all its documents (None: identify)."""
+
+    path: str
+    format: Format
+    compression: Compression = "none"
+    language: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in get_args(Format):
+            raise ValueError(f"InputFile {self.path}: format={self.format!r}, expected one of {get_args(Format)}")
+        if self.compression not in get_args(Compression):
+            raise ValueError(f"InputFile {self.path}: compression={self.compression!r}, expected one of {get_args(Compression)}")
+
+
+@dataclass(frozen=True)
+class FileIssue:
+    """A problem in an input: `line` is the 1-based line (or 0-based Parquet row), None for the file."""
+
+    path: str
+    line: int | None
+    reason: str
+    message: str
+
+
+@dataclass
+class DocBatch:
+    """Documents read from one file, in file order, plus what was dropped since the previous batch.
+
+    `drops` and `issues` are increments: sum them over all batches of a file for the file's total.
+    """
+
+    path: str
+    texts: list[str]
+    languages: list[str | None]  # normalized keys; None: unlabeled, language ID decides
+    rows: np.ndarray  # int64: Parquet row (0-based) or first line of the document (1-based)
+    drops: Counter[str] = field(default_factory=Counter)
+    issues: list[FileIssue] = field(default_factory=list)
+
+
+# -- discovery ----------------------------------------------------------------------------------
+
+
+def classify(path: str | os.PathLike[str]) -> tuple[Format, Compression] | None:
+    """Format and compression from the file name (case-insensitive), or None if unsupported."""
+    name = Path(path).name.lower()
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return _SUFFIXES[suffix]
+    return None
+
+
+def folder_language(path: str | os.PathLike[str]) -> tuple[str | None, FileIssue | None]:
+    """The language a FineWeb-2-style folder gives a file: (key, None), (None, None) or (None, issue).
+
+    The folder is the grandparent when the parent is a split (`train`, `test`…), else the parent;
+    it counts as a language folder if the parent is a split or its name looks like `xxx_Scrp`.
+    A bare name such as `web` or `new` is never read as a language (`new` is Newari).
+    """
+    parts = Path(path).parts
+    if len(parts) >= 3 and parts[-2].lower() in SPLIT_FOLDERS:
+        folder = parts[-3]
+    elif len(parts) >= 2 and _LANG_FOLDER.match(parts[-2]):
+        folder = parts[-2]
+    else:
+        return None, None
+    try:
+        return normalize_language(folder), None
+    except UnknownLanguageError as exc:
+        msg = (
+            f"folder {folder!r} is not a language ({exc}); the file was not read. Rename the folder to a "
+            "language key such as fra_Latn, or move the file out of it to have its language identified"
+        )
+        return None, FileIssue(str(path), None, "unknown_language_folder", msg)
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Files under root in sorted order, skipping hidden files and folders (`.git`, `.work`).
+
+    Symlinked folders are followed (corpora are often assembled from links), each real folder once.
+    """
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # a link cycle, or a second link to the same folder
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def discover_inputs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[InputFile], list[FileIssue]]:
+    """Input files under `paths` (files or folders; each folder sorted) and the issues found.
+
+    A file reached twice is read once. Unsupported extensions, missing paths and unknown language
+    folders are issues, not errors: the rest of the corpus is still read.
+    """
+    files: list[InputFile] = []
+    issues: list[FileIssue] = []
+    seen: set[str] = set()
+    for raw in paths:
+        root = Path(raw)
+        if root.is_dir():
+            candidates: Iterator[Path] = _walk(root)
+        elif root.exists():
+            candidates = iter([root])
+        else:
+            issues.append(FileIssue(str(root), None, "not_found", f"input {str(root)!r} does not exist; check the path"))
+            continue
+        for p in candidates:
+            real = os.path.realpath(p)
+            if real in seen:
+                continue
+            seen.add(real)
+            kind = classify(p)
+            if kind is None:
+                known = ", ".join(sorted(_SUFFIXES))
+                issues.append(FileIssue(str(p), None, "unsupported_format", f"not read: the extension is not one of {known}"))
+                continue
+            language, issue = folder_language(p)
+            if issue is not None:
+                issues.append(issue)
+                continue
+            files.append(InputFile(str(p), kind[0], kind[1], language))
+    return files, issues
+
+
+# -- labels ------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=65536)
+def _label_key(label: str) -> str | None:
+    """Normalized key of a per-document language label, None if it is not a language."""
+    try:
+        return normalize_language(label)
+    except UnknownLanguageError:
+        return None
+
+
+# -- the batch collector ------------------------------------------------------------------------
+
+
+class _Collector:
+    """Accumulates documents, drops and issues of one file; `take()` hands out a DocBatch."""
+
+    def __init__(self, f: InputFile, batch_size: int, batch_bytes: int, max_issues_per_reason: int) -> None:
+        self.f = f
+        self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
+        self.max_issues = max_issues_per_reason
+        self.issue_counts: Counter[str] = Counter()
+        self.seen = 0  # documents seen (kept or dropped) in the whole file
+        self.file_issues = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.texts: list[str] = []
+        self.languages: list[str | None] = []
+        self.rows: list[int] = []
+        self.nbytes = 0
+        self.drops: Counter[str] = Counter()
+        self.issues: list[FileIssue] = []
+
+    def add(self, text: str, language: str | None, row: int, nbytes: int) -> bool:
+        """Keep a document; True when the batch is full."""
+        self.seen += 1
+        self.texts.append(text)
+        self.languages.append(language)
+        self.rows.append(row)
+        self.nbytes += nbytes
+        return len(self.texts) >= self.batch_size or self.nbytes >= self.batch_bytes
+
+    def drop(self, reason: str, line: int | None, message: str) -> None:
+        """Count a dropped document; list its line while the reason is under the cap."""
+        self.seen += 1
+        self.drops[reason] += 1
+        self.issue_counts[reason] += 1
+        if self.issue_counts[reason] <= self.max_issues:
+            self.issues.append(FileIssue(self.f.path, line, reason, message))
+
+    def file_issue(self, reason: str, message: str) -> None:
+        self.file_issues += 1
+        self.issues.append(FileIssue(self.f.path, None, reason, message))
+
+    def pending(self) -> bool:
+        return bool(self.texts or self.drops or self.issues)
+
+    def take(self) -> DocBatch:
+        b = DocBatch(self.f.path, self.texts, self.languages, np.asarray(self.rows, dtype=np.int64), self.drops, self.issues)
+        self._reset()
+        return b
+
+
+# -- byte streams -------------------------------------------------------------------------------
+
+
+class _Corrupt(Exception):
+    """A compressed stream is damaged or ends early."""
+
+
+def _raw_chunks(fh: BinaryIO) -> Iterator[bytes]:
+    while chunk := fh.read(READ_CHUNK):
+        yield chunk
+
+
+def _gzip_chunks(fh: BinaryIO) -> Iterator[bytes]:
+    # GzipFile bounds each read's output, handles multi-member files, and checks CRC and length.
+    gz = gzip.GzipFile(fileobj=fh, mode="rb")
+    try:
+        while chunk := gz.read1(READ_CHUNK):  # read1: what one read decoded, kept before an EOFError
+            yield chunk
+    except (EOFError, OSError, zlib.error) as exc:
+        raise _Corrupt(f"gzip: {exc}") from exc
+
+
+def _zstd_chunks(fh: BinaryIO) -> Iterator[bytes]:
+    # zstandard's stream_reader returns a clean EOF on a truncated frame, so decode frame by frame
+    # with decompressobj (whose `eof` says a frame ended) and feed it small slices so that one
+    # call's output stays bounded.
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    obj = dctx.decompressobj(write_size=1 << 16)
+    in_frame = False
+    try:
+        for chunk in _raw_chunks(fh):
+            mv = memoryview(chunk)
+            for a in range(0, len(mv), _ZSTD_FEED):
+                piece: bytes | memoryview = mv[a : a + _ZSTD_FEED]
+                while piece:
+                    out = obj.decompress(piece)
+                    in_frame = True
+                    if out:
+                        yield out
+                    if not obj.eof:
+                        break
+                    piece, obj, in_frame = obj.unused_data, dctx.decompressobj(write_size=1 << 16), False
+    except zstandard.ZstdError as exc:
+        raise _Corrupt(f"zstd: {exc}") from exc
+    if in_frame:
+        raise _Corrupt("zstd: the stream ends inside a frame (truncated file)")
+
+
+def _lines(chunks: Iterator[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """(1-based line number, line without its newline) or (n, None) for a line over the limit.
+
+    A line over the limit is skipped as it streams past: memory stays O(max_line_bytes + chunk).
+    """
+    lineno = 0
+    pending: list[bytes] = []
+    pending_len = 0
+    too_long = False
+    for chunk in chunks:
+        parts = chunk.split(b"\n")
+        for part in parts[:-1]:
+            lineno += 1
+            if too_long or pending_len + len(part) > max_line_bytes:
+                yield lineno, None
+            else:
+                yield lineno, (b"".join(pending) + part) if pending else part
+            pending, pending_len, too_long = [], 0, False
+        tail = parts[-1]
+        if tail and not too_long:
+            pending_len += len(tail)
+            if pending_len > max_line_bytes:
+                pending, too_long = [], True
+            else:
+                pending.append(tail)
+    if pending or too_long:
+        yield lineno + 1, None if too_long else b"".join(pending)
+
+
+def _text_lines(f: InputFile, fh: BinaryIO, col: _Collector, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """Lines of a JSONL / text file after the binary sniff; damage ends the stream with an issue."""
+    chunks = {"none": _raw_chunks, "gzip": _gzip_chunks, "zstd": _zstd_chunks}[f.compression](fh)
+    head: list[bytes] = []
+    damage: _Corrupt | None = None
+    try:
+        size = 0
+        for chunk in chunks:  # gather the sniff window (zstd hands out small chunks)
+            head.append(chunk)
+            size += len(chunk)
+            if size >= SNIFF_BYTES:
+                break
+    except _Corrupt as exc:  # the lines before the damage still count
+        damage = exc
+    if b"\0" in b"".join(head)[:SNIFF_BYTES]:
+        col.file_issue(
+            "binary",
+            f"not text: NUL bytes in the first {SNIFF_BYTES} bytes (binary data, or UTF-16/32 text: convert it to UTF-8); file skipped",
+        )
+        return
+
+    def stream() -> Iterator[bytes]:
+        while head:  # pop, so the sniffed chunks are not held for the whole file
+            yield head.pop(0)
+        if damage is not None:
+            raise damage  # raising (not returning) keeps _lines from emitting the cut last line
+        yield from chunks
+
+    lineno = 0
+    try:
+        for lineno, line in _lines(stream(), max_line_bytes):
+            yield lineno, line
+    except _Corrupt as exc:
+        col.file_issue("corrupt_compressed", f"{exc}; read stopped after line {lineno}, the lines before it are kept")
+
+
+@dataclass(frozen=True)
+class _Bad:
+    reason: str
+    message: str
+
+
+def _decode(line: bytes, lineno: int) -> str | _Bad:
+    """Strict UTF-8 decode of line `lineno` (1-based; 0: not a line), or why it cannot be text."""
+    if b"\0" in line:
+        return _Bad("binary", f"line {lineno}: NUL bytes (binary data)")
+    try:
+        s = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _Bad("invalid_utf8", f"line {lineno}: invalid UTF-8 at byte {exc.start} ({exc.reason})")
+    return s[1:] if lineno == 1 and s.startswith("\ufeff") else s  # a UTF-8 byte-order mark
+
+
+def _row_language(label: object, default: str | None) -> str | None | _Bad:
+    """Key of a per-document label; a missing label falls back to the file's language."""
+    if label is None or label == "":
+        return default
+    key = _label_key(label) if isinstance(label, str) else None
+    return key if key is not None else _Bad("unknown_language", f"language {label!r} is not a language")
+
+
+# -- formats ------------------------------------------------------------------------------------
+
+
+def _read_jsonl(f: InputFile, col: _Collector, fh: BinaryIO, max_line_bytes: int, text_field: str) -> Iterator[DocBatch]:
+    """One document per line: a JSON object with a string `text_field` (and optional `language`)."""
+    for lineno, line in _text_lines(f, fh, col, max_line_bytes):
+        if line is None:
+            col.drop("line_too_long", lineno, f"line {lineno}: longer than max_line_bytes={max_line_bytes}; line skipped")
+            continue
+        if not line.strip():
+            continue  # a blank line is not a document
+        s = _decode(line, lineno)
+        if isinstance(s, _Bad):
+            col.drop(s.reason, lineno, f"{s.message}; line dropped")
+            continue
+        try:
+            obj = json.loads(s)
+        except ValueError as exc:
+            col.drop("malformed_json", lineno, f"line {lineno}: not valid JSON ({exc}); line dropped")
+            continue
+        if not isinstance(obj, dict):
+            col.drop("not_an_object", lineno, f"line {lineno}: a JSON {type(obj).__name__}, not an object; line dropped")
+            continue
+        text = obj.get(text_field)
+        if text is None:
+            col.drop("missing_text", lineno, f"line {lineno}: no {text_field!r} field (or it is null); line dropped")
+            continue
+        if not isinstance(text, str):
+            col.drop("non_string_text", lineno, f"line {lineno}: {text_field!r} is a JSON {type(text).__name__}, not a string; line dropped")
+            continue
+        if "\\u" in s:  # only an escape can smuggle in a lone surrogate, which UTF-8 cannot encode
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                col.drop("invalid_utf8", lineno, f"line {lineno}: {text_field!r} holds a lone surrogate (\\ud800-\\udfff escape); line dropped")
+                continue
+        if not text.strip():
+            col.drop("empty_text", lineno, f"line {lineno}: {text_field!r} is empty or blank; line dropped")
+            continue
+        lang = _row_language(obj.get("language"), f.language)
+        if isinstance(lang, _Bad):
+            col.drop(lang.reason, lineno, f"line {lineno}: {lang.message}; line dropped")
+            continue
+        if col.add(text, lang, lineno, len(line)):
+            yield col.take()
+
+
+def _read_txt(f: InputFile, col: _Collector, fh: BinaryIO, max_line_bytes: int) -> Iterator[DocBatch]:
+    """One document per block of lines between blank lines; a bad line drops its whole block."""
+    block: list[str] = []
+    start = size = 0
+    bad: _Bad | None = None  # the first problem in the current block
+    bad_line = 0
+
+    def close() -> bool:
+        nonlocal block, size, bad
+        full = False
+        if bad is not None:
+            col.drop(bad.reason, bad_line, f"{bad.message}; block from line {start} dropped")
+        elif block:
+            full = col.add("\n".join(block), f.language, start, size)
+        block, size, bad = [], 0, None
+        return full
+
+    for lineno, line in _text_lines(f, fh, col, max_line_bytes):
+        if line is not None and not line.strip():
+            if (block or bad is not None) and close():
+                yield col.take()
+            continue
+        if not block and bad is None:
+            start = lineno
+        if bad is not None:
+            continue  # the block is already dropped: skip to its end
+        if line is None:
+            bad, bad_line = _Bad("line_too_long", f"line {lineno}: longer than max_line_bytes={max_line_bytes}"), lineno
+            continue
+        size += len(line) + 1
+        if size > max_line_bytes:
+            bad, bad_line = _Bad("block_too_long", f"line {lineno}: the block passes max_line_bytes={max_line_bytes}"), lineno
+            block = []
+            continue
+        s = _decode(line, lineno)
+        if isinstance(s, _Bad):
+            bad, bad_line = s, lineno
+            block = []
+            continue
+        block.append(s.rstrip("\r"))
+    if (block or bad is not None) and close():
+        yield col.take()
+
+
+def _arrow_texts(arr: object, as_str: bool) -> list[object]:
+    """Python values of a text column chunk: str, None, or bytes to decode (invalid UTF-8 inside)."""
+    import pyarrow as pa
+
+    if as_str:
+        try:
+            return arr.to_pylist()  # type: ignore[attr-defined]
+        except UnicodeDecodeError:  # Arrow does not validate UTF-8 on read; find the bad rows below
+            arr = arr.cast(pa.large_binary())  # type: ignore[attr-defined]
+    return arr.to_pylist()  # type: ignore[attr-defined]
+
+
+def _read_parquet(f: InputFile, col: _Collector, batch_size: int, text_field: str) -> Iterator[DocBatch]:
+    """Rows of the `text_field` column (and `language` / `language_script` columns when present).
+
+    Memory is bounded by one row group: Arrow decodes a row group's column chunk at a time.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(f.path)
+    except (pa.ArrowException, OSError) as exc:
+        with open(f.path, "rb") as fh:
+            magic = fh.read(4)
+        if magic == b"PAR1":
+            col.file_issue("corrupt_parquet", f"Parquet footer unreadable ({exc}): truncated or damaged; nothing read")
+        else:
+            col.file_issue("not_parquet", f"not a Parquet file ({exc}); rename it or convert it")
+        return
+    schema = pf.schema_arrow
+    if text_field not in schema.names:
+        col.file_issue("no_text_column", f"no {text_field!r} column (columns: {', '.join(schema.names)}); file skipped")
+        return
+    t = schema.field(text_field).type
+
+    def is_type(*names: str) -> bool:  # the *_view checks arrived in pyarrow 16
+        return any(getattr(pa.types, n, lambda _: False)(t) for n in names)
+
+    as_str = is_type("is_string", "is_large_string", "is_string_view")
+    if not (as_str or is_type("is_binary", "is_large_binary", "is_binary_view")):
+        col.file_issue("non_string_text", f"column {text_field!r} has type {t}, not string; file skipped")
+        return
+    extra = [c for c in ("language", "language_script") if c in schema.names]
+    row = 0
+    try:
+        for rb in pf.iter_batches(batch_size=batch_size, columns=[text_field, *extra]):
+            texts = _arrow_texts(rb.column(0), as_str)
+            labels = rb.column(1).to_pylist() if "language" in extra else [None] * rb.num_rows
+            if "language_script" in extra:  # FineWeb-2 splits the key: language=fra, language_script=Latn
+                scripts = rb.column(len(extra)).to_pylist()
+                labels = [f"{l}_{s}" if isinstance(l, str) and l and "_" not in l and s else l for l, s in zip(labels, scripts)]
+            for i, text in enumerate(texts):
+                r = row + i
+                if isinstance(text, bytes):
+                    text = _decode(text, 0)
+                    if isinstance(text, _Bad):
+                        col.drop(text.reason, r, f"row {r}: {text.reason.replace('_', ' ')}; row dropped")
+                        continue
+                if text is None:
+                    col.drop("missing_text", r, f"row {r}: {text_field!r} is null; row dropped")
+                elif not text.strip():
+                    col.drop("empty_text", r, f"row {r}: {text_field!r} is empty or blank; row dropped")
+                else:
+                    lang = _row_language(labels[i], f.language)
+                    if isinstance(lang, _Bad):
+                        col.drop(lang.reason, r, f"row {r}: {lang.message}; row dropped")
+                    elif col.add(text, lang, r, len(text)):
+                        yield col.take()
+            row += rb.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        col.file_issue("corrupt_parquet", f"unreadable from row {row} on ({exc}); the rows before it are kept")
+
+
+def read_documents(
+    f: InputFile,
+    batch_size: int = 4096,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    *,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    text_field: str = "text",
+    max_issues_per_reason: int = 10,
+) -> Iterator[DocBatch]:
+    """Batches of the documents of one file, in file order; the last batch carries the file's issues.
+
+    A batch closes at `batch_size` documents or `batch_bytes` of input. Documents are as read (not
+    normalized); labels are normalized keys. Never raises for bad content: see the module doc.
+    """
+    for name, value in (("batch_size", batch_size), ("max_line_bytes", max_line_bytes), ("batch_bytes", batch_bytes)):
+        if value <= 0:
+            raise ValueError(f"read_documents: {name}={value} must be > 0")
+    col = _Collector(f, batch_size, batch_bytes, max_issues_per_reason)
+    try:
+        if os.path.getsize(f.path) == 0:
+            col.file_issue("empty_file", "the file is empty (0 bytes)")
+        elif f.format == "parquet":
+            yield from _read_parquet(f, col, batch_size, text_field)
+        else:
+            with open(f.path, "rb") as fh:
+                if f.format == "jsonl":
+                    yield from _read_jsonl(f, col, fh, max_line_bytes, text_field)
+                else:
+                    yield from _read_txt(f, col, fh, max_line_bytes)
+    except OSError as exc:
+        col.file_issue("unreadable", f"cannot read the file ({exc}); check that it exists and is readable")
+    if col.seen == 0 and not col.file_issues:
+        col.file_issue("empty_file", "no documents in the file (only blank lines, or empty once decompressed)")
+    if col.pending():
+        yield col.take()

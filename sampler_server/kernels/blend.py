@@ -1,0 +1,254 @@
+"""Low-discrepancy blending: which language each sequence of a segment comes from.
+
+This is Tijdeman's chairman-assignment problem (1980). For weights p (K >= 2, all > 0, sum 1)
+we assign positions t = 1, 2, ... so that for every prefix t and language i
+
+    |c_i(t) - p_i t| <= 1 - delta,   delta = 1 / (2K - 2),
+
+the best bound possible for all weight vectors. With integer times the k-th occurrence of i must
+fall in the window
+
+    (k - 1 + delta) / p_i  <=  t_k  <=  (k - delta) / p_i + 1
+
+(at t_k the count becomes k and needs k - p_i t_k <= 1 - delta; at t_k - 1 it is still k - 1
+and needs p_i (t_k - 1) - (k - 1) <= 1 - delta). Between occurrences c_i - p_i t only falls, so
+these two checks per occurrence are the whole condition. Earliest-deadline-first over the
+languages whose window is open meets every window (Tijdeman's theorem); greedy
+"largest deficit" rules do not (they exceed 1: see tests/sampler_server/test_blend.py).
+
+Two heaps give O(log K) a position: `waiting` keyed by window-open time, `ready` keyed by
+deadline; ties go to the lower language index in both, so the choice is a function of the keys
+alone. The keys are a function of the count vector, hence the whole state at time t is the count
+vector: restarting from the counts at a checkpoint reproduces the same continuation exactly,
+which is what `BlendIndex` uses for random access and what a recipe amendment starts from.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _push(heap: np.ndarray, size: np.int64, v: np.int64) -> np.int64:
+    """Insert v into the binary min-heap heap[:size]; returns the new size."""
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if v < heap[parent]:
+            heap[i] = heap[parent]
+            i = parent
+        else:
+            break
+    heap[i] = v
+    return size + 1
+
+
+@njit(cache=True, nogil=True)
+def _pop(heap: np.ndarray, size: np.int64) -> np.int64:
+    """Remove and return the smallest value of heap[:size] (the caller decrements its size).
+
+    Floyd's variant: walk the hole down along the smaller children to a leaf (a branch-free
+    choice), then sift the last element up from there; fewer mispredicted branches than the
+    textbook sift-down, same resulting set."""
+    top = heap[0]
+    size -= 1
+    last = heap[size]
+    i = 0
+    child = 1
+    while child + 1 < size:
+        a = heap[child]
+        b = heap[child + 1]
+        child += b < a
+        heap[i] = heap[child]
+        i = child
+        child = 2 * i + 1
+    if child < size:
+        heap[i] = heap[child]
+        i = child
+    while i > 0:
+        parent = (i - 1) >> 1
+        if last < heap[parent]:
+            heap[i] = heap[parent]
+            i = parent
+        else:
+            break
+    heap[i] = last
+    return top
+
+
+@njit(cache=True, nogil=True)
+def _open_time(c: np.int64, p: np.float64, delta: np.float64) -> np.int64:
+    """First integer time at which occurrence c + 1 may be placed: ceil((c + delta) / p)."""
+    return np.int64(np.ceil((np.float64(c) + delta) / p))
+
+
+@njit(cache=True, nogil=True)
+def _deadline(c: np.int64, p: np.float64, one_minus_delta: np.float64) -> np.int64:
+    """Last integer time for occurrence c + 1: floor((c + 1 - delta) / p + 1)."""
+    return np.int64(np.floor((np.float64(c) + one_minus_delta) / p + 1.0))
+
+
+@njit(cache=True, nogil=True)
+def blend_run(weights: np.ndarray, counts: np.ndarray, t0: np.int64, n: np.int64, out: np.ndarray) -> np.int64:
+    """Write the languages of positions t0+1 .. t0+n into out[:n]; counts (int64[K]) is advanced.
+
+    `t0` must equal counts.sum() (the positions already assigned in this segment). Returns the
+    number of times no window was open and the earliest-opening language was taken instead; 0
+    unless floating point breaks the theorem (tests check it stays 0)."""
+    K = weights.shape[0]
+    if counts.shape[0] != K:
+        raise ValueError("blend_run: counts must have one entry per weight")
+    if out.shape[0] < n:
+        raise ValueError("blend_run: out is shorter than n")
+    if counts.sum() != t0:
+        raise ValueError("blend_run: t0 must equal counts.sum() (positions already assigned)")
+    if K == 1:
+        for s in range(n):
+            out[s] = 0
+        counts[0] += n
+        return 0
+    delta = 1.0 / (2.0 * K - 2.0)
+    one_minus_delta = 1.0 - delta
+    # Heap entries pack (time << shift) | language: one integer compare orders by time, then by
+    # the lower language index -- the tie-break -- with no indirect key loads.
+    shift = 1
+    while (1 << shift) < K:
+        shift += 1
+    lang_mask = (1 << shift) - 1
+    limit = np.int64(1) << (62 - shift)  # times at or past this would overflow the packing
+    waiting = np.empty(K, np.int64)  # (window-open time, language) of languages not yet open
+    ready = np.empty(K, np.int64)  # (deadline, language) of languages whose window is open
+    due = np.empty(K, np.int64)  # deadline of each language's next occurrence
+    n_wait = 0
+    n_ready = 0
+    for i in range(K):
+        due[i] = _deadline(counts[i], weights[i], one_minus_delta)
+        if due[i] >= limit:
+            raise ValueError("blend_run: a deadline overflows the heap packing; a weight is too small")
+        opens = _open_time(counts[i], weights[i], delta)
+        if opens <= t0 + 1:
+            n_ready = _push(ready, n_ready, (due[i] << shift) | i)
+        else:
+            n_wait = _push(waiting, n_wait, (opens << shift) | i)
+    fallbacks = 0
+    for s in range(n):
+        t = t0 + 1 + s
+        # Invariant: ready holds exactly the languages whose window opens at or before t.
+        while n_wait > 0 and (waiting[0] >> shift) <= t:
+            i = _pop(waiting, n_wait) & lang_mask
+            n_wait -= 1
+            n_ready = _push(ready, n_ready, (due[i] << shift) | i)
+        if n_ready > 0:
+            i = _pop(ready, n_ready) & lang_mask
+            n_ready -= 1
+        else:
+            i = _pop(waiting, n_wait) & lang_mask
+            n_wait -= 1
+            fallbacks += 1
+        out[s] = i
+        counts[i] += 1
+        due[i] = _deadline(counts[i], weights[i], one_minus_delta)
+        if due[i] >= limit:
+            raise ValueError("blend_run: a deadline overflows the heap packing; a weight is too small")
+        opens = _open_time(counts[i], weights[i], delta)
+        # Entering ready now or via waiting at t + 1 gives the same set there: the choice
+        # depends only on the keys.
+        if opens <= t + 1:
+            n_ready = _push(ready, n_ready, (due[i] << shift) | i)
+        else:
+            n_wait = _push(waiting, n_wait, (opens << shift) | i)
+    return fallbacks
+
+
+class BlendIndex:
+    """Random access to the blend of one segment, through count checkpoints every `chunk` positions.
+
+    Checkpoints are built lazily and cached (memory O(K x checkpoints built)); building a far one
+    walks from the nearest cached one below it, so after the first build any access costs
+    O(chunk log K). Thread-safe: the server calls it from a thread pool."""
+
+    def __init__(self, weights: np.ndarray, chunk: int = 1 << 16):
+        w = np.ascontiguousarray(weights, dtype=np.float64)
+        if w.ndim != 1 or w.size == 0:
+            raise ValueError(f"BlendIndex: weights must be a non-empty 1-D array, got shape {w.shape}")
+        if not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ValueError("BlendIndex: weights must be finite and > 0; drop zero-weight languages before blending")
+        if abs(w.sum() - 1.0) > 1e-9:
+            raise ValueError(f"BlendIndex: weights must sum to 1 (got {w.sum()!r}); pass w / w.sum()")
+        if chunk < 1:
+            raise ValueError(f"BlendIndex: chunk must be >= 1, got {chunk}")
+        self.weights = w
+        self.weights.flags.writeable = False
+        self.chunk = int(chunk)
+        self._checkpoints: dict[int, np.ndarray] = {0: np.zeros(w.size, np.int64)}
+        self._lock = threading.Lock()
+
+    @property
+    def n_languages(self) -> int:
+        return int(self.weights.size)
+
+    def _checkpoint(self, j: int) -> np.ndarray:
+        """Counts after j * chunk positions (cached; read-only)."""
+        with self._lock:
+            hit = self._checkpoints.get(j)
+            if hit is not None:
+                return hit
+            below = max(k for k in self._checkpoints if k < j)
+            counts = self._checkpoints[below].copy()
+            scratch = np.empty(self.chunk, np.int32)
+            for k in range(below + 1, j + 1):
+                blend_run(self.weights, counts, (k - 1) * self.chunk, self.chunk, scratch)
+                snap = counts.copy()
+                snap.flags.writeable = False
+                self._checkpoints[k] = snap
+            return self._checkpoints[j]
+
+    def counts_at(self, g: int) -> np.ndarray:
+        """Count of each language among the first g positions (int64[K], a fresh array)."""
+        g = int(g)
+        if g < 0:
+            raise ValueError(f"BlendIndex.counts_at: g must be >= 0, got {g}")
+        j, r = divmod(g, self.chunk)
+        counts = self._checkpoint(j).copy()
+        if r:
+            blend_run(self.weights, counts, j * self.chunk, r, np.empty(r, np.int32))
+        return counts
+
+    def languages(self, start: int, n: int) -> np.ndarray:
+        """Languages (int32) of the 0-based positions start .. start + n - 1."""
+        start, n = int(start), int(n)
+        if start < 0 or n < 0:
+            raise ValueError(f"BlendIndex.languages: start ({start}) and n ({n}) must be >= 0")
+        j, skip = divmod(start, self.chunk)
+        counts = self._checkpoint(j).copy()
+        out = np.empty(skip + n, np.int32)
+        blend_run(self.weights, counts, j * self.chunk, skip + n, out)
+        return out[skip:]
+
+    def slice(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(counts before `start`, languages of positions start .. start + n - 1) in one walk
+        from the checkpoint below `start`."""
+        start, n = int(start), int(n)
+        if start < 0 or n < 0:
+            raise ValueError(f"BlendIndex.slice: start ({start}) and n ({n}) must be >= 0")
+        j, skip = divmod(start, self.chunk)
+        counts = self._checkpoint(j).copy()
+        if skip:
+            blend_run(self.weights, counts, j * self.chunk, skip, np.empty(skip, np.int32))
+        before = counts.copy()
+        out = np.empty(n, np.int32)
+        blend_run(self.weights, counts, start, n, out)
+        return before, out
+
+
+def adaptive_chunk(positions: int, n_languages: int, budget_bytes: int = 64 << 20, floor: int = 4096) -> int:
+    """Checkpoint spacing: as dense as `floor`, but sparse enough that all checkpoints of a
+    segment of `positions` fit in `budget_bytes` (int64 counts per language each)."""
+    need = positions * n_languages * 8 / budget_bytes
+    chunk = floor
+    while chunk < need:
+        chunk *= 2
+    return chunk

@@ -1,0 +1,172 @@
+"""Per-language token streams over memory-mapped shards, with a two-level shuffle.
+
+Language i's stream is its documents, each wrapped as [CLS] tokens [SEP], back to back, epoch
+after epoch. Epoch e orders the language's *blocks* (runs of consecutive documents of about
+`block_tokens` tokens inside one shard) by a keyed permutation, and the documents inside each
+block by another, so
+- the index is O(blocks): per block its shard, first document, document count and tokens;
+- reads stay sequential inside a block;
+- no document repeats within an epoch, and every epoch is a different order.
+Position T of the stream (a token offset, continuing across epochs and phases) is found by
+T = e·S + o (S the wrapped tokens of one epoch), a binary search over the epoch's permuted
+block offsets, then over the block's permuted document offsets. Both orders are cached (LRU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from curriculum.shards import ShardView, open_shard
+from sampler_server.kernels.pack import copy_run, keyed_permutation
+from sampler_server.kernels.rng import mix64
+
+DEFAULT_BLOCK_TOKENS = 1 << 20
+
+
+def language_key_hash(key: str) -> int:
+    """Stable 64-bit id of a language key (independent of its position in any table)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def _mix(*parts: int) -> np.uint64:
+    h = np.uint64(0x243F6A8885A308D3)
+    for p in parts:
+        h = np.uint64(mix64(h ^ np.uint64(p & 0xFFFFFFFFFFFFFFFF)))
+    return h
+
+
+class _LRU:
+    def __init__(self, size: int):
+        self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key, make):
+        with self.lock:
+            if key in self.data:
+                self.data.move_to_end(key)
+                return self.data[key]
+        value = make()  # pure: computing twice under a race gives the same value
+        with self.lock:
+            self.data[key] = value
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+        return value
+
+
+def cut_blocks(wrapped: np.ndarray, target: int) -> np.ndarray:
+    """Block boundaries (document indices, starting 0, ending n) grouping consecutive documents
+    until a block holds at least `target` wrapped tokens."""
+    n = wrapped.size
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    cum = np.cumsum(wrapped)
+    marks = np.arange(target, cum[-1], target, dtype=np.int64)
+    cuts = np.searchsorted(cum, marks, side="left") + 1
+    return np.unique(np.concatenate(([0], cuts[cuts < n], [n]))).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class BlockTable:
+    shard: np.ndarray  # int32: shard slot (position in the language's shard list)
+    doc0: np.ndarray  # int64: first document in the shard
+    ndocs: np.ndarray  # int64
+    tokens: np.ndarray  # int64: wrapped tokens in the block
+
+    @property
+    def stream_len(self) -> int:
+        return int(self.tokens.sum())
+
+
+class LanguageStream:
+    """The endless shuffled token stream of one language."""
+
+    def __init__(self, key: str, shard_paths: list[Path], seed: int, block_tokens: int = DEFAULT_BLOCK_TOKENS, cache: int = 64):
+        self.key = key
+        self.paths = list(shard_paths)
+        self.seed = int(seed)
+        self.block_tokens = int(block_tokens)
+        self._hash = language_key_hash(key)
+        self._shards: list[ShardView] | None = None
+        self._table: BlockTable | None = None
+        self._lock = threading.Lock()
+        self._epochs = _LRU(cache)
+        self._blocks = _LRU(cache * 8)
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._table is not None:
+                return
+            shards = [open_shard(p) for p in self.paths]
+            parts = []
+            for s, view in enumerate(shards):
+                wrapped = np.diff(view.offsets) + 2
+                bounds = cut_blocks(wrapped, self.block_tokens)
+                cum = np.concatenate(([0], np.cumsum(wrapped)))
+                parts.append((np.full(bounds.size - 1, s, np.int32), bounds[:-1], np.diff(bounds), cum[bounds[1:]] - cum[bounds[:-1]]))
+            table = BlockTable(*(np.concatenate([p[k] for p in parts]) for k in range(4)))
+            if table.stream_len == 0:
+                raise ValueError(f"language {self.key}: its shards hold no documents")
+            self._shards, self._table = shards, table
+
+    @property
+    def table(self) -> BlockTable:
+        if self._table is None:
+            self._load()
+        return self._table
+
+    @property
+    def stream_len(self) -> int:
+        return self.table.stream_len
+
+    def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(block permutation, cumulative wrapped tokens in that order, length n+1)."""
+
+        def make():
+            t = self.table
+            perm = np.empty(t.tokens.size, np.int32)
+            keyed_permutation(perm.size, _mix(self.seed, self._hash, epoch), perm)
+            return perm, np.concatenate(([0], np.cumsum(t.tokens[perm])))
+
+        return self._epochs.get(epoch, make)
+
+    def block_order(self, epoch: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard-local document ids in shuffled order, cumulative wrapped tokens, length n+1)."""
+
+        def make():
+            t = self.table
+            n = int(t.ndocs[block])
+            perm = np.empty(n, np.int32)
+            keyed_permutation(n, _mix(self.seed, self._hash, epoch, block + 1), perm)
+            docs = (t.doc0[block] + perm).astype(np.int32)
+            offs = self._shards[t.shard[block]].offsets
+            wrapped = offs[docs + 1] - offs[docs] + 2
+            return docs, np.concatenate(([0], np.cumsum(wrapped)))
+
+        return self._blocks.get((epoch, block), make)
+
+    def fill(self, start: int, out: np.ndarray, starts: np.ndarray, cls_id: int, sep_id: int) -> int:
+        """Write stream tokens [start, start+len(out)) into `out`; document starts into `starts`.
+        Returns how many document starts were written."""
+        t = self.table
+        S = t.stream_len
+        L = out.size
+        pos, n_starts, T = 0, 0, int(start)
+        while pos < L:
+            e, o = divmod(T, S)
+            perm, cum = self.epoch_order(e)
+            j = int(np.searchsorted(cum, o, side="right")) - 1
+            b = int(perm[j])
+            docs, dcum = self.block_order(e, b)
+            ob = o - int(cum[j])
+            d = int(np.searchsorted(dcum, ob, side="right")) - 1
+            n = min(L - pos, int(cum[j + 1]) - o)
+            view = self._shards[t.shard[b]]
+            n_starts = copy_run(view.tokens, view.offsets, docs, d, ob - int(dcum[d]), n, cls_id, sep_id, out, pos, starts, n_starts)
+            pos += n
+            T += n
+        return n_starts

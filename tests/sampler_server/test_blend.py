@@ -1,0 +1,296 @@
+"""Blend kernel vs a slow reference twin; the Tijdeman bound; random access through checkpoints."""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sampler_server.kernels.blend import BlendIndex, blend_run
+
+
+def reference_blend(weights: np.ndarray, counts0: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Earliest-deadline-first by an O(K) scan per position (the kernel must match it exactly).
+
+    Same window formulas as the kernel, in the same IEEE order: language i's next occurrence
+    (number c_i + 1) may go at integer times ceil((c_i + delta) / p_i) .. floor((c_i + 1 - delta) / p_i + 1).
+    Returns (languages of the n positions, final counts)."""
+    p = np.asarray(weights, np.float64)
+    K = p.size
+    c = np.array(counts0, np.int64)
+    out = np.empty(n, np.int32)
+    if K == 1:
+        out[:] = 0
+        c[0] += n
+        return out, c
+    delta = 1.0 / (2.0 * K - 2.0)
+    one_minus_delta = 1.0 - delta
+    opens = np.ceil((c + delta) / p).astype(np.int64)
+    due = np.floor((c + one_minus_delta) / p + 1.0).astype(np.int64)
+    big = np.iinfo(np.int64).max
+    t0 = int(c.sum())
+    for s in range(n):
+        t = t0 + 1 + s
+        is_open = opens <= t
+        if is_open.any():
+            i = int(np.argmin(np.where(is_open, due, big)))  # argmin returns the lowest index on ties
+        else:
+            i = int(np.argmin(opens))
+        out[s] = i
+        c[i] += 1
+        opens[i] = math.ceil((float(c[i]) + delta) / p[i])
+        due[i] = math.floor((float(c[i]) + one_minus_delta) / p[i] + 1.0)
+    return out, c
+
+
+def max_discrepancy(weights: np.ndarray, langs: np.ndarray, counts0: np.ndarray | None = None) -> float:
+    """max over prefixes t and languages i of |c_i(t) - p_i t| for a run starting at counts0.
+
+    c_i - p_i t peaks right at an occurrence and p_i t - c_i right before one (or at the end), so
+    checking those times covers every prefix."""
+    p = np.asarray(weights, np.float64)
+    K = p.size
+    c0 = np.zeros(K, np.int64) if counts0 is None else np.asarray(counts0, np.int64)
+    t0 = int(c0.sum())
+    n = langs.size
+    order = np.argsort(langs, kind="stable")
+    bounds = np.searchsorted(langs[order], np.arange(K + 1))
+    worst = 0.0
+    for i in range(K):
+        times = t0 + order[bounds[i] : bounds[i + 1]].astype(np.float64) + 1.0
+        k = c0[i] + np.arange(1, times.size + 1, dtype=np.float64)
+        worst = max(worst, float(np.max(k - p[i] * times, initial=-np.inf)))
+        worst = max(worst, float(np.max(p[i] * (times - 1.0) - (k - 1.0), initial=-np.inf)))
+        worst = max(worst, float(p[i] * (t0 + n) - (c0[i] + times.size)))
+        if t0 > 0:
+            worst = max(worst, float(abs(c0[i] - p[i] * t0)))
+    return worst
+
+
+def run(weights: np.ndarray, n: int, counts0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The kernel on a copy of counts0; returns (languages, final counts, fallbacks)."""
+    c = np.zeros(len(weights), np.int64) if counts0 is None else np.array(counts0, np.int64)
+    out = np.empty(n, np.int32)
+    fallbacks = blend_run(np.asarray(weights, np.float64), c, int(c.sum()), n, out)
+    return out, c, int(fallbacks)
+
+
+def bound(K: int) -> float:
+    return 1.0 - 1.0 / (2 * K - 2) if K > 1 else 0.0
+
+
+def tolerance(t_max: int) -> float:
+    # p_i * t in float64 carries a relative error ~1e-16, so allow 1e-9 plus that at large t.
+    return 1e-9 + 4e-16 * t_max
+
+
+def dirichlet(K: int, seed: int, alpha: float = 1.0) -> np.ndarray:
+    w = np.random.default_rng(seed).dirichlet(np.full(K, alpha))
+    w = np.maximum(w, 1e-12)
+    return w / w.sum()
+
+
+def tails(K: int, tail: float) -> np.ndarray:
+    w = np.full(K, tail)
+    w[0] = 1.0 - tail * (K - 1)
+    return w
+
+
+WEIGHTS = {
+    "k2": dirichlet(2, 1),
+    "k3": dirichlet(3, 2),
+    "k17": dirichlet(17, 3),
+    "k17_sparse": dirichlet(17, 4, alpha=0.2),
+    "k200": dirichlet(200, 5),
+    "extreme_3": np.array([0.9, 0.05, 0.05]),
+    "tails_1e-6": tails(6, 1e-6),
+    "two_tails": np.array([0.5 - 1e-6, 0.5 - 1e-6, 1e-6, 1e-6]),
+    "uniform_5": np.full(5, 0.2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTS))
+def test_kernel_matches_reference(name: str) -> None:
+    w = WEIGHTS[name]
+    n = 50_000
+    got, counts, fallbacks = run(w, n)
+    want, want_counts = reference_blend(w, np.zeros(w.size, np.int64), n)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(counts, want_counts)
+    assert fallbacks == 0
+
+
+@pytest.mark.parametrize("name", ["k3", "k17", "k200", "tails_1e-6"])
+def test_kernel_matches_reference_after_restart(name: str) -> None:
+    # Restarting from the counts of a prefix is the kernel's whole random-access contract.
+    w = WEIGHTS[name]
+    prefix, _, _ = run(w, 12_345)
+    c0 = np.bincount(prefix, minlength=w.size).astype(np.int64)
+    got, _, _ = run(w, 5_000, c0)
+    want, _ = reference_blend(w, c0, 5_000)
+    np.testing.assert_array_equal(got, want)
+    whole, _, _ = run(w, 12_345 + 5_000)
+    np.testing.assert_array_equal(got, whole[12_345:])
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTS))
+def test_every_prefix_within_tijdeman_bound(name: str) -> None:
+    w = WEIGHTS[name]
+    n = 200_000
+    langs, counts, fallbacks = run(w, n)
+    assert fallbacks == 0
+    assert counts.sum() == n
+    assert max_discrepancy(w, langs) <= bound(w.size) + tolerance(n)
+
+
+def test_bound_at_mmbert_scale() -> None:
+    # 1,833 languages with tau-annealed power-law weights, as in mmBERT's decay phase.
+    sizes = np.random.default_rng(7).pareto(0.8, 1833) + 1.0
+    w = sizes**0.3 / np.sum(sizes**0.3)
+    n = 300_000
+    langs, _, fallbacks = run(w, n)
+    assert fallbacks == 0
+    assert max_discrepancy(w, langs) <= bound(w.size) + tolerance(n)
+
+
+def test_k1_is_trivial() -> None:
+    langs, counts, _ = run(np.array([1.0]), 100)
+    assert (langs == 0).all() and counts[0] == 100
+    idx = BlendIndex(np.array([1.0]), chunk=16)
+    assert idx.counts_at(1000)[0] == 1000
+    assert (idx.languages(999, 5) == 0).all()
+
+
+def test_far_offsets_match_a_run_from_zero() -> None:
+    w = WEIGHTS["k17"]
+    g = 10_000_000
+    full, _, fallbacks = run(w, g + 2_000)
+    assert fallbacks == 0
+    idx = BlendIndex(w, chunk=1 << 16)
+    got = idx.languages(g - 1_000, 3_000)
+    np.testing.assert_array_equal(got, full[g - 1_000 : g + 2_000])
+    np.testing.assert_array_equal(idx.counts_at(g), np.bincount(full[:g], minlength=w.size))
+    # The bound at the far window, measured from the checkpointed counts.
+    base = idx.counts_at(g - 1_000)
+    assert max_discrepancy(w, got, base) <= bound(w.size) + tolerance(g + 2_000)
+
+
+@pytest.mark.parametrize("name", ["k200", "tails_1e-6"])
+def test_bound_at_random_far_offsets(name: str) -> None:
+    w = WEIGHTS[name]
+    idx = BlendIndex(w, chunk=1 << 16)
+    rng = np.random.default_rng(11)
+    for g in sorted(rng.integers(1_000_000, 12_000_000, size=4)):
+        base = idx.counts_at(int(g))
+        assert base.sum() == g
+        langs = idx.languages(int(g), 20_000)
+        assert max_discrepancy(w, langs, base) <= bound(w.size) + tolerance(int(g) + 20_000)
+
+
+def test_languages_equals_slices_of_a_run_from_zero() -> None:
+    w = WEIGHTS["k17_sparse"]
+    full, _, _ = run(w, 50_000)
+    idx = BlendIndex(w, chunk=1_000)
+    rng = np.random.default_rng(3)
+    cases = [(0, 0), (0, 1), (0, 1_000), (999, 2), (1_000, 1_000), (48_000, 2_000)]
+    cases += [(int(s), int(rng.integers(0, 3_000))) for s in rng.integers(0, 47_000, size=40)]
+    for start, n in cases:
+        got = idx.languages(start, n)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, full[start : start + n], err_msg=f"start={start} n={n}")
+
+
+def test_counts_at_is_consistent() -> None:
+    w = WEIGHTS["k200"]
+    full, _, _ = run(w, 30_000)
+    idx = BlendIndex(w, chunk=4_096)
+    for g in [0, 1, 4_095, 4_096, 4_097, 12_345, 30_000]:
+        c = idx.counts_at(g)
+        assert c.dtype == np.int64 and c.sum() == g
+        np.testing.assert_array_equal(c, np.bincount(full[:g], minlength=w.size))
+    # A returned array is the caller's: mutating it leaves the index intact.
+    idx.counts_at(8_192)[:] = -1
+    np.testing.assert_array_equal(idx.counts_at(8_192), np.bincount(full[:8_192], minlength=w.size))
+
+
+def test_checkpoints_are_built_lazily_from_the_nearest_below() -> None:
+    idx = BlendIndex(WEIGHTS["k3"], chunk=100)
+    idx.counts_at(550)
+    assert sorted(idx._checkpoints) == [0, 1, 2, 3, 4, 5]
+    idx.languages(120, 10)
+    assert sorted(idx._checkpoints) == [0, 1, 2, 3, 4, 5]
+
+
+def test_concurrent_access_from_a_thread_pool() -> None:
+    w = WEIGHTS["k17"]
+    full, _, _ = run(w, 400_000)
+    starts = np.random.default_rng(5).integers(0, 390_000, size=64)
+    idx = BlendIndex(w, chunk=8_192)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda s: idx.languages(int(s), 10_000), starts))
+    for s, g in zip(starts, got):
+        np.testing.assert_array_equal(g, full[s : s + 10_000])
+
+
+def test_greedy_largest_deficit_rules_break_the_unit_bound() -> None:
+    """Why EDF: argmax(p_i (t+1) - c_i) exceeds 1 on these weights (found by a Dirichlet
+    search), and Megatron's argmax(p_i t - c_i) does on 0.9/0.05/0.05; EDF stays within 1 - delta."""
+
+    def greedy(p: np.ndarray, n: int, shift: int) -> np.ndarray:
+        c = np.zeros(p.size)
+        out = np.empty(n, np.int32)
+        for t in range(n):
+            i = int(np.argmax(p * max(t + shift, 1) - c))
+            out[t] = i
+            c[i] += 1
+        return out
+
+    w = np.array([0.0162886, 0.07522868, 0.4645582, 0.00748073, 0.41759933, 0.01536339, 0.00348107])
+    w /= w.sum()
+    assert max_discrepancy(w, greedy(w, 3_000, shift=1)) > 1.03
+    ours, _, _ = run(w, 3_000)
+    assert max_discrepancy(w, ours) <= bound(w.size) + 1e-9
+
+    w = np.array([0.9, 0.05, 0.05])
+    assert max_discrepancy(w, greedy(w, 3_000, shift=0)) > 1.15
+    ours, _, _ = run(w, 3_000)
+    assert max_discrepancy(w, ours) <= bound(w.size) + 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    raw=st.lists(st.floats(min_value=1e-4, max_value=1.0), min_size=2, max_size=12),
+    n=st.integers(min_value=1, max_value=1_500),
+    split=st.integers(min_value=0, max_value=1_500),
+)
+def test_property_matches_reference_and_bound(raw: list[float], n: int, split: int) -> None:
+    w = np.array(raw) / np.sum(raw)
+    split = min(split, n)
+    got, _, fallbacks = run(w, n)
+    want, _ = reference_blend(w, np.zeros(w.size, np.int64), n)
+    np.testing.assert_array_equal(got, want)
+    assert fallbacks == 0
+    assert max_discrepancy(w, got) <= bound(w.size) + 1e-9
+    head, c, _ = run(w, split)
+    tail, _, _ = run(w, n - split, c)
+    np.testing.assert_array_equal(np.concatenate([head, tail]), got)
+
+
+def test_invalid_inputs_name_the_parameter() -> None:
+    with pytest.raises(ValueError, match="> 0"):
+        BlendIndex(np.array([0.5, 0.5, 0.0]))
+    with pytest.raises(ValueError, match="sum to 1"):
+        BlendIndex(np.array([0.5, 0.6]))
+    with pytest.raises(ValueError, match="chunk"):
+        BlendIndex(np.array([0.5, 0.5]), chunk=0)
+    idx = BlendIndex(np.array([0.5, 0.5]))
+    with pytest.raises(ValueError, match="g must be"):
+        idx.counts_at(-1)
+    with pytest.raises(ValueError, match="start"):
+        idx.languages(-1, 3)
+    with pytest.raises(ValueError, match="t0"):
+        blend_run(np.array([0.5, 0.5]), np.array([3, 0], np.int64), 2, 1, np.empty(1, np.int32))

@@ -1,0 +1,127 @@
+"""Sampler: a pure function of (recipe, manifest, seed, step, rank, world size)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curriculum.randomcorpus import RANDOM_TOKENIZER, write_random_corpus
+from curriculum.recipe import parse_recipe
+from curriculum.schedule import ScheduleError
+from sampler_server.sampler import Sampler
+
+SCALED_MMBERT = {
+    "name": "mmbert-scaled",
+    "phases": [
+        {"name": "pretrain", "tokens": 40 * 8 * 1024, "batch_tokens": 8 * 1024, "seq_len": 1024,
+         "languages": {"top": 6}, "tau": 0.7, "mask_ratio": 0.3},
+        {"name": "midtrain", "tokens": 10 * 8 * 8192, "batch_tokens": 8 * 8192, "seq_len": 8192,
+         "languages": {"top": 12}, "tau": 0.5, "mask_ratio": 0.15},
+        {"name": "decay", "tokens": 6 * 8 * 8192, "batch_tokens": 8 * 8192, "seq_len": 8192,
+         "languages": "all", "tau": 0.3, "mask_ratio": 0.05, "lr": {"decay": "inv_sqrt", "final_factor": 0.02}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    sizes = {f"l{i:02d}_Latn": int(s) for i, s in enumerate(np.exp(rng.uniform(np.log(3e3), np.log(4e5), 20)))}
+    return write_random_corpus(tmp_path_factory.mktemp("corpus") / "m", sizes, seed=3, mean_doc_tokens=150, shard_tokens=60_000)
+
+
+@pytest.fixture(scope="module")
+def sampler(corpus):
+    return Sampler(corpus, parse_recipe(SCALED_MMBERT), seed=7, chunk=64, block_tokens=4096)
+
+
+def originals(b):
+    return np.where(b.labels != -100, b.labels, b.input_ids)
+
+
+def test_phase_boundary_changes_sequence_length(sampler):
+    assert [sampler.schedule(s).seq_len for s in (0, 39, 40, 49, 50, 55)] == [1024, 1024, 8192, 8192, 8192, 8192]
+    assert [sampler.schedule(s).phase for s in (39, 40, 50)] == ["pretrain", "midtrain", "decay"]
+    b39, b40 = sampler.batch(39), sampler.batch(40)
+    assert b39.input_ids.shape == (8, 1024) and b40.input_ids.shape == (8, 8192)
+    assert sampler.schedule(55).lr_factor < sampler.schedule(50).lr_factor == 1.0
+    with pytest.raises(ScheduleError, match="past the last phase"):
+        sampler.batch(56)
+
+
+def test_same_global_batch_for_every_world_size_and_rebuild(corpus, sampler):
+    for step in (0, 17, 40, 53):
+        ref = sampler.batch(step)
+        for w in (2, 4, 8):
+            parts = [sampler.batch(step, r, w) for r in range(w)]
+            assert np.concatenate([p.input_ids for p in parts]).tobytes() == ref.input_ids.tobytes()
+            assert np.concatenate([p.labels for p in parts]).tobytes() == ref.labels.tobytes()
+            assert np.concatenate([p.lang for p in parts]).tobytes() == ref.lang.tobytes()
+    again = Sampler(corpus, parse_recipe(SCALED_MMBERT), seed=7, chunk=64, block_tokens=4096)
+    for step in (53, 3, 41):  # random order: no hidden state
+        a, b = sampler.batch(step, 1, 2), again.batch(step, 1, 2)
+        assert a.input_ids.tobytes() == b.input_ids.tobytes() and a.labels.tobytes() == b.labels.tobytes()
+        assert a.cu_seqlens.tobytes() == b.cu_seqlens.tobytes()
+    other = Sampler(corpus, parse_recipe(SCALED_MMBERT), seed=8, chunk=64, block_tokens=4096)
+    assert other.batch(3).input_ids.tobytes() != sampler.batch(3).input_ids.tobytes()
+    assert other.build_id != sampler.build_id
+
+
+def test_world_size_must_divide_the_batch(sampler):
+    with pytest.raises(ScheduleError, match="does not divide the global batch of 8"):
+        sampler.batch(0, 0, 3)
+    with pytest.raises(ScheduleError, match="rank must be in"):
+        sampler.batch(0, 4, 4)
+
+
+def test_batch_structure_and_masking(sampler):
+    tok = RANDOM_TOKENIZER
+    b = sampler.batch(5)
+    orig = originals(b)
+    assert b.input_ids.dtype == np.int32 and b.labels.dtype == np.int32 and b.cu_seqlens.dtype == np.int32
+    # cu_seqlens: starts at 0, ends at B*L, every row start and every CLS is a boundary.
+    flat = orig.reshape(-1)
+    cls_pos = set(np.flatnonzero(flat == tok.cls_id).tolist())
+    row_starts = set(range(0, flat.size, b.input_ids.shape[1]))
+    assert set(b.cu_seqlens[:-1].tolist()) == cls_pos | row_starts and b.cu_seqlens[-1] == flat.size
+    assert np.all(np.diff(b.cu_seqlens) > 0) and b.max_seqlen <= b.input_ids.shape[1]
+    # Specials never masked; masked positions hold MASK, a random id or the original.
+    masked = b.labels != -100
+    assert not np.isin(orig[masked], tok.special_ids).any()
+    assert 0.2 < masked.sum() / (~np.isin(orig, tok.special_ids)).sum() < 0.4
+    # The row is exactly the language's stream at its position.
+    langs, starts = sampler.assign(0, 5 * 8, 6 * 8)
+    assert np.array_equal(langs, b.lang)
+    for r in range(8):
+        row = np.empty(1024, np.int32)
+        sampler._streams[langs[r]].fill(int(starts[r]), row, np.empty(1024, np.int32), tok.cls_id, tok.sep_id)
+        assert np.array_equal(row, orig[r])
+
+
+def test_prefix_counts_within_one_of_the_weights(sampler):
+    plan = sampler.plans[2]
+    n = plan.phase.steps * plan.phase.batch_sequences
+    langs, _ = sampler.assign(2, 0, n)
+    w = plan.table["weight"].to_numpy()
+    idx = [sampler.languages.index(k) for k in plan.languages]
+    counts = np.zeros(len(idx))
+    for g, lang in enumerate(langs, start=1):
+        counts[idx.index(lang)] += 1
+        assert np.abs(counts - w * g).max() < 1.0
+
+
+def test_streams_continue_across_phases_without_repeating(sampler):
+    # Tokens served per language = sum over phases of its sequences x their length.
+    last = sampler.total_steps
+    used = np.zeros(len(sampler.languages), np.int64)
+    for p, plan in enumerate(sampler.plans):
+        n = plan.phase.steps * plan.phase.batch_sequences
+        langs, starts = sampler.assign(p, 0, n)
+        # Sequences of one language tile its stream: consecutive, no gap, no overlap.
+        for lang in np.unique(langs):
+            s = np.sort(starts[langs == lang])
+            assert s[0] == used[lang] and np.all(np.diff(s) == plan.phase.seq_len)
+            used[lang] = s[-1] + plan.phase.seq_len
+    assert np.array_equal(used, sampler.consumed_tokens(last - 1) + np.bincount(
+        sampler.assign(2, (sampler.plans[2].phase.steps - 1) * 8, sampler.plans[2].phase.steps * 8)[0],
+        minlength=len(sampler.languages)) * 8192)
