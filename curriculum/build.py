@@ -71,18 +71,18 @@ def _atomic_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_arrow(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-        w.write_table(table)
-    os.replace(tmp, path)
-
-
-def _read_arrow(path: Path, columns: list[str] | None = None) -> pa.Table:
+def _rows(path: Path) -> int:
     with pa.memory_map(str(path), "r") as src:
-        t = pa.ipc.open_file(src).read_all()
-    return t.select(columns) if columns else t
+        reader = pa.ipc.open_file(src)
+        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+
+
+def _iter_batches(path: Path, columns: list[str]):
+    """Record batches of an extract part, one at a time (bounded memory)."""
+    with pa.memory_map(str(path), "r") as src:
+        reader = pa.ipc.open_file(src)
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i).select(columns)
 
 
 # -- stage 1: extract ---------------------------------------------------------------------------
@@ -97,6 +97,12 @@ class ExtractSpec:
     language: str | None
     work: str
     cfg: dict
+
+
+def _part_schema(num_perm: int) -> pa.Schema:
+    return pa.schema(
+        [pa.field("doc_id", pa.int64()), pa.field("text", pa.large_string()), pa.field("sig", pa.list_(pa.uint32(), num_perm))]
+    )
 
 
 def _extract_dir(work: str | Path, index: int) -> Path:
@@ -114,62 +120,83 @@ def extract_task(spec: ExtractSpec) -> dict:
     if done.exists():
         return json.loads(done.read_text())
     f = InputFile(path=spec.path, format=spec.format, compression=spec.compression, language=spec.language)
+    outdir = _extract_dir(spec.work, spec.index)
+    outdir.mkdir(parents=True, exist_ok=True)
+    for stale in outdir.glob(".*.tmp"):  # left by a killed run of this task
+        stale.unlink()
+    dcfg = DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold)
     drops: dict[str, Counter] = defaultdict(Counter)  # language ('' = unknown) → reason → count
-    texts: dict[str, list[str]] = defaultdict(list)
-    rows: dict[str, list[int]] = defaultdict(list)
+    kept: Counter = Counter()
+    writers: dict[str, tuple[Path, pa.OSFile, pa.ipc.RecordBatchFileWriter]] = {}
     issues: list[dict] = []
     n_in = n_bytes = 0
     lid = None
-    for batch in read_documents(f):
-        for reason, n in batch.drops.items():
-            drops[spec.language or ""][reason] += n
-            n_in += n
-        issues.extend(asdict(i) for i in batch.issues)
-        norm = [normalize_text(t) for t in batch.texts]
-        langs = list(batch.languages)
-        n_in += len(norm)
-        unlabeled = [i for i, l in enumerate(langs) if l is None]
-        if unlabeled:
-            lid = lid or _identifier(cfg.lid_model, cfg.lid_threshold, cfg.lid_prefix_chars)
-            keys, probs = lid.predict([norm[i] for i in unlabeled])
-            for i, key, prob in zip(unlabeled, keys, probs):
-                if key is None:
-                    langs[i] = ("", "unknown_lid_label")
-                elif prob < cfg.lid_threshold:
-                    langs[i] = ("", "low_lid_confidence")
+    try:
+        for batch in read_documents(f):
+            for reason, n in batch.drops.items():
+                drops[spec.language or ""][reason] += n
+                n_in += n
+            issues.extend(asdict(i) for i in batch.issues)
+            norm = [normalize_text(t) for t in batch.texts]
+            langs: list = list(batch.languages)
+            n_in += len(norm)
+            # Length filter first, so language ID never runs on text that is dropped anyway.
+            for i, text in enumerate(norm):
+                if len(text) < cfg.min_chars:
+                    langs[i] = (langs[i] or "", "too_short")
+                elif len(text) > cfg.max_chars:
+                    langs[i] = (langs[i] or "", "too_long")
+            unlabeled = [i for i, l in enumerate(langs) if l is None]
+            if unlabeled:
+                lid = lid or _identifier(cfg.lid_model, cfg.lid_threshold, cfg.lid_prefix_chars)
+                keys, probs = lid.predict([norm[i] for i in unlabeled])
+                for i, key, prob in zip(unlabeled, keys, probs):
+                    if key is None:
+                        langs[i] = ("", "unknown_lid_label")
+                    elif prob < cfg.lid_threshold:
+                        langs[i] = ("", "low_lid_confidence")
+                    else:
+                        langs[i] = key
+            groups: dict[str, list[int]] = defaultdict(list)
+            for i, lang in enumerate(langs):
+                if isinstance(lang, tuple):
+                    drops[lang[0]][lang[1]] += 1
                 else:
-                    langs[i] = key
-        for text, lang, row in zip(norm, langs, batch.rows):
-            if isinstance(lang, tuple):
-                drops[lang[0]][lang[1]] += 1
-            elif len(text) < cfg.min_chars:
-                drops[lang]["too_short"] += 1
-            elif len(text) > cfg.max_chars:
-                drops[lang]["too_long"] += 1
-            else:
-                texts[lang].append(text)
-                rows[lang].append(int(row))
-                n_bytes += len(text.encode("utf-8"))
-    dcfg = DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold)
-    kept = {}
-    for lang in sorted(texts):
-        ids = (np.int64(spec.index) << DOC_ID_FILE_SHIFT) + np.asarray(rows[lang], np.int64)
-        sig = signatures_for_texts(texts[lang], lang, dcfg) if cfg.dedup else np.zeros((len(ids), 0), np.uint32)
-        table = pa.table(
-            {
-                "doc_id": pa.array(ids, pa.int64()),
-                "text": pa.array(texts[lang], pa.large_string()),
-                "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), sig.shape[1]) if sig.shape[1] else pa.nulls(len(ids), pa.int8()),
-            }
-        )
-        _atomic_arrow(_extract_dir(spec.work, spec.index) / f"{lang}.arrow", table)
-        kept[lang] = len(ids)
+                    groups[lang].append(i)
+            # Stream each batch out per language: memory stays bounded by the batch, whatever
+            # the file size.
+            for lang in sorted(groups):
+                idx = groups[lang]
+                texts = [norm[i] for i in idx]
+                ids = (np.int64(spec.index) << DOC_ID_FILE_SHIFT) + np.asarray(batch.rows, np.int64)[idx]
+                sig = signatures_for_texts(texts, lang, dcfg) if cfg.dedup else np.zeros((len(ids), 1), np.uint32)
+                rb = pa.record_batch(
+                    [pa.array(ids, pa.int64()), pa.array(texts, pa.large_string()),
+                     pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1), pa.uint32()), sig.shape[1])],
+                    schema=_part_schema(sig.shape[1]),
+                )
+                if lang not in writers:
+                    tmp = outdir / f".{lang}.arrow.{os.getpid()}.tmp"
+                    sink = pa.OSFile(str(tmp), "wb")
+                    writers[lang] = (tmp, sink, pa.ipc.new_file(sink, rb.schema))
+                writers[lang][2].write_batch(rb)
+                kept[lang] += len(idx)
+                n_bytes += sum(len(t.encode("utf-8")) for t in texts)
+        for lang, (tmp, sink, w) in writers.items():
+            w.close()
+            sink.close()
+            os.replace(tmp, outdir / f"{lang}.arrow")
+    finally:
+        for tmp, sink, _ in writers.values():
+            if not sink.closed:
+                sink.close()
+                tmp.unlink(missing_ok=True)
     stats = {
         "index": spec.index,
         "path": spec.path,
         "docs_in": n_in,
         "bytes_kept": n_bytes,
-        "kept": kept,
+        "kept": dict(sorted(kept.items())),
         "drops": {k: dict(v) for k, v in drops.items()},
         "issues": issues,
     }
@@ -196,26 +223,36 @@ def dedup_task(spec: DedupSpec) -> dict:
     done = Path(spec.work) / "dedup" / f"{spec.language}.json"
     if done.exists():
         return json.loads(done.read_text())
-    ids_parts, sig_parts = [], []
-    for p in spec.parts:
-        t = _read_arrow(Path(p), ["doc_id", "sig"])
-        ids_parts.append(t.column("doc_id").to_numpy())
-        if cfg.dedup:
-            col = t.column("sig").combine_chunks()
-            sig_parts.append(col.values.to_numpy().reshape(len(col), -1))
-    ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64)
-    if cfg.dedup and ids.size > 1:
-        dcfg = DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold)
-        drop = find_duplicates(np.concatenate(sig_parts), ids, dcfg)
-        dropped = np.sort(ids[drop])
-    else:
-        dropped = np.zeros(0, np.int64)
+    ddir = Path(spec.work) / "dedup"
+    ddir.mkdir(parents=True, exist_ok=True)
+    n = sum(_rows(Path(p)) for p in spec.parts)
+    ids = np.empty(n, np.int64)
+    dropped = np.zeros(0, np.int64)
+    if cfg.dedup and n > 1:
+        # Signatures of all files of the language go to a memory-mapped array on disk, so a
+        # language larger than RAM still dedups (the banded backend groups out of core).
+        sig_path = ddir / f".{spec.language}.sig.{os.getpid()}.tmp.npy"
+        sig = np.lib.format.open_memmap(sig_path, mode="w+", dtype=np.uint32, shape=(n, cfg.num_perm))
+        at = 0
+        for p in spec.parts:
+            for rb in _iter_batches(Path(p), ["doc_id", "sig"]):
+                k = rb.num_rows
+                ids[at : at + k] = rb.column(0).to_numpy()
+                sig[at : at + k] = rb.column(1).values.to_numpy().reshape(k, -1)
+                at += k
+        try:
+            dcfg = DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold)
+            drop = find_duplicates(sig, ids, dcfg, workdir=ddir)
+            dropped = np.sort(ids[drop])
+        finally:
+            del sig
+            sig_path.unlink(missing_ok=True)
     out = Path(spec.work) / "dedup" / f"{spec.language}.npy"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.npy")
     np.save(tmp, dropped)
     os.replace(tmp, out)
-    stats = {"language": spec.language, "docs": int(ids.size), "near_duplicate": int(dropped.size)}
+    stats = {"language": spec.language, "docs": int(n), "near_duplicate": int(dropped.size)}
     _atomic_json(done, stats)
     return stats
 
@@ -290,26 +327,25 @@ def tokenize_task(spec: TokenizeSpec) -> dict:
         buf_tokens, buf_lens, buf_src, buf_rows, buf_bytes = [], [], [], [], 0
 
     for part in spec.parts:
-        t = _read_arrow(Path(part), ["doc_id", "text"])
-        ids = t.column("doc_id").to_numpy()
-        keep = ~np.isin(ids, dropped)
-        texts = [x for x, k in zip(t.column("text").to_pylist(), keep) if k]
-        ids = ids[keep]
         source = json.loads((Path(part).parent / "stats.json").read_text())["path"]
-        for a in range(0, len(texts), 2048):
-            chunk = texts[a : a + 2048]
-            flat, offs = tok.encode_batch(chunk)
-            lens = np.diff(offs)
-            buf_tokens.append(flat)
-            buf_lens.append(lens)
-            buf_src.extend([source] * len(chunk))
-            buf_rows.append(ids[a : a + 2048] & ((1 << DOC_ID_FILE_SHIFT) - 1))
-            buf_bytes += flat.nbytes + 8 * len(chunk)
-            docs += len(chunk)
-            tokens += int(flat.size)
-            text_bytes += sum(len(x.encode("utf-8")) for x in chunk)
-            if buf_bytes >= cfg.shard_bytes:
-                flush()
+        for rb in _iter_batches(Path(part), ["doc_id", "text"]):
+            ids = rb.column(0).to_numpy()
+            keep = ~np.isin(ids, dropped)
+            texts = [x for x, k in zip(rb.column(1).to_pylist(), keep) if k]
+            ids = ids[keep]
+            for a in range(0, len(texts), 2048):
+                chunk = texts[a : a + 2048]
+                flat, offs = tok.encode_batch(chunk)
+                buf_tokens.append(flat)
+                buf_lens.append(np.diff(offs))
+                buf_src.extend([source] * len(chunk))
+                buf_rows.append(ids[a : a + 2048] & ((1 << DOC_ID_FILE_SHIFT) - 1))
+                buf_bytes += flat.nbytes + 8 * len(chunk)
+                docs += len(chunk)
+                tokens += int(flat.size)
+                text_bytes += sum(len(x.encode("utf-8")) for x in chunk)
+                if buf_bytes >= cfg.shard_bytes:
+                    flush()
     flush()
     stats = {"language": spec.language, "chunk": spec.chunk, "docs": docs, "tokens": tokens, "bytes": text_bytes, "shards": shards}
     _atomic_json(done, stats)
