@@ -32,10 +32,17 @@ def synth(
     from_mmbert_counts: bool = typer.Option(
         False, "--from-mmbert-counts", help="Reference manifest from the published run's per-language counts."
     ),
+    from_stats: Optional[Path] = typer.Option(
+        None, "--from-stats", help="FineWeb-2's fineweb2-language-distribution.csv: real per-language sizes."
+    ),
 ) -> None:
     """Write a synthetic manifest (no shards) with a realistic long tail, for planning at scale."""
-    from curriculum.synth import synth_from_mmbert_counts, synth_long_tail
+    from curriculum.synth import synth_from_mmbert_counts, synth_from_stats, synth_long_tail
 
+    if from_stats is not None:
+        synth_from_stats(out, from_stats)
+        console.print(f"wrote manifest from {from_stats}: {out}")
+        return
     if from_mmbert_counts:
         synth_from_mmbert_counts(out)
         console.print(f"wrote reference manifest from mmBERT's published counts: {out}")
@@ -57,6 +64,9 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
     top: int = typer.Option(10, "--top", min=1, help="Languages to list per phase."),
+    compare: Optional[Path] = typer.Option(
+        None, "--compare", help="A published per-language token table (CSV: language,<phase>,...) to hold the plan against."
+    ),
 ) -> None:
     """Show what a recipe does with a manifest: per phase languages, shares, tokens, epochs."""
     from curriculum.manifest import read_manifest
@@ -66,13 +76,22 @@ def plan(
     rec = load_recipe(recipe)
     man = read_manifest(manifest)
     plans = plan_all_variants(rec, man)
-    if html is not None:
-        from curriculum.report import render_report
+    fidelity = None
+    if compare is not None:
+        from curriculum.fidelity import compare as run_compare
 
+        fidelity = run_compare(plans, compare)
+    if html is not None:
+        from curriculum.report import fidelity_section, render_report
+
+        extra = [fidelity_section(plans, fidelity, compare)] if fidelity else None
         html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(render_report(rec, str(manifest), plans), encoding="utf-8")
+        html.write_text(render_report(rec, str(manifest), plans, extra), encoding="utf-8")
     if as_json:
-        sys.stdout.write(json.dumps(plan_to_json(rec, man, plans), indent=1) + "\n")
+        out = plan_to_json(rec, man, plans)
+        if fidelity is not None:
+            out["compare"] = {"published": str(compare), "phases": [f.to_dict() for f in fidelity]}
+        sys.stdout.write(json.dumps(out, indent=1) + "\n")
         return
     for p in plans:
         s = phase_summary(p)
@@ -99,6 +118,18 @@ def plan(
         )
         for w in p.warnings:
             err_console.print(f"[yellow]warning:[/] {w}")
+    if fidelity is not None:
+        console.rule(f"[bold]against {compare}[/]")
+        table = Table(box=None, header_style="bold")
+        for col in ("phase", "column", "both", "only planned", "only published", "slope", "R²", "TVD", "published ∝ n^x", "R²(x)"):
+            table.add_column(col, justify="left" if col in ("phase", "column") else "right")
+        for f in fidelity:
+            table.add_row(f.phase, f.column, str(f.n_both), str(len(f.only_planned)), str(len(f.only_published)),
+                          f"{f.slope:.3f}", f"{f.r2:.3f}", f"{f.tvd:.3f}", f"{f.published_exponent:.3f}", f"{f.published_exponent_r2:.3f}")
+        console.print(table)
+        for f in fidelity:
+            console.print(f"{f.phase}: most over-planned " + ", ".join(f"{k} ×{v:.2g}" for k, v in f.most_over[:3])
+                          + "; most under-planned " + ", ".join(f"{k} ×{v:.2g}" for k, v in f.most_under[:3]))
     if html is not None:
         console.print(f"report: {html}")
 
@@ -220,6 +251,22 @@ def tokenizer_train(
 
     info = train_tokenizer(texts(), vocab_size, out, kind=kind)
     console.print(f"wrote {out} (vocab {info.vocab_size:,}, sha256 {info.sha256[:12]}…)")
+
+
+@tokenizer_app.command("bytes-per-token")
+def tokenizer_bytes_per_token(
+    out: Path = typer.Option(Path("curriculum/data/bytes_per_token.csv"), "--out", help="Where to write the table."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer (default: Gemma 2, fetched offline from PyPI)."),
+) -> None:
+    """Measure UTF-8 bytes per token per script on the demo corpus text (regenerates the shipped table)."""
+    from curriculum.bytes_per_token import write_table
+
+    if tokenizer is None:
+        from curriculum.assets import gemma2_tokenizer_path
+
+        tokenizer = gemma2_tokenizer_path()
+    df = write_table(tokenizer, out)
+    console.print(f"wrote {out}: {df.height - 1} scripts; all text {df.filter(df['script'] == '*')['bytes_per_token'][0]} bytes/token")
 
 
 @app.command("demo-corpus")

@@ -126,3 +126,40 @@ def render_report(recipe: Recipe, manifest_label: str, plans: list[PhasePlan], e
         + "".join(extra_sections or [])
         + "</body></html>"
     )
+
+
+def fidelity_section(plans: list[PhasePlan], fidelity, published: object) -> str:
+    """Planned vs published tokens per language (log axes), one scatter per compared phase."""
+    import polars as pl
+
+    from curriculum.fidelity import load_published
+
+    pub = load_published(published)
+    by_label = {p.phase.label: p for p in plans}
+    rows, charts = [], []
+    for f in fidelity:
+        p = by_label[f.phase]
+        both = p.table.join(pub.select("language", pl.col(f.column).alias("published")), on="language", how="inner").filter(
+            pl.col("published") > 0
+        )
+        charts.append(
+            '<div class="card">'
+            + log_scatter(
+                both["published"].to_list(), both["allotted_tokens"].to_list(),
+                title=f"{f.phase} vs published {f.column}: slope {f.slope:.2f}, R² {f.r2:.2f}",
+                x_label="published tokens", y_label="planned tokens", labels=both["language"].to_list(),
+                diagonal=True, chart_id=f"compare-{f.phase}",
+            )
+            + "</div>"
+        )
+        rows.append(
+            f"<tr><td>{escape(f.phase)}</td><td>{escape(f.column)}</td><td>{f.n_both}</td><td>{len(f.only_planned)}</td>"
+            f"<td>{len(f.only_published)}</td><td>{f.slope:.3f}</td><td>{f.r2:.3f}</td><td>{f.tvd:.3f}</td>"
+            f"<td>{f.published_exponent:.3f}</td></tr>"
+        )
+    table = (
+        '<table id="compare"><tr><th>phase</th><th>published column</th><th>in both</th><th>only planned</th>'
+        "<th>only published</th><th>log-log slope</th><th>R²</th><th>TVD</th><th>published ∝ n^x</th></tr>"
+        + "".join(rows) + "</table>"
+    )
+    return f'<h2 id="compare-section">Against {escape(str(published))}</h2>{table}<div class="grid">{"".join(charts)}</div>'

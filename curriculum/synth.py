@@ -114,3 +114,46 @@ def synth_from_mmbert_counts(out: str | Path) -> Path:
         build={"synth": {"method": "mmbert-published-counts", "columns": ["pretrain", "ext", "decay-all"]}},
     )
     return write_manifest(out, meta, langs, empty_shards())
+
+
+# Languages FineWeb-2 does not hold, at documented sizes (Gemma 2 tokens): English at the size of
+# FineWeb (15T tokens, the English web corpus FineWeb-2 extends) and source code at the size of
+# The Stack v2's deduplicated training set (~0.9T tokens). mmBERT took both from other corpora.
+FINEWEB2_EXTRAS = {"eng_Latn": ("web", 15e12), "code": ("code", 0.9e12)}
+
+
+def synth_from_stats(out: str | Path, stats: str | Path | None = None, bytes_per_token: str | Path | None = None) -> Path:
+    """A manifest (no shards) with FineWeb-2's real per-language sizes: every train subset (its
+    `_removed` twin excluded), UTF-8 bytes converted to tokens with the measured bytes-per-token
+    of its script (`data/bytes_per_token.csv`; unmeasured scripts use the all-text ratio), plus
+    `FINEWEB2_EXTRAS`. Keys are FineWeb-2's subset names (`{iso639_3}_{Script}`)."""
+    from curriculum.bytes_per_token import DEFAULT_ROW, load_table
+
+    bpt = load_table(bytes_per_token)
+    df = pl.read_csv(stats or data_file("fineweb2_language_distribution.csv"))
+    train = df.filter((pl.col("split") == "train") & ~pl.col("subset").str.ends_with("_removed"))
+    if train.is_empty():
+        raise CurriculumError(f"{stats}: no train subsets (expected FineWeb-2's fineweb2-language-distribution.csv)")
+    ratio = np.array([bpt.get(s, bpt[DEFAULT_ROW]) for s in train["script"].to_list()])
+    nbytes = train["utf8_bytes"].cast(pl.Int64).to_numpy()
+    tokens = np.maximum(1, np.round(nbytes / ratio)).astype(np.int64)
+    keys = train["subset"].to_list()
+    extra_keys = [k for k in FINEWEB2_EXTRAS if k not in keys]
+    langs = pl.DataFrame(
+        {
+            "language": keys + extra_keys,
+            "source": ["web"] * len(keys) + [FINEWEB2_EXTRAS[k][0] for k in extra_keys],
+            "docs": np.concatenate([train["documents"].cast(pl.Int64).to_numpy(),
+                                    [int(FINEWEB2_EXTRAS[k][1] / MEAN_DOC_TOKENS) for k in extra_keys]]).astype(np.int64),
+            "tokens": np.concatenate([tokens, [int(FINEWEB2_EXTRAS[k][1]) for k in extra_keys]]).astype(np.int64),
+            "bytes": np.concatenate([nbytes, [int(FINEWEB2_EXTRAS[k][1] * BYTES_PER_TOKEN) for k in extra_keys]]).astype(np.int64),
+            "shards": np.zeros(len(keys) + len(extra_keys), dtype=np.int32),
+        }
+    )
+    meta = ManifestMeta(
+        kind="synthetic",
+        tokenizer=GEMMA2,
+        mean_doc_tokens=MEAN_DOC_TOKENS,
+        build={"synth": {"method": "fineweb2-stats", "extras": {k: v[1] for k, v in FINEWEB2_EXTRAS.items()}}},
+    )
+    return write_manifest(out, meta, langs, empty_shards())
