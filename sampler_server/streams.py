@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,9 +86,18 @@ class BlockTable:
 class LanguageStream:
     """The endless shuffled token stream of one language."""
 
-    def __init__(self, key: str, shard_paths: list[Path], seed: int, block_tokens: int = DEFAULT_BLOCK_TOKENS, cache: int = 64):
+    def __init__(
+        self,
+        key: str,
+        shard_paths: list[Path],
+        seed: int,
+        block_tokens: int = DEFAULT_BLOCK_TOKENS,
+        cache: int = 64,
+        opener: Callable[[Path], ShardView] = open_shard,
+    ):
         self.key = key
         self.paths = list(shard_paths)
+        self._open = opener  # e.g. a local cache in front of an object store
         self.seed = int(seed)
         self.block_tokens = int(block_tokens)
         self._hash = language_key_hash(key)
@@ -101,7 +111,7 @@ class LanguageStream:
         with self._lock:
             if self._table is not None:
                 return
-            shards = [open_shard(p) for p in self.paths]
+            shards = [self._open(p) for p in self.paths]
             parts = []
             for s, view in enumerate(shards):
                 wrapped = np.diff(view.offsets) + 2
@@ -142,12 +152,22 @@ class LanguageStream:
             n = int(t.ndocs[block])
             perm = np.empty(n, np.int32)
             keyed_permutation(n, _mix(self.seed, self._hash, epoch, block + 1), perm)
-            docs = (t.doc0[block] + perm).astype(np.int32)
-            offs = self._shards[t.shard[block]].offsets
-            wrapped = offs[docs + 1] - offs[docs] + 2
-            return docs, np.concatenate(([0], np.cumsum(wrapped)))
+            wrapped = self._doc_lengths(block)[perm] + 2
+            return (t.doc0[block] + perm).astype(np.int32), np.concatenate(([0], np.cumsum(wrapped)))
 
         return self._blocks.get((epoch, block), make)
+
+    def _doc_lengths(self, block: int) -> np.ndarray:
+        """Token counts of the block's documents in storage order."""
+        t = self.table
+        offs = self._shards[t.shard[block]].offsets
+        a = int(t.doc0[block])
+        return np.diff(offs[a : a + int(t.ndocs[block]) + 1])
+
+    def _copy(self, block: int, docs: np.ndarray, d: int, od: int, n: int, out: np.ndarray, pos: int,
+              starts: np.ndarray, n_starts: int, cls_id: int, sep_id: int) -> int:
+        view = self._shards[self.table.shard[block]]
+        return copy_run(view.tokens, view.offsets, docs, d, od, n, cls_id, sep_id, out, pos, starts, n_starts)
 
     def fill(self, start: int, out: np.ndarray, starts: np.ndarray, cls_id: int, sep_id: int) -> int:
         """Write stream tokens [start, start+len(out)) into `out`; document starts into `starts`.
@@ -165,8 +185,7 @@ class LanguageStream:
             ob = o - int(cum[j])
             d = int(np.searchsorted(dcum, ob, side="right")) - 1
             n = min(L - pos, int(cum[j + 1]) - o)
-            view = self._shards[t.shard[b]]
-            n_starts = copy_run(view.tokens, view.offsets, docs, d, ob - int(dcum[d]), n, cls_id, sep_id, out, pos, starts, n_starts)
+            n_starts = self._copy(b, docs, d, ob - int(dcum[d]), n, out, pos, starts, n_starts, cls_id, sep_id)
             pos += n
             T += n
         return n_starts
