@@ -67,6 +67,7 @@ class Sampler:
         chunk: int | None = None,
         block_tokens: int = DEFAULT_BLOCK_TOKENS,
         threads: int = 1,
+        index_dir: str | Path | None = None,
     ):
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         full = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -92,6 +93,9 @@ class Sampler:
         ).hexdigest()[:16]
         self._streams = self._make_streams(block_tokens)
         self._segments = [self._make_segments(p, lay.total_sequences, chunk) for p, lay in zip(self.plans, self.timeline.layouts)]
+        self.index_dir = Path(index_dir) if index_dir is not None else None
+        if self.index_dir is not None:
+            self._attach_index()
         self._bases: dict[tuple[int, int], np.ndarray] = {}
         self._base_lock = threading.Lock()
         specials = np.array(sorted({tok.cls_id, tok.sep_id, tok.mask_id, tok.pad_id, *tok.special_ids}), np.int64)
@@ -100,6 +104,17 @@ class Sampler:
         self._random_pool = np.flatnonzero(~self._is_special).astype(np.int32)
 
     def _make_streams(self, block_tokens: int) -> list[LanguageStream | None]:
+        if self.manifest.meta.kind == "synthetic":
+            # No shards: a virtual corpus of the manifest's sizes, generated on read.
+            from sampler_server.virtual import VirtualLanguageStream
+
+            tok = self.tokenizer
+            lo = max([tok.cls_id, tok.sep_id, tok.mask_id, tok.pad_id, *tok.special_ids]) + 1
+            rows = self.manifest.languages.iter_rows(named=True)
+            return [
+                VirtualLanguageStream(r["language"], r["tokens"], r["docs"], self.seed, (lo, tok.vocab_size)) if r["tokens"] > 0 else None
+                for r in rows
+            ]
         shards = self.manifest.shards
         by_lang: dict[str, list[Path]] = {}
         for r in shards.sort(["language", "index"]).iter_rows(named=True):
@@ -119,6 +134,44 @@ class Sampler:
             c = chunk or adaptive_chunk(bounds[s + 1] - bounds[s], int(keep.sum()))
             out.append(_Segment(bounds[s], bounds[s + 1], glob[keep], BlendIndex(w[keep] / w[keep].sum(), c)))
         return out
+
+    # -- the persisted index ---------------------------------------------------------------
+
+    def _index_path(self, phase: int, seg: int) -> Path:
+        return self.index_dir / f"{self.build_id}-p{phase}-s{seg}.npy"
+
+    def _attach_index(self) -> None:
+        for p, segs in enumerate(self._segments):
+            for s, segm in enumerate(segs):
+                path = self._index_path(p, s)
+                if path.exists():
+                    segm.blend.attach(np.load(path, mmap_mode="r"))
+
+    def build_index(self, progress=None) -> dict:
+        """Build every blend checkpoint of the run and write them to `index_dir` (one .npy per
+        segment, memory-mapped on load): after this, any step of any phase is O(chunk) away, and a
+        restarted server reuses it. Returns sizes and timings."""
+        import os
+        import time
+
+        if self.index_dir is None:
+            raise ValueError("Sampler.build_index needs index_dir")
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        total = 0
+        for p, segs in enumerate(self._segments):
+            for s, segm in enumerate(segs):
+                path = self._index_path(p, s)
+                if not path.exists():
+                    matrix = segm.blend.checkpoint_matrix(segm.stop - segm.start)
+                    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+                    np.save(tmp, matrix)
+                    os.replace(tmp, path)
+                segm.blend.attach(np.load(path, mmap_mode="r"))
+                total += path.stat().st_size
+                if progress:
+                    progress(p, s)
+        return {"seconds": time.perf_counter() - t0, "bytes": total, "files": sum(len(x) for x in self._segments)}
 
     # -- schedule -------------------------------------------------------------------------
 

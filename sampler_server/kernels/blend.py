@@ -184,19 +184,38 @@ class BlendIndex:
         self.weights.flags.writeable = False
         self.chunk = int(chunk)
         self._checkpoints: dict[int, np.ndarray] = {0: np.zeros(w.size, np.int64)}
+        self._matrix: np.ndarray | None = None  # checkpoints 0..J as rows (e.g. memory-mapped from disk)
         self._lock = threading.Lock()
 
     @property
     def n_languages(self) -> int:
         return int(self.weights.size)
 
+    def attach(self, matrix: np.ndarray) -> None:
+        """Use precomputed checkpoints: row j = counts after j * chunk positions (int64[J+1, K])."""
+        if matrix.ndim != 2 or matrix.shape[1] != self.weights.size or matrix.dtype != np.int64:
+            raise ValueError(f"BlendIndex.attach: expected int64[J+1, {self.weights.size}], got {matrix.dtype}{list(matrix.shape)}")
+        self._matrix = matrix
+
+    def checkpoint_matrix(self, positions: int) -> np.ndarray:
+        """Checkpoints 0..positions // chunk as one int64 matrix (building what is missing)."""
+        last = int(positions) // self.chunk
+        self._checkpoint(last)
+        return np.stack([self._checkpoint(j) for j in range(last + 1)])
+
     def _checkpoint(self, j: int) -> np.ndarray:
         """Counts after j * chunk positions (cached; read-only)."""
+        m = self._matrix
+        if m is not None and j < m.shape[0]:
+            return m[j]
         with self._lock:
             hit = self._checkpoints.get(j)
             if hit is not None:
                 return hit
             below = max(k for k in self._checkpoints if k < j)
+            if m is not None and m.shape[0] - 1 > below:
+                below = m.shape[0] - 1
+                self._checkpoints[below] = np.array(m[below])
             counts = self._checkpoints[below].copy()
             scratch = np.empty(self.chunk, np.int32)
             for k in range(below + 1, j + 1):
