@@ -1,0 +1,103 @@
+"""`sampler-server` command line: parse options (or SAMPLER_* variables), check the inputs, run uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve curriculum batches over HTTP.")
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"sampler-server: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Built manifest directory (env SAMPLER_MANIFEST)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe TOML file (env SAMPLER_RECIPE)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default 0) (env SAMPLER_SEED)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default 127.0.0.1) (env SAMPLER_HOST)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default 8000) (env SAMPLER_PORT)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="uvicorn worker processes, spawned (default 1)."),
+    token: Optional[str] = typer.Option(None, "--token", help="Require 'Authorization: Bearer TOKEN' (all but health) "
+                                        "(env SAMPLER_TOKEN: prefer it, a flag shows in `ps`)."),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Check every shard's sha256 at start-up."),
+    progress_log: Optional[Path] = typer.Option(None, "--progress-log", help="JSONL file keeping trainer progress across restarts."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Phase variant served by default (requests may name another)."),
+    access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log", help="uvicorn access log (default on)."),
+) -> None:
+    """Check the manifest and recipe, then serve batches, the control plane and the dashboard."""
+    given = {k: v for k, v in dict(manifest=manifest, recipe=recipe, seed=seed, host=host, port=port, workers=workers,
+                                   token=token, verify=verify, progress_log=progress_log, variant=variant,
+                                   access_log=access_log).items()
+             if v is not None}
+    from sampler_server.settings import ServerSettings
+
+    try:
+        settings = ServerSettings(**given)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            name = ".".join(str(x) for x in e["loc"])
+            flag = "--" + name.replace("_", "-")
+            problems.append(f"{flag} (or SAMPLER_{name.upper()}): {e['msg']}")
+        _fail("; ".join(problems))
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    from curriculum.errors import CurriculumError
+    from curriculum.shards import ShardError
+    from sampler_server.app import create_app, open_sampler
+
+    try:
+        if settings.workers == 1:
+            application = create_app(settings)
+        else:
+            open_sampler(settings)  # check once here, so a bad input fails before any worker starts
+            application = None
+    except (CurriculumError, ShardError) as exc:
+        if _state["debug"]:
+            raise
+        _fail(str(exc))
+    url = f"http://{settings.host}:{settings.port}/"
+    typer.echo(f"sampler-server: serving {settings.recipe} on {url} (dashboard: {url}"
+               f"{'?token=…' if settings.token_value else ''})", err=True)
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, access_log=settings.access_log)
+    if application is not None:
+        uvicorn.run(application, **common)
+        return
+    # Workers are separate processes started with `spawn` (uvicorn's multiprocess mode; the omp
+    # threading layer is not fork-safe); each builds its app from the SAMPLER_* environment.
+    for key, value in settings.model_dump(mode="json").items():
+        if key == "token":
+            value = settings.token_value
+        if value is not None:
+            os.environ[f"SAMPLER_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    uvicorn.run("sampler_server.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+
+
+def main() -> None:
+    """Console entry point `sampler-server`."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Server settings: one typed model, filled from the CLI and from `SAMPLER_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Same default as sampler_server.streams.DEFAULT_BLOCK_TOKENS; not imported, so that reading the
+# settings does not load numba.
+DEFAULT_BLOCK_TOKENS = 1 << 20
+
+
+class ServerSettings(BaseSettings):
+    """Everything `sampler-server serve` needs; `SAMPLER_MANIFEST=...` etc. fill unset fields."""
+
+    model_config = SettingsConfigDict(env_prefix="SAMPLER_", extra="forbid", frozen=True)
+
+    manifest: Annotated[Path, Field(description="built manifest directory")]
+    recipe: Annotated[Path, Field(description="recipe TOML file")]
+    seed: int = 0
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1, le=64, description="uvicorn worker processes (spawned)")] = 1
+    token: SecretStr | None = Field(default=None, description="bearer token required on all but /healthz, /readyz")
+    verify: bool = Field(default=False, description="check every shard's sha256 at start-up")
+    progress_log: Path | None = Field(default=None, description="JSONL file that keeps trainer progress across restarts")
+    progress_history: Annotated[int, Field(ge=1)] = 10_000
+    variant: str | None = Field(default=None, description="phase variant served when a request names none "
+                                "(default: each phase's first)")
+    chunk: int | None = Field(default=None, ge=1, description="blend checkpoint interval in sequences "
+                              "(default: the sampler's choice per segment)")
+    block_tokens: Annotated[int, Field(ge=1, description="shuffle block size (tokens)")] = DEFAULT_BLOCK_TOKENS
+    kernel_threads: Annotated[int, Field(ge=1, le=256, description="numba threads per batch (requests run in "
+                                         "parallel anyway)")] = 1
+    index_dir: Path | None = Field(default=None, description="directory of persisted blend indexes (`Sampler.index_dir`)")
+    prefetch: Annotated[int, Field(ge=0, le=16, description="batches /v1/stream assembles ahead of the one it sends")] = 2
+    warmup: bool = Field(default=True, description="assemble step 0 at start-up (loads kernels, opens its shards)")
+    access_log: bool = True
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @property
+    def token_value(self) -> str | None:
+        return self.token.get_secret_value() if self.token is not None and self.token.get_secret_value() else None
