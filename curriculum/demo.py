@@ -3,15 +3,23 @@
 1. the embedded real multilingual corpus (gflanguages' UDHR samples, ~700 languages, part of it
    unlabeled) → a tokenizer trained offline → `curriculum build` (real fastText LID, MinHash dedup,
    shards) → `curriculum verify` → `curriculum inspect` → `curriculum plan demo.toml`;
-2. a full-scale synthetic manifest (1,833 languages, 3T tokens) planned with the published
+2. `sampler-server serve` on the built manifest in the background, and `trainer-client train`:
+   a tiny ModernBERT on two CPU ranks (FSDP2, gloo) through the three demo phases (258 steps),
+   printing the loss per phase and the dashboard URL; the server is stopped at the end;
+3. a full-scale synthetic manifest (1,833 languages, 3T tokens) planned with the published
    mmBERT recipe, as a table and as a self-contained HTML report.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,9 +30,69 @@ def _run(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "curriculum.cli", *args], check=True)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"sampler-server exited ({proc.returncode}); see {log}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"sampler-server at {url} not ready after {timeout:.0f} s; see {log}")
+
+
+def _train(out: Path, built: Path) -> None:
+    """Serve the built demo manifest and train the tiny model on two CPU ranks through all phases."""
+    train_dir = out / "train"
+    shutil.rmtree(train_dir, ignore_errors=True)
+    train_dir.mkdir(parents=True)
+    vocab = json.loads((built / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = train_dir / "server.log"
+    recipe = ROOT / "manifests" / "recipes" / "demo.toml"
+    print(f"\n$ sampler-server serve --manifest {built} --recipe {recipe} --port {port} &", flush=True)
+    with open(log, "wb") as logf:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "sampler_server.cli", "serve", "--manifest", str(built), "--recipe", str(recipe),
+             "--host", "127.0.0.1", "--port", str(port), "--progress-log", str(train_dir / "progress.jsonl"),
+             "--no-access-log"],
+            stdout=logf, stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_ready(url, server, log)
+        print(f"dashboard (live while training): {url}/", flush=True)
+        args = ["train", "--server", url, "--model", "tiny", "--vocab-size", str(vocab), "--nproc-per-node", "2",
+                "--checkpoint-dir", str(train_dir / "ckpt"), "--checkpoint-every", "100",
+                "--log-dir", str(train_dir / "logs"), "--report-every", "20",
+                "--summary", str(train_dir / "summary.json"), "--run-name", "demo"]
+        print(f"\n$ trainer-client {' '.join(args)}", flush=True)
+        t0 = time.time()
+        subprocess.run([sys.executable, "-m", "trainer_client.cli", *args], check=True)
+        print(f"trained {len(json.loads((train_dir / 'summary.json').read_text())['losses'])} steps in "
+              f"{time.time() - t0:.0f} s; dashboard was {url}/ (progress kept in {train_dir / 'progress.jsonl'}: "
+              f"`sampler-server serve ... --progress-log` shows it again)", flush=True)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="demo-out", help="Working directory for the demo's outputs.")
+    ap.add_argument("--no-train", action="store_true", help="Stop after planning (skip serving and training).")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -37,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     _run("inspect", str(built), "--top", "12")
     _run("plan", str(ROOT / "manifests" / "recipes" / "demo.toml"), "--manifest", str(built), "--top", "6",
          "--html", str(out / "plan-demo.html"))
+    if not args.no_train:
+        _train(out, built)
     recipe = str(ROOT / "manifests" / "recipes" / "mmbert.toml")
     synth = out / "synth-1833"
     _run("synth", "--languages", "1833", "--total-tokens", "3e12", "--out", str(synth))

@@ -1,0 +1,166 @@
+"""`trainer-client` command line: parse, call `train`, format errors as one line.
+
+    trainer-client train --server http://127.0.0.1:8000[,http://host2:8000] --model tiny --steps 200 \
+        [--checkpoint-dir DIR] [--start-step N] [--variant NAME] [--nproc-per-node 2]
+
+Several ranks: `torchrun --standalone --nproc-per-node 2 -m trainer_client.cli train ...`, or
+`--nproc-per-node N`, which starts N local rank processes itself (same environment variables as
+torchrun; they share this process's process group, so stopping it stops them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a ModernBERT MLM on batches from the sampler service.")
+_state: dict = {"debug": False, "argv": None}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL when the launcher dies, so no rank outlives it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def launch_local(nproc: int, argv: list[str]) -> int:
+    """Start `nproc` ranks of `trainer-client <argv>` on this machine; the first failure stops the rest."""
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(nproc),
+               LOCAL_WORLD_SIZE=str(nproc))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    procs = []
+    for r in range(nproc):
+        e = dict(env, RANK=str(r), LOCAL_RANK=str(r))
+        procs.append(subprocess.Popen([sys.executable, "-m", "trainer_client.cli", *argv], env=e,
+                                      preexec_fn=_die_with_parent))
+    code = 0
+    try:
+        while procs:
+            for p in list(procs):
+                rc = p.poll()
+                if rc is None:
+                    continue
+                procs.remove(p)
+                if rc != 0 and code == 0:
+                    code = rc
+                    for q in procs:
+                        q.terminate()
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        for q in procs:
+            q.send_signal(signal.SIGINT)
+        for q in procs:
+            q.wait()
+        return 130
+    return code
+
+
+def _strip_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return out
+
+
+@app.command()
+def train(
+    server: str = typer.Option(..., "--server", help="Sampler URL(s), comma-separated: replicas of one build, tried in order on failure."),
+    model: str = typer.Option("tiny", "--model", help="Preset: tiny (CPU tests), small or base (mmBERT sizes)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Stop before this global step (default: the recipe's end). "
+                                        "Rerunning the same command after a crash finishes the run."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Save here; resume from the newest checkpoint in it."),
+    start_step: Optional[int] = typer.Option(None, "--start-step", help="First step of a fresh run (default 0)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Phase variant to train (passed to the server as variant=)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start a fresh run from this checkpoint's weights "
+                                             "(a step_N dir or a checkpoint dir), e.g. to branch a variant."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (the batch's LR factor scales it)."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Max global gradient norm."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay"),
+    report_every: int = typer.Option(10, "--report-every", help="Steps between progress reports (stdout and POST /v1/progress)."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints."),
+    keep: int = typer.Option(2, "--keep", help="Checkpoints to keep."),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Write metrics.jsonl and per-rank step -> batch sha256 logs here."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Vocabulary size, when the server does not report it."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="SAMPLER_TOKEN", help="Bearer token of the server (env SAMPLER_TOKEN)."),
+    prefetch: int = typer.Option(4, "--prefetch", help="Batches fetched ahead of the one training."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds before a request to a server is given up (then retried)."),
+    attn: str = typer.Option("auto", "--attn", help="auto | flash_attention_2 | sdpa | eager."),
+    seed: int = typer.Option(0, "--seed", help="Model initialisation seed."),
+    run_name: str = typer.Option("", "--run-name", help="Shown with progress reports on the dashboard."),
+    summary: Optional[Path] = typer.Option(None, "--summary", help="Write a JSON summary (rank 0) here at the end."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Start this many local ranks (CPU: gloo; GPU: one per device)."),
+) -> None:
+    """Train (or resume) until --steps, following the recipe's phases from the server."""
+    if nproc_per_node > 1 and "RANK" not in os.environ:
+        argv = _strip_option(_state.get("argv") or sys.argv[1:], "--nproc-per-node")
+        raise typer.Exit(launch_local(nproc_per_node, argv))
+    logging.basicConfig(level=logging.WARNING, format=f"[rank {os.environ.get('RANK', '0')}] %(levelname)s %(name)s: %(message)s")
+    from trainer_client.client import SamplerError
+    from trainer_client.train import TrainConfig, TrainError, shutdown, summary_json
+    from trainer_client.train import train as run_train
+
+    cfg = TrainConfig(
+        servers=[s for s in server.split(",") if s.strip()], model=model, steps=steps, checkpoint_dir=checkpoint_dir,
+        start_step=start_step, init_from=init_from, variant=variant, lr=lr, grad_clip=grad_clip, weight_decay=weight_decay,
+        report_every=report_every, checkpoint_every=checkpoint_every, keep_checkpoints=keep, log_dir=log_dir,
+        vocab_size=vocab_size, token=token, prefetch=prefetch, timeout=timeout, attn=attn, seed=seed, run_name=run_name,
+    )
+    rank = os.environ.get("RANK", "0")
+    try:
+        result = run_train(cfg)
+    except (SamplerError, TrainError, ValueError) as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(f"trainer-client [rank {rank}]: {exc}", err=True)
+        raise typer.Exit(2)
+    finally:
+        shutdown()
+    if summary is not None and rank == "0":
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(json.dumps(summary_json(result), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point `trainer-client`."""
+    _state["argv"] = list(argv) if argv is not None else sys.argv[1:]
+    try:
+        app(args=argv)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
