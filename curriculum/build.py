@@ -225,6 +225,8 @@ def dedup_task(spec: DedupSpec) -> dict:
         return json.loads(done.read_text())
     ddir = Path(spec.work) / "dedup"
     ddir.mkdir(parents=True, exist_ok=True)
+    for stale in ddir.glob(f".{spec.language}.sig.*.tmp.npy"):  # left by a killed attempt
+        stale.unlink()
     n = sum(_rows(Path(p)) for p in spec.parts)
     ids = np.empty(n, np.int64)
     dropped = np.zeros(0, np.int64)
@@ -304,6 +306,8 @@ def tokenize_task(spec: TokenizeSpec) -> dict:
     if done.exists():
         return json.loads(done.read_text())
     tok = _tokenizer(cfg)
+    for stale in (Path(spec.out) / spec.language).glob(f".{spec.chunk:05d}-*.tmp"):  # a killed attempt's
+        stale.unlink()
     dropped = np.load(Path(spec.work) / "dedup" / f"{spec.language}.npy")
     shards: list[dict] = []
     buf_tokens: list[np.ndarray] = []
@@ -388,8 +392,8 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
         raise CurriculumError(f"no input files found under {', '.join(cfg.inputs)}")
     tok = _tokenizer(cfg)  # fail fast on a bad tokenizer, before any work
     raw = cfg.model_dump()
-    if workers > 1 and cfg.tokenizer_threads is None:
-        raw["tokenizer_threads"] = 1  # one core per worker process: they already run in parallel
+    if (workers > 1 or executor == "ray") and cfg.tokenizer_threads is None:
+        raw["tokenizer_threads"] = 1  # one core per task: tasks already run in parallel
     ex = make_executor(executor, workers, ray_address)
     prog = None
     if progress:
