@@ -361,7 +361,7 @@ def tokenize_task(spec: TokenizeSpec) -> dict:
 
 @dataclass
 class BuildReport:
-    out: Path
+    out: Path | str  # a local directory, or the URI the manifest was published to
     languages: int
     docs_in: int
     docs_kept: int
@@ -369,6 +369,29 @@ class BuildReport:
     drops: dict[str, int]
     issues: list[dict]
     seconds: dict[str, float] = field(default_factory=dict)
+    upload: dict[str, int] = field(default_factory=dict)  # remote --out: objects uploaded / skipped, bytes
+
+
+def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str) -> None:
+    """Record what this build is; refuse to resume a work dir left by a different build (its
+    finished tasks would be reused for other inputs or settings)."""
+    ident = {
+        "settings": cfg.model_dump(exclude={"out", "tokenizer_threads", "inputs"}),
+        "inputs": [[f.path, os.path.getsize(f.path) if os.path.exists(f.path) else -1,
+                    os.stat(f.path).st_mtime_ns if os.path.exists(f.path) else -1] for f in files],
+        "tokenizer_sha256": tokenizer_sha256,
+    }
+    path = work / "build.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != json.loads(json.dumps(ident)):
+            diff = [k for k in ident if old.get(k) != json.loads(json.dumps(ident[k]))]
+            raise CurriculumError(
+                f"{work} holds an unfinished build with other {' and '.join(diff)}; resuming would reuse its results. "
+                f"Use a new --out, or delete {work} to start over"
+            )
+        return
+    _atomic_json(path, ident)
 
 
 def _run_stage(executor, fn, specs, label: str, progress) -> list[dict]:
@@ -381,16 +404,34 @@ def _run_stage(executor, fn, specs, label: str, progress) -> list[dict]:
     return results
 
 
-def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_address: str | None = None, progress: bool = True) -> BuildReport:
-    """Run the whole build; returns what was kept and dropped."""
+def staging_dir(uri: str) -> Path:
+    """Default local staging directory of a build whose `out` is a remote URI: one per URI, under
+    the user cache (`$XDG_CACHE_HOME`, else ~/.cache), so a rerun finds its finished tasks."""
+    import hashlib
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "language-curriculum" / "staging" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_address: str | None = None, progress: bool = True,
+          work_dir: str | Path | None = None) -> BuildReport:
+    """Run the whole build; returns what was kept and dropped. When `cfg.out` is a remote URI
+    (`s3://…`, any pyarrow.fs filesystem) the build runs in a local staging directory (`work_dir`,
+    default `staging_dir(cfg.out)`), which makes it resumable as a local one, and is then
+    published there (see `_publish`)."""
+    from curriculum import storage
     from curriculum.ingest import discover_inputs
 
-    out = Path(cfg.out)
+    remote = storage.is_remote(cfg.out)
+    if work_dir is not None and not remote:
+        raise CurriculumError(f"work_dir / --work-dir is for a remote --out; {cfg.out} is local and holds its own work files")
+    out = (Path(work_dir) if work_dir is not None else staging_dir(cfg.out)) if remote else storage.local_path(cfg.out)
     work = out / WORK
     files, file_issues = discover_inputs(cfg.inputs)
     if not files and not file_issues:
         raise CurriculumError(f"no input files found under {', '.join(cfg.inputs)}")
     tok = _tokenizer(cfg)  # fail fast on a bad tokenizer, before any work
+    _claim_work_dir(work, cfg, files, tok.info.sha256)
     raw = cfg.model_dump()
     if (workers > 1 or executor == "ray") and cfg.tokenizer_threads is None:
         raw["tokenizer_threads"] = 1  # one core per task: tasks already run in parallel
@@ -433,7 +474,71 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
         if prog:
             prog.stop()
         ex.close()
-    return _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seconds)
+    report = _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seconds)
+    if remote:
+        t0 = time.perf_counter()
+        report.upload = _publish(out, cfg.out)
+        report.seconds["upload"] = time.perf_counter() - t0
+        report.out = cfg.out
+    return report
+
+
+def _publish(staging: Path, uri: str, workers: int = 8) -> dict[str, int]:
+    """Upload a finished local build to `uri`: shards, then the two tables, then manifest.json
+    last, so a manifest.json that exists always lists objects that are in place. An object already
+    there with the same size and sha256 is skipped: the sha256 is known without reading it back
+    when this staging directory's ledger (`.work/uploaded.jsonl`) recorded uploading it; otherwise
+    it is streamed and hashed. If anything must be (re)written, a stale remote manifest.json is
+    deleted first, so an interrupted publish leaves no manifest pointing at mixed shards."""
+    import threading
+
+    from curriculum import storage
+    from curriculum.manifest import LANGUAGES_PARQUET, MANIFEST_JSON, SHARDS_PARQUET, read_manifest
+    from curriculum.shards import sha256_file
+
+    m = read_manifest(staging)
+    want = {r["path"]: (int(r["bytes"]), r["sha256"]) for r in m.shards.iter_rows(named=True)}
+    tables = (LANGUAGES_PARQUET, SHARDS_PARQUET, MANIFEST_JSON)
+    for name in tables:
+        want[name] = ((staging / name).stat().st_size, sha256_file(staging / name))
+    ledger_path = staging / WORK / "uploaded.jsonl"
+    ledger: dict[str, tuple[int, str]] = {}
+    if ledger_path.exists():
+        for line in ledger_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                ledger[rec["path"]] = (int(rec["bytes"]), rec["sha256"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+    remote = storage.list_files(uri)  # one listing instead of a request per object
+
+    def same(rel: str) -> bool:
+        size, sha = want[rel]
+        if remote.get(rel) != size:
+            return False
+        return ledger.get(rel) == (size, sha) or storage.sha256_of(storage.join(uri, rel)) == sha
+
+    lock = threading.Lock()
+    ledger_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(rel: str) -> None:
+        size, sha = want[rel]
+        with lock, open(ledger_path, "a") as f:
+            f.write(json.dumps({"path": rel, "bytes": size, "sha256": sha}) + "\n")
+
+    todo = {rel for rel in want if not same(rel)}
+    if todo and MANIFEST_JSON in remote:
+        from pyarrow.fs import FileType
+
+        fs, path = storage.resolve(storage.join(uri, MANIFEST_JSON))
+        if fs.get_file_info(path).type == FileType.File:
+            fs.delete_file(path)
+        todo.add(MANIFEST_JSON)
+    shards = sorted(rel for rel in want if rel not in tables)
+    done: list[str] = []
+    for group, n in ((shards, workers), (list(tables[:2]), 2), ([MANIFEST_JSON], 1)):
+        done += storage.upload_tree(staging, uri, group, skip=lambda rel: rel not in todo, workers=n, done=record)
+    return {"uploaded": len(done), "skipped": len(want) - len(done), "bytes": sum(want[r][0] for r in done)}
 
 
 def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seconds) -> BuildReport:

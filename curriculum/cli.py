@@ -60,7 +60,7 @@ def _fmt(x: float) -> str:
 @app.command()
 def plan(
     recipe: Path = typer.Argument(..., help="Recipe TOML file."),
-    manifest: Path = typer.Option(..., "--manifest", help="Manifest directory (built or synthetic)."),
+    manifest: str = typer.Option(..., "--manifest", help="Manifest directory or URI (s3://bucket/prefix?..., any pyarrow.fs location)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
     top: int = typer.Option(10, "--top", min=1, help="Languages to list per phase."),
@@ -137,8 +137,11 @@ def plan(
 @app.command()
 def build(
     inputs: list[Path] = typer.Argument(..., help="Input files or directories (Parquet, JSONL[.gz|.zst], .txt)."),
-    out: Path = typer.Option(..., "--out", help="Output directory for shards and the manifest."),
+    out: str = typer.Option(..., "--out", help="Output directory, or a URI (s3://bucket/prefix?endpoint_override=...) to publish to."),
     tokenizer: Path = typer.Option(..., "--tokenizer", help="HF tokenizer.json or SentencePiece .model."),
+    work_dir: Optional[Path] = typer.Option(
+        None, "--work-dir", help="Local staging directory for a URI --out (default: one per URI under ~/.cache/language-curriculum/staging)."
+    ),
     workers: int = typer.Option(1, "--workers", min=1, help="Local worker processes."),
     executor: str = typer.Option("local", "--executor", help="local | ray"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: a local instance)."),
@@ -165,10 +168,15 @@ def build(
         dedup=not no_dedup, dedup_threshold=dedup_threshold, shard_bytes=int(shard_mb * (1 << 20)),
         cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id,
     )
-    rep = run_build(cfg, executor=executor, workers=workers, ray_address=ray_address)
+    rep = run_build(cfg, executor=executor, workers=workers, ray_address=ray_address, work_dir=work_dir)
+    from curriculum.storage import display
+
     console.print(
-        f"built {out}: {rep.languages:,} languages, {rep.docs_kept:,} of {rep.docs_in:,} documents kept, {rep.tokens:,} tokens"
+        f"built {display(out)}: {rep.languages:,} languages, {rep.docs_kept:,} of {rep.docs_in:,} documents kept, {rep.tokens:,} tokens"
     )
+    if rep.upload:
+        console.print(f"uploaded {rep.upload['uploaded']:,} object(s) ({rep.upload['bytes']:,} bytes); "
+                      f"{rep.upload['skipped']:,} already there with the same size and sha256")
     if rep.drops:
         console.print("dropped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rep.drops.items())))
     for issue in rep.issues[:20]:
@@ -182,7 +190,7 @@ def build(
 
 
 @app.command()
-def verify(manifest: Path = typer.Argument(..., help="Manifest directory.")) -> None:
+def verify(manifest: str = typer.Argument(..., help="Manifest directory or URI.")) -> None:
     """Re-check every shard checksum and count; exit non-zero naming what is wrong."""
     from curriculum.verify import verify_manifest
 
@@ -191,11 +199,13 @@ def verify(manifest: Path = typer.Argument(..., help="Manifest directory.")) -> 
         err_console.print(f"[red]FAIL[/] {p}", highlight=False)
     if problems:
         raise typer.Exit(1)
-    console.print(f"ok: {n} shards verified in {manifest}")
+    from curriculum.storage import display
+
+    console.print(f"ok: {n} shards verified in {display(manifest)}")
 
 
 @app.command()
-def inspect(manifest: Path = typer.Argument(..., help="Manifest directory."), top: int = typer.Option(20, "--top")) -> None:
+def inspect(manifest: str = typer.Argument(..., help="Manifest directory or URI."), top: int = typer.Option(20, "--top")) -> None:
     """Summary table: languages, docs, tokens, shards, drops."""
     import polars as pl
 

@@ -56,7 +56,7 @@ _ZSTD_FEED = 128
 SNIFF_BYTES = 8000  # git's rule: a NUL in the first 8000 bytes means binary
 SPLIT_FOLDERS = frozenset({"train", "test", "validation", "valid", "dev"})
 # A folder named like a language key (`fra_Latn`, also `fra_Latn_removed`, which is then reported).
-_LANG_FOLDER = re.compile(r"^[a-z]{2,3}_[A-Za-z]{4}(?:_\w+)?$")
+_LANG_FOLDER = re.compile(r"^[A-Za-z]{2,3}_[A-Za-z]{4}(?:_\w+)?$")
 _SUFFIXES: dict[str, tuple[Format, Compression]] = {
     ".parquet": ("parquet", "none"),
     ".jsonl": ("jsonl", "none"), ".ndjson": ("jsonl", "none"),

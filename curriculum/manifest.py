@@ -76,9 +76,10 @@ class ManifestMeta(BaseModel):
 
 @dataclass(frozen=True)
 class Manifest:
-    """A validated manifest; `root` is the directory it was read from."""
+    """A validated manifest; `root` is where it was read from: a `Path` for a local directory, the
+    URI string for any other `pyarrow.fs` location (`s3://bucket/prefix?…`)."""
 
-    root: Path
+    root: Path | str
     meta: ManifestMeta
     languages: pl.DataFrame
     shards: pl.DataFrame = field(repr=False)
@@ -97,12 +98,24 @@ class Manifest:
     def available_tokens(self) -> dict[str, int]:
         return dict(zip(self.languages["language"].to_list(), self.languages["tokens"].to_list()))
 
+    @property
+    def is_remote(self) -> bool:
+        """True when the shards are read through pyarrow.fs (not from a local directory)."""
+        return isinstance(self.root, str)
+
+    def shard_location(self, rel: str) -> Path | str:
+        """Where shard `rel` (a `path` of shards.parquet) lives: a `Path` under a local root, a
+        URI string (query kept) under a remote one."""
+        from curriculum.storage import join
+
+        return join(self.root, rel)
+
 
 def drop_columns(df: pl.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(DROP_PREFIX)]
 
 
-def _check_columns(df: pl.DataFrame, schema: dict[str, pl.DataType], where: Path) -> pl.DataFrame:
+def _check_columns(df: pl.DataFrame, schema: dict[str, pl.DataType], where: Path | str) -> pl.DataFrame:
     missing = [c for c in schema if c not in df.columns]
     if missing:
         raise ManifestError(f"{where}: missing column(s) {', '.join(missing)}; rebuild the manifest")
@@ -113,15 +126,43 @@ def _check_columns(df: pl.DataFrame, schema: dict[str, pl.DataType], where: Path
 
 
 def read_manifest(root: str | Path) -> Manifest:
-    """Read and validate a manifest directory; errors name the file and what is wrong."""
-    root = Path(root)
+    """Read and validate a manifest directory (local) or prefix (any pyarrow.fs URI); errors name
+    the file and what is wrong."""
+    from curriculum import storage
+
+    if storage.is_remote(root):
+        return _read_remote(str(root))
+    root = storage.local_path(root)
     if not root.is_dir():
         raise ManifestError(f"manifest {root}: not a directory; run `curriculum build` or `curriculum synth` first")
-    mpath = root / MANIFEST_JSON
+    return _validate(root, lambda name: (root / name).read_bytes(), lambda name: pl.read_parquet(root / name),
+                     lambda name: root / name)
+
+
+def _read_remote(root: str) -> Manifest:
+    import io
+
+    from curriculum import storage
+
+    def where(name: str) -> str:
+        return storage.display(storage.join(root, name))
+
     try:
-        meta = ManifestMeta.model_validate_json(mpath.read_bytes())
+        return _validate(root, lambda name: storage.read_bytes(storage.join(root, name)),
+                         lambda name: pl.read_parquet(io.BytesIO(storage.read_bytes(storage.join(root, name)))), where)
+    except storage.StorageError as exc:
+        raise ManifestError(str(exc)) from None
+
+
+def _validate(root: Path | str, read_bytes, read_table, where) -> Manifest:
+    """The checks shared by local and remote manifests; `where(name)` names a file in messages."""
+    from curriculum.storage import display
+
+    mpath = where(MANIFEST_JSON)
+    try:
+        meta = ManifestMeta.model_validate_json(read_bytes(MANIFEST_JSON))
     except FileNotFoundError:
-        raise ManifestError(f"{mpath}: missing; is {root} a manifest directory?") from None
+        raise ManifestError(f"{mpath}: missing; is {display(root)} a manifest directory?") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
@@ -132,9 +173,9 @@ def read_manifest(root: str | Path) -> Manifest:
         )
     tables = {}
     for name, schema in ((LANGUAGES_PARQUET, LANGUAGE_SCHEMA), (SHARDS_PARQUET, SHARD_SCHEMA)):
-        p = root / name
+        p = where(name)
         try:
-            df = pl.read_parquet(p)
+            df = read_table(name)
         except FileNotFoundError:
             raise ManifestError(f"{p}: missing; the manifest is incomplete") from None
         except (pl.exceptions.PolarsError, OSError) as exc:
@@ -144,19 +185,19 @@ def read_manifest(root: str | Path) -> Manifest:
 
     dup = langs.filter(pl.col("language").is_duplicated())["language"].unique().sort().to_list()
     if dup:
-        raise ManifestError(f"{root / LANGUAGES_PARQUET}: language(s) listed twice: {', '.join(dup)}")
+        raise ManifestError(f"{where(LANGUAGES_PARQUET)}: language(s) listed twice: {', '.join(dup)}")
     bad = langs.filter((pl.col("tokens") < 0) | (pl.col("docs") < 0))["language"].to_list()
     if bad:
-        raise ManifestError(f"{root / LANGUAGES_PARQUET}: negative counts for {', '.join(bad[:10])}")
+        raise ManifestError(f"{where(LANGUAGES_PARQUET)}: negative counts for {', '.join(bad[:10])}")
     if meta.kind == "built":
-        _check_shards_agree(root, langs, shards)
+        _check_shards_agree(display(root), langs, shards, where(SHARDS_PARQUET))
     return Manifest(root=root, meta=meta, languages=langs, shards=shards)
 
 
-def _check_shards_agree(root: Path, langs: pl.DataFrame, shards: pl.DataFrame) -> None:
+def _check_shards_agree(root: Path | str, langs: pl.DataFrame, shards: pl.DataFrame, shards_file: Path | str) -> None:
     unknown = sorted(set(shards["language"].to_list()) - set(langs["language"].to_list()))
     if unknown:
-        raise ManifestError(f"{root / SHARDS_PARQUET}: shards of unlisted language(s) {', '.join(unknown[:10])}")
+        raise ManifestError(f"{shards_file}: shards of unlisted language(s) {', '.join(unknown[:10])}")
     per = shards.group_by("language").agg(
         pl.col("tokens").sum().alias("s_tokens"), pl.col("docs").sum().alias("s_docs"), pl.len().alias("s_n")
     )

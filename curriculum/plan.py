@@ -60,6 +60,7 @@ def _key(label: str, known, phase: Phase, field: str) -> str:
 def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], list[str]]:
     """Language keys a phase uses (manifest order for `all`, size order for top-N), and warnings."""
     present = languages.filter(pl.col("tokens") > 0)
+    all_keys = set(languages["language"].to_list())
     sel = phase.languages
     warnings: list[str] = []
     if sel == "all":
@@ -72,7 +73,7 @@ def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], 
     have = set(present["language"].to_list())
     keys: list[str] = []
     for label in sel:
-        key = _key(label, have, phase, "languages")
+        key = _key(label, all_keys, phase, "languages")
         if key not in have:
             msg = f"phase {phase.name!r}: language {label!r} ({key}) is not in the manifest (or has no tokens)"
             if phase.on_missing == "error":
@@ -114,8 +115,14 @@ def phase_segments(phase: Phase, available: np.ndarray, multipliers: np.ndarray 
     for tau in taus:
         try:
             alloc = allocate(available, tau, seg_tokens, cap, multipliers)
-        except Exception as exc:  # MixtureError: say which phase
-            raise RecipeError(f"phase {phase.name!r}: {exc}") from None
+        except Exception as exc:  # MixtureError: say which phase, in the phase's own numbers
+            if cap is not None and "infeasible" in str(exc):
+                raise RecipeError(
+                    f"phase {phase.label!r}: max_epochs={phase.max_epochs} is infeasible: the phase's {phase.tokens:.4g} tokens "
+                    f"exceed max_epochs x its languages' {float(np.sum(available)):.4g} available tokens; raise max_epochs, "
+                    f"add languages or lower the phase's tokens"
+                ) from None
+            raise RecipeError(f"phase {phase.label!r}: {exc}") from None
         out.append(Segment(tau=tau, tokens=seg_tokens, allocation=alloc))
     return out
 
@@ -139,6 +146,12 @@ def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: in
             "capped": capped,
         }
     )
+    tiny = table.filter(pl.col("allotted_tokens") < phase.seq_len)
+    if tiny.height:
+        warnings.append(
+            f"phase {phase.label!r}: {tiny.height} language(s) are allotted less than one {phase.seq_len}-token sequence; "
+            f"each sequence holds one language, so the sampler may serve them nothing"
+        )
     over = table.filter(pl.col("epochs") > EPOCH_WARNING).sort("epochs", descending=True)
     if over.height:
         names = ", ".join(f"{r['language']} ({r['epochs']:.1f})" for r in over.head(5).iter_rows(named=True))

@@ -22,6 +22,8 @@ from curriculum.manifest import Manifest, read_manifest
 from curriculum.plan import PhasePlan, plan_recipe
 from curriculum.recipe import Recipe, load_recipe
 from curriculum.schedule import StepInfo, Timeline
+from curriculum.shards import open_shard
+from sampler_server.cache import DEFAULT_CACHE_BYTES, ShardCache
 from sampler_server.kernels.blend import BlendIndex, adaptive_chunk
 from sampler_server.kernels.mask import mask_tokens
 from sampler_server.kernels.rng import sequence_keys
@@ -68,8 +70,12 @@ class Sampler:
         block_tokens: int = DEFAULT_BLOCK_TOKENS,
         threads: int = 1,
         index_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ):
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+        # Shards of a remote manifest (s3://…) are served from a verified local cache.
+        self.shard_cache = ShardCache(cache_dir, cache_bytes) if self.manifest.is_remote else None
         full = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
         # Variants branch from the same start: the resolved recipe replaces each phase that has
         # variants by the chosen one (default: its first).
@@ -88,8 +94,10 @@ class Sampler:
         self._lang_index = {k: i for i, k in enumerate(self.languages)}
         self.timeline = Timeline(self.recipe)
         self.plans: list[PhasePlan] = plan_recipe(self.recipe, self.manifest)
+        # block_tokens shapes the shuffle of a built corpus, so it is part of what a batch is.
+        layout = "" if self.manifest.meta.kind == "synthetic" else f":b{block_tokens}"
         self.build_id = hashlib.sha256(
-            f"{self.recipe.fingerprint()}:{self.manifest.fingerprint}:{self.seed}:{self.variant or ''}".encode()
+            f"{self.recipe.fingerprint()}:{self.manifest.fingerprint}:{self.seed}:{self.variant or ''}{layout}".encode()
         ).hexdigest()[:16]
         self._streams = self._make_streams(block_tokens)
         self._segments = [self._make_segments(p, lay.total_sequences, chunk) for p, lay in zip(self.plans, self.timeline.layouts)]
@@ -116,11 +124,15 @@ class Sampler:
                 for r in rows
             ]
         shards = self.manifest.shards
-        by_lang: dict[str, list[Path]] = {}
+        by_lang: dict[str, list[Path | str]] = {}
         for r in shards.sort(["language", "index"]).iter_rows(named=True):
-            by_lang.setdefault(r["language"], []).append(self.manifest.root / r["path"])
+            by_lang.setdefault(r["language"], []).append(self.manifest.shard_location(r["path"]))
+        opener = open_shard
+        if self.shard_cache is not None:
+            known = {self.manifest.shard_location(r["path"]): (r["sha256"], r["bytes"]) for r in shards.iter_rows(named=True)}
+            opener = lambda loc: self.shard_cache.open(loc, *known[loc])  # noqa: E731
         return [
-            LanguageStream(k, by_lang[k], self.seed, block_tokens) if k in by_lang else None for k in self.languages
+            LanguageStream(k, by_lang[k], self.seed, block_tokens, opener=opener) if k in by_lang else None for k in self.languages
         ]
 
     def _make_segments(self, plan: PhasePlan, n_seq: int, chunk: int | None) -> list[_Segment]:
@@ -138,7 +150,7 @@ class Sampler:
     # -- the persisted index ---------------------------------------------------------------
 
     def _index_path(self, phase: int, seg: int) -> Path:
-        return self.index_dir / f"{self.build_id}-p{phase}-s{seg}.npy"
+        return self.index_dir / f"{self.build_id}-p{phase}-s{seg}-c{self._segments[phase][seg].blend.chunk}.npy"
 
     def _attach_index(self) -> None:
         for p, segs in enumerate(self._segments):
@@ -187,6 +199,9 @@ class Sampler:
 
     def _base(self, phase: int, seg: int) -> np.ndarray:
         """Tokens each language served before segment `seg` of `phase` (int64[K])."""
+        hit = self._bases.get((phase, seg))  # lock-free once computed: requests never queue behind a walk
+        if hit is not None:
+            return hit
         with self._base_lock:
             key = (phase, seg)
             if key in self._bases:

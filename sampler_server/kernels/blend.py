@@ -195,6 +195,9 @@ class BlendIndex:
         """Use precomputed checkpoints: row j = counts after j * chunk positions (int64[J+1, K])."""
         if matrix.ndim != 2 or matrix.shape[1] != self.weights.size or matrix.dtype != np.int64:
             raise ValueError(f"BlendIndex.attach: expected int64[J+1, {self.weights.size}], got {matrix.dtype}{list(matrix.shape)}")
+        rows = np.arange(matrix.shape[0], dtype=np.int64) * self.chunk
+        if not np.array_equal(np.asarray(matrix).sum(axis=1), rows):
+            raise ValueError(f"BlendIndex.attach: the checkpoints were not built with chunk={self.chunk}; rebuild the index")
         self._matrix = matrix
 
     def checkpoint_matrix(self, positions: int) -> np.ndarray:
@@ -208,6 +211,9 @@ class BlendIndex:
         m = self._matrix
         if m is not None and j < m.shape[0]:
             return m[j]
+        hit = self._checkpoints.get(j)  # cached: no lock, so readers never wait behind a long walk
+        if hit is not None:
+            return hit
         with self._lock:
             hit = self._checkpoints.get(j)
             if hit is not None:

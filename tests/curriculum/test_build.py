@@ -125,3 +125,15 @@ def test_ray_executor_gives_the_same_manifest(corpus, small_tokenizer, tmp_path)
     build(BuildConfig(out=str(tmp_path / "local"), **cfg), workers=1, progress=False)
     build(BuildConfig(out=str(tmp_path / "ray"), **cfg), executor="ray", workers=2, progress=False)
     assert tables(tmp_path / "local") == tables(tmp_path / "ray")
+
+
+def test_resuming_into_a_work_dir_of_another_build_is_refused(corpus, small_tokenizer, tmp_path):
+    from curriculum.errors import CurriculumError
+
+    out = tmp_path / "out"
+    run_build(corpus, out, small_tokenizer)
+    (out / "manifest.json").unlink()  # as if it had been killed before the end
+    with pytest.raises(CurriculumError, match="other settings.*delete"):
+        run_build(corpus, out, small_tokenizer, min_chars=200)
+    run_build(corpus, out, small_tokenizer)  # same build: resumes
+    assert (out / "manifest.json").exists()

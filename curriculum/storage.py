@@ -1,0 +1,255 @@
+"""Where manifests and shards live: a local directory or any `pyarrow.fs` filesystem by URI.
+
+A *location* is a local path (`demo-out/manifest`, `file:///data/m`) or a URI that
+`pyarrow.fs.FileSystem.from_uri` understands: `s3://bucket/prefix`, `gs://bucket/prefix`,
+`hdfs://host:port/path`, `abfs://…`. S3 takes these query options (pyarrow 26; anything else is
+rejected by pyarrow): `region`, `scheme` (http | https), `endpoint_override` (host:port of an
+S3-compatible server such as MinIO or moto), `allow_bucket_creation`, `allow_bucket_deletion`,
+`tls_ca_file_path`, `tls_verify_certificates`. Credentials never go in the URI: pyarrow reads
+them from the environment (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`,
+`AWS_PROFILE`, instance metadata, …).
+
+Writes are atomic per object: locally a temp file renamed into place; on an object store a PUT
+(or a completed multipart upload) makes the object appear whole or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from curriculum.errors import CurriculumError
+
+CHUNK = 8 << 20
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# Environment variables that change what a filesystem built from a URI authenticates as: part of
+# the filesystem cache key, so changed credentials give a new client.
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "HADOOP_", "ARROW_")
+
+
+class StorageError(CurriculumError):
+    """A location cannot be resolved, read or written."""
+
+
+def is_uri(location: str | Path) -> bool:
+    """True for `scheme://…` strings (including `file://`)."""
+    return isinstance(location, str) and bool(_SCHEME.match(location))
+
+
+def is_remote(location: str | Path) -> bool:
+    """True for a URI that is not `file://` (reads go through pyarrow.fs, not the local disk)."""
+    return is_uri(location) and not str(location).lower().startswith("file://")
+
+
+def local_path(location: str | Path) -> Path:
+    """The local path of a plain path or `file://` URI; StorageError for a remote URI."""
+    if isinstance(location, Path):
+        return location
+    if is_remote(location):
+        raise StorageError(f"{location}: not a local path")
+    if is_uri(location):
+        _, path = _from_uri(location)
+        return Path(path)
+    return Path(location)
+
+
+def display(location: str | Path) -> str:
+    """The location without its query string (for messages: short, and the same for every endpoint)."""
+    s = str(location)
+    return s.split("?", 1)[0] if is_remote(s) else s
+
+
+def join(location: str | Path, rel: str) -> str | Path:
+    """`location / rel`: a Path for local locations, a URI (query kept at the end) for remote ones."""
+    if not is_remote(location):
+        return local_path(location) / rel
+    parts = urlsplit(str(location))
+    path = posixpath.join(parts.path or "/", rel.lstrip("/")) if parts.path.strip("/") else "/" + rel.lstrip("/")
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+_FS_CACHE: dict[tuple, pafs.FileSystem] = {}
+_FS_LOCK = threading.Lock()
+
+
+def _env_key() -> tuple:
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+
+
+def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, OSError) as exc:
+        raise StorageError(
+            f"{display(uri)}: not a usable location ({exc}); give a local path or a pyarrow.fs URI such as "
+            "s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http (credentials come from the environment, "
+            "e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+        ) from None
+
+
+def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it). One filesystem object is shared per scheme, host, query and
+    credential environment, so its connection pool is reused across shards."""
+    if not is_remote(location):
+        return pafs.LocalFileSystem(), str(local_path(location).absolute())
+    fs, path = _from_uri(str(location))
+    parts = urlsplit(str(location))
+    key = (parts.scheme.lower(), parts.netloc, parts.query, _env_key())
+    with _FS_LOCK:
+        return _FS_CACHE.setdefault(key, fs), path
+
+
+# -- reads ----------------------------------------------------------------------------------------
+
+
+def _missing(location: str | Path) -> StorageError:
+    return StorageError(f"{display(location)}: missing")
+
+
+def file_size(location: str | Path) -> int | None:
+    """Size in bytes of a file, None if there is none."""
+    fs, path = resolve(location)
+    info = fs.get_file_info(path)
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def exists(location: str | Path) -> bool:
+    return file_size(location) is not None
+
+
+def read_bytes(location: str | Path) -> bytes:
+    """The whole file; FileNotFoundError if there is none (so callers can say what is missing)."""
+    fs, path = resolve(location)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{display(location)}: missing") from None
+        raise StorageError(f"{display(location)}: cannot read ({exc})") from None
+
+
+def list_files(location: str | Path) -> dict[str, int]:
+    """Every file under a directory / prefix, recursively: relative POSIX path → size."""
+    fs, base = resolve(location)
+    base = base.rstrip("/")
+    out = {}
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File:
+            out[posixpath.relpath(info.path, base) if base else info.path] = info.size
+    return out
+
+
+def download(location: str | Path, dest: str | Path, chunk: int = CHUNK) -> str:
+    """Stream a file to a local path (written in place: callers rename it); returns its sha256,
+    computed on the way. FileNotFoundError if the source is missing."""
+    fs, path = resolve(location)
+    h = hashlib.sha256()
+    try:
+        src = fs.open_input_stream(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{display(location)}: missing") from None
+        raise StorageError(f"{display(location)}: cannot read ({exc})") from None
+    with src, open(dest, "wb") as out:
+        while block := src.read(chunk):
+            h.update(block)
+            out.write(block)
+    return h.hexdigest()
+
+
+def sha256_of(location: str | Path, chunk: int = CHUNK) -> str:
+    """sha256 of a file, streamed (nothing kept)."""
+    fs, path = resolve(location)
+    h = hashlib.sha256()
+    with fs.open_input_stream(path) as src:
+        while block := src.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- writes ---------------------------------------------------------------------------------------
+
+
+def _write_stream(location: str | Path, fill: Callable[[pa.NativeFile], None]) -> None:
+    if not is_remote(location):
+        path = local_path(location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            with pa.OSFile(tmp, "wb") as out:
+                fill(out)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return
+    fs, path = resolve(location)
+    # An object store has no directories to create, and the object appears only when the stream
+    # is closed without error (a failed multipart upload is aborted): atomic per object.
+    try:
+        with fs.open_output_stream(path) as out:
+            fill(out)
+    except OSError as exc:
+        raise StorageError(f"{display(location)}: cannot write ({exc}); does the bucket exist and may these "
+                           "credentials write to it?") from None
+
+
+def write_bytes(location: str | Path, data: bytes) -> None:
+    """Write a whole file atomically."""
+    _write_stream(location, lambda out: out.write(data))
+
+
+def upload_file(src: str | Path, location: str | Path, chunk: int = CHUNK) -> None:
+    """Copy a local file to a location, atomically, streaming."""
+
+    def fill(out: pa.NativeFile) -> None:
+        with open(src, "rb") as f:
+            while block := f.read(chunk):
+                out.write(block)
+
+    _write_stream(location, fill)
+
+
+def upload_tree(
+    local_dir: str | Path,
+    location: str | Path,
+    rels: Iterable[str] | None = None,
+    skip: Callable[[str], bool] | None = None,
+    workers: int = 8,
+    done: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Upload files of `local_dir` (all, or the relative paths `rels`, in that order of priority)
+    to `location`; `skip(rel)` true leaves one out; `done(rel)` runs after each upload. Returns the
+    relative paths uploaded. Uploads run on `workers` threads (pyarrow releases the GIL)."""
+    local_dir = Path(local_dir)
+    if rels is None:
+        rels = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
+    todo = [r for r in rels if not (skip and skip(r))]
+
+    def one(rel: str) -> str:
+        upload_file(local_dir / rel, join(location, rel))
+        if done:
+            done(rel)
+        return rel
+
+    if workers <= 1 or len(todo) <= 1:
+        return [one(r) for r in todo]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, todo))
