@@ -1,0 +1,182 @@
+"""Locations (local paths, file:// and s3:// URIs) against a real S3-compatible server on 127.0.0.1.
+
+The server is moto's server mode (a real HTTP S3 endpoint, not a mock of the client): pyarrow's
+S3 client talks to it over the wire exactly as it would to AWS or MinIO.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from conftest import write_text_corpus
+from curriculum import storage
+from curriculum.build import BuildConfig, build
+from curriculum.errors import CurriculumError, ManifestError
+from curriculum.manifest import read_manifest
+from curriculum.randomcorpus import write_random_corpus
+from curriculum.shards import sha256_file
+from curriculum.verify import verify_manifest
+
+
+class S3:
+    def __init__(self, port: int, client, bucket: str):
+        self.port, self.client, self.bucket = port, client, bucket
+
+    def uri(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}?endpoint_override=127.0.0.1:{self.port}&scheme=http"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 (a free port), fake credentials in the environment, one bucket."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        assert host == "127.0.0.1"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+            client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+            bucket = f"curriculum-{uuid.uuid4().hex[:8]}"
+            client.create_bucket(Bucket=bucket)
+            yield S3(port, client, bucket)
+    finally:
+        server.stop()
+
+
+def test_locations_resolve_and_join(tmp_path, s3):
+    fs, path = storage.resolve(tmp_path / "m")
+    assert isinstance(fs, pafs.LocalFileSystem) and path == str(tmp_path / "m")
+    assert not storage.is_remote(tmp_path) and not storage.is_remote(f"file://{tmp_path}")
+    assert storage.local_path(f"file://{tmp_path}/m") == tmp_path / "m"
+    assert storage.join(f"file://{tmp_path}", "fra_Latn/0.arrow") == tmp_path / "fra_Latn" / "0.arrow"
+
+    uri = s3.uri("m")
+    assert storage.is_remote(uri)
+    fs, path = storage.resolve(uri)
+    assert isinstance(fs, pafs.S3FileSystem) and path == f"{s3.bucket}/m"
+    shard = storage.join(uri, "fra_Latn/00000-0000.arrow")
+    assert shard == f"s3://{s3.bucket}/m/fra_Latn/00000-0000.arrow?endpoint_override=127.0.0.1:{s3.port}&scheme=http"
+    assert storage.display(shard) == f"s3://{s3.bucket}/m/fra_Latn/00000-0000.arrow"
+    assert storage.resolve(shard)[0] is fs  # one client per endpoint, reused
+    with pytest.raises(storage.StorageError, match="Unexpected query parameter.*'access_key'.*AWS_ACCESS_KEY_ID"):
+        storage.resolve(f"s3://{s3.bucket}/m?access_key=x")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_read_write_list_download_upload(where, tmp_path, s3):
+    root = str(tmp_path / "store") if where == "local" else s3.uri(f"rw-{uuid.uuid4().hex[:6]}")
+    assert storage.list_files(root) == {} and not storage.exists(storage.join(root, "a.bin"))
+    storage.write_bytes(storage.join(root, "a.bin"), b"hello")
+    storage.write_bytes(storage.join(root, "sub/b.bin"), b"x" * 1000)
+    assert storage.read_bytes(storage.join(root, "a.bin")) == b"hello"
+    assert storage.file_size(storage.join(root, "sub/b.bin")) == 1000
+    assert storage.list_files(root) == {"a.bin": 5, "sub/b.bin": 1000}
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(root, "nope"))
+    digest = storage.download(storage.join(root, "sub/b.bin"), tmp_path / "got")
+    assert digest == sha256_file(tmp_path / "got") == storage.sha256_of(storage.join(root, "sub/b.bin"))
+    assert (tmp_path / "got").read_bytes() == b"x" * 1000
+
+    src = tmp_path / "tree"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "one").write_bytes(b"1")
+    (src / "two").write_bytes(b"22")
+    (src / "three").write_bytes(b"333")
+    seen = []
+    up = storage.upload_tree(src, storage.join(root, "t"), skip=lambda rel: rel == "three", done=seen.append, workers=2)
+    assert sorted(up) == sorted(seen) == ["d/one", "two"]
+    assert storage.list_files(storage.join(root, "t")) == {"d/one": 1, "two": 2}
+    if where == "local":
+        assert not list(Path(root).rglob("*.tmp"))  # temp + rename leaves nothing behind
+
+
+def test_manifest_read_and_verified_through_s3(tmp_path, s3):
+    local = write_random_corpus(tmp_path / "m", {"fra_Latn": 30_000, "deu_Latn": 12_000}, seed=2, shard_tokens=8_000)
+    uri = s3.uri("random")
+    storage.upload_tree(local, uri)
+    a, b = read_manifest(local), read_manifest(uri)
+    assert b.root == uri and b.is_remote and not a.is_remote and isinstance(a.root, Path)
+    assert a.fingerprint == b.fingerprint
+    assert a.shards.equals(b.shards) and a.languages.equals(b.languages)
+    rel = b.shards["path"][1]
+    assert b.shard_location(rel) == storage.join(uri, rel) and a.shard_location(rel) == local / rel
+    assert verify_manifest(uri) == (a.shards.height, [])
+
+    # Corrupt one object in place (same size) and delete another: verify names both.
+    key = f"random/{rel}"
+    data = bytearray(s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+    data[-64] ^= 0xFF
+    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=bytes(data))
+    gone = b.shards["path"][2]
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"random/{gone}")
+    _, problems = verify_manifest(uri)
+    assert len(problems) == 2
+    assert rel in problems[0] and "checksum mismatch" in problems[0]
+    assert gone in problems[1] and "missing" in problems[1]
+
+    with pytest.raises(ManifestError, match=r"manifest.json: missing; is s3://.*/nothing-here a manifest"):
+        read_manifest(s3.uri("nothing-here"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_text_corpus(tmp_path_factory.mktemp("corpus"), n_files=4, docs_per_file=40)
+
+
+def test_build_publishes_and_skips_what_is_already_there(corpus, small_tokenizer, tmp_path, s3):
+    uri = s3.uri("built")
+    cfg = BuildConfig(inputs=[str(corpus)], out=uri, tokenizer=str(small_tokenizer), shard_bytes=16 << 10)
+    rep = build(cfg, workers=1, progress=False, work_dir=tmp_path / "stage")
+    m = read_manifest(uri)
+    n = m.shards.height + 3  # shards + languages.parquet, shards.parquet, manifest.json
+    assert rep.out == uri and rep.upload == {"uploaded": n, "skipped": 0, "bytes": rep.upload["bytes"]}
+    assert set(storage.list_files(uri)) == set(m.shards["path"].to_list()) | {"languages.parquet", "shards.parquet", "manifest.json"}
+    staged = read_manifest(tmp_path / "stage")
+    assert staged.fingerprint == m.fingerprint
+    for name in ("languages.parquet", "shards.parquet", "manifest.json"):
+        assert storage.read_bytes(storage.join(uri, name)) == (tmp_path / "stage" / name).read_bytes()
+    # The staged build equals a build straight to a local directory.
+    local = build(BuildConfig(**{**cfg.model_dump(), "out": str(tmp_path / "local")}), workers=1, progress=False)
+    assert read_manifest(local.out).fingerprint == m.fingerprint
+
+    again = build(cfg, workers=1, progress=False, work_dir=tmp_path / "stage")
+    assert again.upload == {"uploaded": 0, "skipped": n, "bytes": 0}
+
+    # Same size, different bytes, and no ledger (another staging directory would have none): the
+    # object is hashed, found different and re-uploaded; manifest.json is rewritten after it.
+    victim = m.shards["path"][0]
+    key = f"built/{victim}"
+    body = bytearray(s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+    body[-50] ^= 0xFF
+    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=bytes(body))
+    (tmp_path / "stage" / ".work" / "uploaded.jsonl").unlink()
+    fixed = build(cfg, workers=1, progress=False, work_dir=tmp_path / "stage")
+    assert fixed.upload["uploaded"] == 2 and fixed.upload["skipped"] == n - 2
+    assert verify_manifest(uri)[1] == []
+    ledger = [json.loads(x) for x in (tmp_path / "stage" / ".work" / "uploaded.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in ledger] == [victim, "manifest.json"]
+
+    with pytest.raises(CurriculumError, match="--work-dir is for a remote --out"):
+        build(BuildConfig(**{**cfg.model_dump(), "out": str(tmp_path / "x")}), progress=False, work_dir=tmp_path / "w")
+
+
+def test_manifest_and_shards_roundtrip_bytes(tmp_path, s3):
+    """Arrow IPC shards come back byte for byte (pyarrow writes, pyarrow reads)."""
+    local = write_random_corpus(tmp_path / "m", {"spa_Latn": 5_000}, seed=4, shard_tokens=2_000)
+    uri = s3.uri("bytes")
+    storage.upload_tree(local, uri)
+    for rel, size in storage.list_files(uri).items():
+        assert storage.read_bytes(storage.join(uri, rel)) == (local / rel).read_bytes() and size == (local / rel).stat().st_size
+    assert sorted(storage.list_files(uri)) == sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())

@@ -1,0 +1,252 @@
+"""Object-store shards end to end against a real S3-compatible server on 127.0.0.1 (moto's server
+mode: pyarrow's S3 client speaks HTTP to it as to AWS or MinIO), and the local shard cache."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, write_text_corpus
+from curriculum import storage
+from curriculum.build import BuildConfig, build
+from curriculum.manifest import read_manifest
+from curriculum.recipe import parse_recipe
+from curriculum.shards import ShardError, sha256_file
+from sampler_server.cache import ShardCache
+from sampler_server.sampler import Sampler
+
+# Three phases in mmBERT's shape, scaled to a corpus of ~90k tokens in 8 languages.
+RECIPE = {
+    "name": "s3-scaled",
+    "phases": [
+        {"name": "pretrain", "tokens": 16 * 512, "batch_tokens": 512, "seq_len": 128,
+         "languages": {"top": 3}, "tau": 0.7, "mask_ratio": 0.3},
+        {"name": "midtrain", "tokens": 8 * 1024, "batch_tokens": 1024, "seq_len": 256,
+         "languages": {"top": 6}, "tau": 0.5, "mask_ratio": 0.15},
+        {"name": "decay", "tokens": 8 * 1024, "batch_tokens": 1024, "seq_len": 256,
+         "languages": "all", "tau": 0.3, "mask_ratio": {"start": 0.1, "end": 0.05},
+         "lr": {"decay": "inv_sqrt", "final_factor": 0.02}},
+    ],
+}
+
+
+class S3:
+    def __init__(self, port: int, client, bucket: str):
+        self.port, self.client, self.bucket = port, client, bucket
+
+    def uri(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}?endpoint_override=127.0.0.1:{self.port}&scheme=http"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 (a free port), fake credentials in the environment (inherited
+    by the CLI subprocesses), one bucket; stopped at the end."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        assert host == "127.0.0.1"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+            client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+            bucket = f"shards-{uuid.uuid4().hex[:8]}"
+            client.create_bucket(Bucket=bucket)
+            yield S3(port, client, bucket)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def built(s3, small_tokenizer, tmp_path_factory):
+    """The same corpus built twice: `curriculum build --out s3://…` and in-process to a local dir."""
+    tmp = tmp_path_factory.mktemp("s3build")
+    corpus = write_text_corpus(tmp / "corpus", n_files=6, docs_per_file=60)
+    uri = s3.uri("m")
+    run_cli("build", str(corpus), "--out", uri, "--tokenizer", str(small_tokenizer), "--work-dir", str(tmp / "stage"))
+    local = tmp / "local"
+    build(BuildConfig(inputs=[str(corpus)], out=str(local), tokenizer=str(small_tokenizer)), workers=1, progress=False)
+    return uri, local
+
+
+def test_cli_verify_and_inspect_on_the_uri(built, s3):
+    uri, local = built
+    proc = run_cli("verify", uri)
+    m = read_manifest(uri)
+    assert f"ok: {m.shards.height} shards verified in s3://{s3.bucket}/m" in proc.stdout
+    assert m.fingerprint == read_manifest(local).fingerprint
+    assert "ukr_Cyrl" in run_cli("inspect", uri).stdout
+    assert set(storage.list_files(uri)) == set(m.shards["path"].to_list()) | {"manifest.json", "languages.parquet", "shards.parquet"}
+
+
+def test_round_trip_batches_byte_identical_to_local_disk(built, tmp_path):
+    uri, local = built
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    recipe = parse_recipe(RECIPE)
+    ref = Sampler(local, recipe, seed=11, chunk=8, block_tokens=1024)
+    got = Sampler(uri, recipe, seed=11, chunk=8, block_tokens=1024, cache_dir=cache_dir, cache_bytes=1 << 30)
+    assert ref.shard_cache is None and got.shard_cache is not None and not any(cache_dir.iterdir())
+    assert got.build_id == ref.build_id
+    phases = set()
+    for step in range(got.total_steps):
+        a, b = ref.batch(step), got.batch(step)
+        phases.add(b.info.phase)
+        for f in ("input_ids", "labels", "cu_seqlens", "lang"):
+            assert getattr(a, f).tobytes() == getattr(b, f).tobytes(), (step, f)
+    assert phases == {"pretrain", "midtrain", "decay"}
+    for step in (3, 20, got.total_steps - 1):
+        for r in range(2):
+            assert ref.batch(step, r, 2).input_ids.tobytes() == got.batch(step, r, 2).input_ids.tobytes()
+    # Every shard came through the cache once, verified, under its sha256.
+    m = got.manifest
+    assert got.shard_cache.stats["downloads"] == m.shards.height
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(f"{h}.arrow" for h in m.shards["sha256"])
+    assert all(sha256_file(p) == p.name[:64] for p in cache_dir.iterdir())
+    # A restarted server reuses the verified files: no download.
+    again = Sampler(uri, recipe, seed=11, chunk=8, block_tokens=1024, cache_dir=cache_dir, cache_bytes=1 << 30)
+    assert again.batch(got.total_steps - 1).input_ids.tobytes() == ref.batch(got.total_steps - 1).input_ids.tobytes()
+    assert again.shard_cache.stats["downloads"] == 0 and again.shard_cache.stats["hits"] > 0
+
+
+def _shards(uri: str) -> list[tuple[str, str, int]]:
+    """(location, sha256, bytes) of every shard, largest first."""
+    m = read_manifest(uri)
+    rows = m.shards.sort("bytes", descending=True).iter_rows(named=True)
+    return [(m.shard_location(r["path"]), r["sha256"], r["bytes"]) for r in rows]
+
+
+def test_lru_eviction_by_bytes(built, tmp_path):
+    uri, _ = built
+    (a, b, c) = _shards(uri)[:3]  # the three largest
+    cache = ShardCache(tmp_path / "c", max_bytes=a[2] + b[2] + c[2] - 1)  # room for any two, not three
+
+    def held() -> set[str]:
+        return {p.name[:64] for p in (tmp_path / "c").iterdir()}
+
+    for s in (a, b, c):
+        cache.open(*s)  # the view is dropped at once: nothing is in use
+    assert held() == {b[1], c[1]} and cache.stats["evictions"] == 1  # a: least recently opened
+    cache.open(*b)  # a hit, and b becomes the most recent
+    assert cache.stats["hits"] == 1 and cache.stats["downloads"] == 3
+    cache.open(*a)  # downloaded again; c is now the least recently opened
+    assert held() == {b[1], a[1]} and cache.stats["downloads"] == 4 and cache.stats["evictions"] == 2
+    assert cache.total_bytes == a[2] + b[2] <= cache.max_bytes
+
+    # Bytes, not counts: a budget of the largest shard alone keeps only it.
+    small = ShardCache(tmp_path / "s", max_bytes=a[2])
+    small.open(*b)
+    small.open(*a)
+    assert [p.name[:64] for p in (tmp_path / "s").iterdir()] == [a[1]]
+
+    # A new cache over the same directory adopts the files in their order of use.
+    again = ShardCache(tmp_path / "c", max_bytes=cache.max_bytes)
+    view = again.open(*b)
+    assert again.stats["downloads"] == 0 and again.stats["hits"] == 1 and view.docs > 0
+
+
+def test_shards_in_use_are_not_evicted_and_evicted_views_stay_valid(built, tmp_path):
+    uri, _ = built
+    a, b, c = _shards(uri)[:3]
+    cache = ShardCache(tmp_path / "c", max_bytes=1)  # any second shard is over budget
+    va = cache.open(*a)
+    cache.open(*b)
+    vc = cache.open(*c)
+    names = {p.name[:64] for p in (tmp_path / "c").iterdir()}
+    assert names == {a[1], c[1]}  # b was free, a and c are held by live views
+    tokens, expect = vc.tokens, vc.tokens.copy()
+    del va, vc
+    gc.collect()
+    cache.open(*b)  # now a and c are free: both evicted
+    assert {p.name[:64] for p in (tmp_path / "c").iterdir()} == {b[1]}
+    # The evicted shard's memory map outlives its name (POSIX unlink semantics).
+    assert np.array_equal(tokens, expect)
+
+
+def test_checksum_mismatch_names_the_shard_and_both_digests(built, s3, tmp_path):
+    uri, _ = built
+    m = read_manifest(uri)
+    r = m.shards.row(0, named=True)
+    body = bytearray(s3.client.get_object(Bucket=s3.bucket, Key=f"m/{r['path']}")["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    bad_uri = s3.uri("corrupt")
+    s3.client.put_object(Bucket=s3.bucket, Key=f"corrupt/{r['path']}", Body=bytes(body))
+    location = storage.join(bad_uri, r["path"])
+    wrong = hashlib.sha256(bytes(body)).hexdigest()
+    cache = ShardCache(tmp_path / "c", max_bytes=1 << 30)
+    errors: list[Exception] = []
+
+    def go() -> None:
+        try:
+            cache.open(location, r["sha256"], r["bytes"])
+        except ShardError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 4
+    msg = str(errors[0])
+    assert f"shard s3://{s3.bucket}/corrupt/{r['path']}" in msg and "checksum mismatch" in msg
+    assert r["sha256"] in msg and wrong in msg
+    assert list((tmp_path / "c").iterdir()) == []  # nothing kept, no temp file left
+    assert cache.stats["downloads"] == 0
+
+    with pytest.raises(ShardError, match="missing in the object store"):
+        cache.open(storage.join(bad_uri, "nope/00000-0000.arrow"), r["sha256"], r["bytes"])
+
+
+def test_concurrent_opens_of_one_shard_share_one_download(built, tmp_path, monkeypatch):
+    uri, _ = built
+    loc, sha, size = _shards(uri)[0]
+    real = storage.download
+    calls = []
+
+    def slow_download(location, dest, *args):
+        calls.append(location)
+        time.sleep(0.5)  # every other thread arrives while this download is in flight
+        return real(location, dest, *args)
+
+    monkeypatch.setattr(storage, "download", slow_download)
+    cache = ShardCache(tmp_path / "c", max_bytes=1 << 30)
+    n = 8
+    barrier = threading.Barrier(n)
+    views = [None] * n
+
+    def go(i: int) -> None:
+        barrier.wait()
+        views[i] = cache.open(loc, sha, size)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and cache.stats["downloads"] == 1
+    assert cache.stats["coalesced"] + cache.stats["hits"] == n - 1 and cache.stats["coalesced"] >= 1
+    assert all(v is not None and v.tokens.tobytes() == views[0].tokens.tobytes() for v in views)
+    assert [p.name for p in Path(tmp_path / "c").iterdir()] == [f"{sha}.arrow"]
+
+
+def test_local_locations_pass_through_without_a_copy(built, tmp_path):
+    _, local = built
+    m = read_manifest(local)
+    r = m.shards.row(0, named=True)
+    cache = ShardCache(tmp_path / "c", max_bytes=1)
+    view = cache.open(m.shard_location(r["path"]), r["sha256"], r["bytes"])
+    assert view.docs == r["docs"] and list((tmp_path / "c").iterdir()) == [] and cache.stats["downloads"] == 0
