@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Annotated, Literal
 
 import anyio
@@ -29,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from curriculum import storage
 from curriculum.errors import CurriculumError
 from curriculum.plan import EPOCH_WARNING, PhasePlan, phase_summary, plan_all_variants
 from curriculum.recipe import Recipe, load_recipe
@@ -77,7 +79,8 @@ class ApiError(Exception):
 def make_sampler(settings: ServerSettings, manifest: object, recipe: Recipe, variant: str | None) -> Sampler:
     """A Sampler of `variant` with the server's settings (manifest: a path or a read Manifest)."""
     return Sampler(manifest, recipe, settings.seed, variant=variant, chunk=settings.chunk,
-                   block_tokens=settings.block_tokens, threads=settings.kernel_threads, index_dir=settings.index_dir)
+                   block_tokens=settings.block_tokens, threads=settings.kernel_threads, index_dir=settings.index_dir,
+                   cache_dir=settings.cache_dir, cache_bytes=settings.cache_bytes)
 
 
 def open_sampler(settings: ServerSettings) -> Sampler:
@@ -94,10 +97,8 @@ def open_sampler(settings: ServerSettings) -> Sampler:
         return sampler
     problems = []
     for r in m.shards.iter_rows(named=True):
-        path = m.root / r["path"]
-        try:
-            size = path.stat().st_size
-        except OSError:
+        size = storage.file_size(m.shard_location(r["path"]))  # local file or object store
+        if size is None:
             problems.append(f"shard {r['path']} ({r['language']}): missing; rerun `curriculum build` with the same settings")
             continue
         if size != r["bytes"]:
@@ -109,7 +110,7 @@ def open_sampler(settings: ServerSettings) -> Sampler:
         _, problems = verify_manifest(m.root)
     if problems:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise StartupError(f"{len(problems)} problem(s) in manifest {m.root}:\n  " + "\n  ".join(problems[:20]) + more)
+        raise StartupError(f"{len(problems)} problem(s) in manifest {storage.display(m.root)}:\n  " + "\n  ".join(problems[:20]) + more)
     return sampler
 
 
@@ -235,8 +236,7 @@ class Service:
     def shard_failed(self, exc: ShardError) -> ApiError:
         """Record a shard problem (the server stays up, /readyz false) and make the 503."""
         msg = str(exc)
-        root = self.sampler.manifest.root
-        shard = next((r for r in self.sampler.manifest.shards["path"].to_list() if str(root / r) in msg), None)
+        shard = next((r for r in self.sampler.manifest.shards["path"].to_list() if r in msg), None)
         self.failed_shards[shard or msg] = msg
         self.metrics.shard_errors.inc()
         self.metrics.ready.set(0)
@@ -246,11 +246,16 @@ class Service:
 
     def recheck(self) -> None:
         """Clear shard failures whose file opens again (rebuilt or restored)."""
-        root = self.sampler.manifest.root
+        m = self.sampler.manifest
         for key in list(self.failed_shards):
+            loc = m.shard_location(key)
             try:
-                open_shard(root / key)
-            except (ShardError, OSError):
+                if m.is_remote:
+                    if storage.file_size(loc) is None:  # the cache re-downloads and re-checks it on use
+                        continue
+                else:
+                    open_shard(loc)
+            except (ShardError, OSError, storage.StorageError):
                 continue
             self.failed_shards.pop(key, None)
         if self.ready:
@@ -551,7 +556,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     async def dashboard() -> dict:
         return {
             "build_id": sampler.build_id, "recipe": sampler.recipe.name, "variant": sampler.variant,
-            "seed": sampler.seed, "manifest": sampler.manifest.root.name, "total_steps": sampler.total_steps,
+            "seed": sampler.seed, "manifest": Path(storage.display(sampler.manifest.root)).name, "total_steps": sampler.total_steps,
             "total_tokens": sampler.timeline.total_tokens, "languages": len(sampler.languages),
             "epoch_warning": EPOCH_WARNING, "top_group": TOP_GROUP, "started": svc.started,
             "phases": svc.default.plans_json, "variant_phases": variant_plans,

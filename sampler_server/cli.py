@@ -27,7 +27,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def serve(
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Built manifest directory (env SAMPLER_MANIFEST)."),
+    manifest: Optional[str] = typer.Option(None, "--manifest", help="Built manifest directory or URI, e.g. s3://bucket/m (env SAMPLER_MANIFEST)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe TOML file (env SAMPLER_RECIPE)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default 0) (env SAMPLER_SEED)."),
     host: Optional[str] = typer.Option(None, "--host", help="Bind address (default 127.0.0.1) (env SAMPLER_HOST)."),

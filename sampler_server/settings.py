@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Same default as sampler_server.streams.DEFAULT_BLOCK_TOKENS; not imported, so that reading the
@@ -18,7 +19,9 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SAMPLER_", extra="forbid", frozen=True)
 
-    manifest: Annotated[Path, Field(description="built manifest directory")]
+    manifest: Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, os.PathLike) else v), Field(description="built manifest: a directory or a URI (s3://bucket/prefix?endpoint_override=...)")]
+    cache_dir: Annotated[Path | None, Field(description="local cache of remote shards (default: ~/.cache)")] = None
+    cache_bytes: Annotated[int, Field(gt=0, description="bound of the shard cache in bytes")] = 64 << 30
     recipe: Annotated[Path, Field(description="recipe TOML file")]
     seed: int = 0
     host: str = "127.0.0.1"

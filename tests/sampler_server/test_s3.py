@@ -250,3 +250,48 @@ def test_local_locations_pass_through_without_a_copy(built, tmp_path):
     cache = ShardCache(tmp_path / "c", max_bytes=1)
     view = cache.open(m.shard_location(r["path"]), r["sha256"], r["bytes"])
     assert view.docs == r["docs"] and list((tmp_path / "c").iterdir()) == [] and cache.stats["downloads"] == 0
+
+
+def test_http_server_serves_the_uri_with_an_empty_cache(built, tmp_path):
+    """`sampler-server serve --manifest s3://...`: start-up checks and batches through the cache."""
+    import tomllib
+
+    from fastapi.testclient import TestClient
+
+    from sampler_server.app import create_app
+    from sampler_server.settings import ServerSettings
+    from trainer_client import wire
+
+    uri, local = built
+    recipe_path = tmp_path / "r.toml"
+    recipe_path.write_text(_toml(RECIPE))
+    assert tomllib.loads(recipe_path.read_text())["name"] == RECIPE["name"]
+    settings = ServerSettings(manifest=uri, recipe=recipe_path, seed=11, chunk=8, block_tokens=1024,
+                              cache_dir=tmp_path / "cache", cache_bytes=1 << 30)
+    ref = Sampler(local, parse_recipe(RECIPE), seed=11, chunk=8, block_tokens=1024)
+    with TestClient(create_app(settings)) as c:
+        for step in (0, ref.total_steps - 1):
+            r = c.get(f"/v1/batches/{step}", params={"rank": 1, "world_size": 2})
+            assert r.status_code == 200, r.text
+            b = wire.decode(r.content)
+            want = ref.batch(step, 1, 2)
+            assert b.input_ids.tobytes() == want.input_ids.tobytes() and b.labels.tobytes() == want.labels.tobytes()
+        assert c.get("/readyz").status_code == 200
+        assert c.get("/v1/recipe").json()["build_id"] == ref.build_id
+
+
+def _toml(d: dict) -> str:
+    """A tiny TOML writer for the recipe dicts of these tests (scalars, inline tables, arrays of tables)."""
+    def val(v):
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, str):
+            return f'"{v}"'
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return repr(v)
+    lines = [f'name = "{d["name"]}"']
+    for p in d["phases"]:
+        lines.append("[[phases]]")
+        lines += [f"{k} = {val(v)}" for k, v in p.items()]
+    return "\n".join(lines) + "\n"
