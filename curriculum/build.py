@@ -72,14 +72,15 @@ def _atomic_json(path: Path, data: dict) -> None:
 
 
 def _rows(path: Path) -> int:
-    with pa.memory_map(str(path), "r") as src:
+    with pa.OSFile(str(path), "rb") as src:
         reader = pa.ipc.open_file(src)
         return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
 
 
 def _iter_batches(path: Path, columns: list[str]):
-    """Record batches of an extract part, one at a time (bounded memory)."""
-    with pa.memory_map(str(path), "r") as src:
+    """Record batches of an extract part, one at a time (bounded memory: read, not memory-mapped,
+    so resident memory does not grow with the file)."""
+    with pa.OSFile(str(path), "rb") as src:
         reader = pa.ipc.open_file(src)
         for i in range(reader.num_record_batches):
             yield reader.get_batch(i).select(columns)
@@ -291,6 +292,10 @@ def _tokenizer(cfg: BuildConfig):
 
     key = (cfg.tokenizer, cfg.cls_id, cfg.sep_id, cfg.mask_id, cfg.pad_id, cfg.tokenizer_threads)
     if key not in _TOKENIZERS:
+        if cfg.tokenizer_threads == 1:
+            import numba  # a pool worker: the other workers already use the other cores
+
+            numba.set_num_threads(1)
         _TOKENIZERS[key] = load_tokenizer(
             cfg.tokenizer, cfg.cls_id, cfg.sep_id, cfg.mask_id, cfg.pad_id, num_threads=cfg.tokenizer_threads
         )

@@ -36,6 +36,8 @@ S-curve midpoint of ≈0.72) and NeMo Curator 20 × 13 on character 24-grams.
 
 from __future__ import annotations
 
+import gc
+
 import functools
 import math
 import re
@@ -245,6 +247,10 @@ def _datasketch_drops(
             drop[row] = True
         else:
             lsh.insert(row, m, check_duplication=False)
+    # MinHashLSH holds a bound method of itself (a reference cycle): free it now, not at the next
+    # full collection, or a pool worker carries ~3 KB a document into its next task.
+    del lsh
+    gc.collect()
     return drop
 
 
