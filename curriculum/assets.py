@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curriculum.errors import CurriculumError
+from curriculum.tokenize import write_file_atomic
 
 MAXTEXT_REQUIREMENT = "maxtext==0.2.5"
 PIP_TIMEOUT_S = 600
@@ -152,12 +153,4 @@ def _extract(zf: zipfile.ZipFile, wheel: Path, asset: Asset, path: Path) -> None
             f"{wheel.name}:{asset.member}: {len(data):,} bytes, sha256 {digest}; expected {asset.size:,} bytes, "
             f"sha256 {asset.sha256}. Refusing to use it; pass a trusted copy with --tokenizer PATH"
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{asset.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; other users of the cache must read it
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, data)  # temp + rename, mode 0644: other users of the cache read it

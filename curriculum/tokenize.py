@@ -433,11 +433,11 @@ def train_tokenizer(
     if placed != list(range(len(specials))):  # the documented ids are a contract of trained tokenizers
         raise TokenizerError(f"train_tokenizer: specials {specials} landed at ids {placed}, expected 0..{len(specials) - 1}")
     out = Path(out_path)
-    _write_atomic(out, tok.to_str(pretty=False).encode("utf-8"))
+    write_file_atomic(out, tok.to_str(pretty=False).encode("utf-8"))
     return load_tokenizer(out).info
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_file_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

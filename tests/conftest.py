@@ -100,3 +100,40 @@ def write_text_corpus(root: Path, n_files: int, docs_per_file: int, seed: int = 
     lines = "".join(_json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs["ukr_Cyrl"] + docs["ell_Grek"])
     (u / "mixed.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
     return root
+
+
+class S3:
+    """A bucket on the test S3 server: `uri(prefix)` is how the project addresses it."""
+
+    def __init__(self, port: int, client, bucket: str):
+        self.port, self.client, self.bucket = port, client, bucket
+
+    def uri(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}?endpoint_override=127.0.0.1:{self.port}&scheme=http"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 (a free port), fake credentials in the environment (inherited
+    by CLI subprocesses), one bucket; stopped at the end."""
+    import uuid
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        assert host == "127.0.0.1"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+            client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+            bucket = f"shards-{uuid.uuid4().hex[:8]}"
+            client.create_bucket(Bucket=bucket)
+            yield S3(port, client, bucket)
+    finally:
+        server.stop()
