@@ -130,10 +130,15 @@ def exists(location: str | Path) -> bool:
 
 def read_bytes(location: str | Path) -> bytes:
     """The whole file; FileNotFoundError if there is none (so callers can say what is missing)."""
+    with _open_input(location) as f:
+        return f.read()
+
+
+def _open_input(location: str | Path):
+    """An input stream; FileNotFoundError if missing, StorageError naming the location otherwise."""
     fs, path = resolve(location)
     try:
-        with fs.open_input_stream(path) as f:
-            return f.read()
+        return fs.open_input_stream(path)
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -156,16 +161,8 @@ def list_files(location: str | Path) -> dict[str, int]:
 def download(location: str | Path, dest: str | Path, chunk: int = CHUNK) -> str:
     """Stream a file to a local path (written in place: callers rename it); returns its sha256,
     computed on the way. FileNotFoundError if the source is missing."""
-    fs, path = resolve(location)
     h = hashlib.sha256()
-    try:
-        src = fs.open_input_stream(path)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            raise FileNotFoundError(f"{display(location)}: missing") from None
-        raise StorageError(f"{display(location)}: cannot read ({exc})") from None
+    src = _open_input(location)
     with src, open(dest, "wb") as out:
         while block := src.read(chunk):
             h.update(block)

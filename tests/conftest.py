@@ -137,3 +137,17 @@ def s3():
             yield S3(port, client, bucket)
     finally:
         server.stop()
+
+
+# mmBERT's three phases scaled to a small random-token corpus (8-sequence batches; 1,024 → 8,192).
+SCALED_MMBERT = {
+    "name": "mmbert-scaled",
+    "phases": [
+        {"name": "pretrain", "tokens": 40 * 8 * 1024, "batch_tokens": 8 * 1024, "seq_len": 1024,
+         "languages": {"top": 6}, "tau": 0.7, "mask_ratio": 0.3},
+        {"name": "midtrain", "tokens": 10 * 8 * 8192, "batch_tokens": 8 * 8192, "seq_len": 8192,
+         "languages": {"top": 12}, "tau": 0.5, "mask_ratio": 0.15},
+        {"name": "decay", "tokens": 6 * 8 * 8192, "batch_tokens": 8 * 8192, "seq_len": 8192,
+         "languages": "all", "tau": 0.3, "mask_ratio": 0.05, "lr": {"decay": "inv_sqrt", "final_factor": 0.02}},
+    ],
+}

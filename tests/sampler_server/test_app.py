@@ -22,6 +22,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from conftest import SCALED_MMBERT
 from curriculum.randomcorpus import write_random_corpus
 from curriculum.recipe import parse_recipe
 from sampler_server.app import create_app
@@ -32,17 +33,7 @@ from trainer_client import wire
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 7
-RECIPE = {
-    "name": "mmbert-scaled",
-    "phases": [
-        {"name": "pretrain", "tokens": 40 * 8 * 1024, "batch_tokens": 8 * 1024, "seq_len": 1024,
-         "languages": {"top": 6}, "tau": 0.7, "mask_ratio": 0.3},
-        {"name": "midtrain", "tokens": 10 * 8 * 8192, "batch_tokens": 8 * 8192, "seq_len": 8192,
-         "languages": {"top": 12}, "tau": 0.5, "mask_ratio": 0.15},
-        {"name": "decay", "tokens": 6 * 8 * 8192, "batch_tokens": 8 * 8192, "seq_len": 8192,
-         "languages": "all", "tau": 0.3, "mask_ratio": 0.05, "lr": {"decay": "inv_sqrt", "final_factor": 0.02}},
-    ],
-}
+RECIPE = SCALED_MMBERT
 TOTAL_STEPS = 56
 
 

@@ -5,22 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import SCALED_MMBERT
 from curriculum.randomcorpus import RANDOM_TOKENIZER, write_random_corpus
 from curriculum.recipe import parse_recipe
 from curriculum.schedule import ScheduleError
 from sampler_server.sampler import Sampler
 
-SCALED_MMBERT = {
-    "name": "mmbert-scaled",
-    "phases": [
-        {"name": "pretrain", "tokens": 40 * 8 * 1024, "batch_tokens": 8 * 1024, "seq_len": 1024,
-         "languages": {"top": 6}, "tau": 0.7, "mask_ratio": 0.3},
-        {"name": "midtrain", "tokens": 10 * 8 * 8192, "batch_tokens": 8 * 8192, "seq_len": 8192,
-         "languages": {"top": 12}, "tau": 0.5, "mask_ratio": 0.15},
-        {"name": "decay", "tokens": 6 * 8 * 8192, "batch_tokens": 8 * 8192, "seq_len": 8192,
-         "languages": "all", "tau": 0.3, "mask_ratio": 0.05, "lr": {"decay": "inv_sqrt", "final_factor": 0.02}},
-    ],
-}
 
 
 @pytest.fixture(scope="module")
