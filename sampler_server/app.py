@@ -31,11 +31,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from curriculum import storage
+from curriculum.amend import Amendment, AmendmentConflict, AmendmentError
 from curriculum.errors import CurriculumError
 from curriculum.plan import EPOCH_WARNING, PhasePlan, phase_summary, plan_all_variants
 from curriculum.recipe import Recipe, load_recipe
 from curriculum.schedule import ScheduleError, StepInfo
 from curriculum.shards import ShardError, open_shard
+from sampler_server.live import Behind, JournalBroken, Live, open_journal
 from sampler_server.metrics import TOP_GROUP, Metrics, MetricsMiddleware, PROMETHEUS_CONTENT_TYPE
 from sampler_server.progress import ProgressReport, ProgressStore, consumed_per_phase, progress_json, progress_summary
 from sampler_server.sampler import Sampler
@@ -76,20 +78,27 @@ class ApiError(Exception):
 
 # -- start-up ---------------------------------------------------------------------------------
 
-def make_sampler(settings: ServerSettings, manifest: object, recipe: Recipe, variant: str | None) -> Sampler:
+def make_sampler(settings: ServerSettings, manifest: object, recipe: Recipe, variant: str | None,
+                 amendments: list[Amendment] | tuple[Amendment, ...] = ()) -> Sampler:
     """A Sampler of `variant` with the server's settings (manifest: a path or a read Manifest)."""
     return Sampler(manifest, recipe, settings.seed, variant=variant, chunk=settings.chunk,
                    block_tokens=settings.block_tokens, threads=settings.kernel_threads, index_dir=settings.index_dir,
-                   cache_dir=settings.cache_dir, cache_bytes=settings.cache_bytes)
+                   cache_dir=settings.cache_dir, cache_bytes=settings.cache_bytes, amendments=amendments)
 
 
 def open_sampler(settings: ServerSettings) -> Sampler:
-    """Build the Sampler of the default variant and check the manifest (every shard present with
-    its recorded size; every checksum with `verify`); raise StartupError listing the problems."""
+    """Build the Sampler of the default variant, amended by the journal, and check the manifest
+    (every shard present with its recorded size; every checksum with `verify`); raise
+    StartupError listing the problems."""
     try:
-        sampler = make_sampler(settings, settings.manifest, load_recipe(settings.recipe), settings.variant)
-    except ValueError as exc:  # e.g. a manifest without tokenizer metadata
+        journal = open_journal(settings.journal, settings.recipe, required=settings.journal is not None)
+        entries = journal.entries if journal is not None else []
+        sampler = make_sampler(settings, settings.manifest, load_recipe(settings.recipe), settings.variant, entries)
+    except AmendmentError as exc:
+        raise StartupError(f"{exc}; fix the journal or move it aside to serve the recipe unamended") from None
+    except (ValueError, OSError) as exc:  # e.g. a manifest without tokenizer metadata
         raise StartupError(str(exc)) from None
+    sampler.journal = journal
     m = sampler.manifest
     if m.meta.kind != "built":
         log.warning("manifest %s is %r: serving generated random tokens of its sizes (for scale tests, not training)",
@@ -165,6 +174,18 @@ class Build:
 
     def __init__(self, sampler: Sampler):
         self.sampler = sampler
+        self.original_plans = sampler.regime_plans()[0]  # the recipe's own plans, for comparison
+        self._derive()
+
+    def refresh(self) -> Build:
+        """Recompute what derives from the plans when the sampler was amended since."""
+        if self.version != self.sampler.journal_version:
+            self._derive()
+        return self
+
+    def _derive(self) -> None:
+        sampler = self.sampler
+        self.version = sampler.journal_version
         index = {k: i for i, k in enumerate(sampler.languages)}
         self.top_masks = []  # per phase: the TOP_GROUP heaviest languages (metrics' "top" group)
         for plan in sampler.plans:
@@ -177,6 +198,7 @@ class Build:
         ends = list(tl.tokens_start[1:]) + [tl.total_tokens]
         self.plans_json = [_plan_json(p, int(b - a)) for p, a, b in zip(sampler.plans, tl.tokens_start, ends)]
         self.mixture_json = {p.phase.name: _mixture_json(p) for p in sampler.plans}
+        self.original_json = [_plan_json(p, int(p.phase.tokens)) for p in self.original_plans] if self.version else None
 
     def consumed(self, step: int) -> list[int]:
         """Tokens of each phase served through global `step` (the schedule's own token count)."""
@@ -204,6 +226,16 @@ class Service:
         self.progress = ProgressStore(sampler.build_id, settings.progress_history, settings.progress_log)
         self.failed_shards: dict[str, str] = {}
         self.started = time.time()
+        self.amend_token = settings.amend_token_value.encode() if settings.amend_token_value else None
+        self.live = Live(getattr(sampler, "journal", None), self.samplers)
+        self.policy = None
+
+    def samplers(self) -> list[Sampler]:
+        """Every Sampler this process serves (the default and the variants built so far)."""
+        seen: dict[int, Sampler] = {}
+        for b in list(self._builds.values()):
+            seen.setdefault(id(b.sampler), b.sampler)
+        return list(seen.values())
 
     def build(self, variant: str | None) -> Build:
         """The build of `variant` (made on first use: call from a worker thread)."""
@@ -216,7 +248,7 @@ class Service:
         with self._builds_lock:
             if variant not in self._builds:
                 try:
-                    s = make_sampler(self.settings, self.sampler.manifest, self.recipe, variant)
+                    s = make_sampler(self.settings, self.sampler.manifest, self.recipe, variant, self.sampler.amendments)
                 except (CurriculumError, ValueError) as exc:  # start-up planned every variant: rare
                     raise ApiError(409, "variant_unavailable", f"variant {variant!r} cannot be served: {exc}") from None
                 self._builds[variant] = Build(s)
@@ -279,17 +311,26 @@ class Service:
     def encode(self, variant: str | None, step: int, rank: int, world_size: int, labels: str,
                compression: str | None) -> wire.EncodedBatch:
         """Assemble and encode one batch (worker thread); counted in the metrics. ScheduleError
-        becomes a 400, ShardError a 503 (and /readyz false)."""
+        becomes a 400, ShardError a 503 (and /readyz false), a journal this replica has not
+        applied yet a 503 to retry."""
         build = self.build(variant)
         t0 = time.perf_counter()
         try:
+            if step >= 0:
+                self.live.ensure(step)
             b = build.sampler.batch(step, rank, world_size)
         except ScheduleError as exc:
             raise ApiError(400, "invalid_step", str(exc)) from None
         except ShardError as exc:
             raise self.shard_failed(exc) from None
-        md = wire.batch_metadata(build.sampler.build_id, b.info, b.rank, b.world_size)
+        except Behind as exc:
+            raise ApiError(503, "journal_behind", str(exc), journal_version=exc.version) from None
+        except JournalBroken as exc:
+            raise ApiError(503, "journal_broken", str(exc)) from None
+        md = wire.batch_metadata(b.build_id, b.info, b.rank, b.world_size, run_id=build.sampler.run_id,
+                                 journal_version=b.journal_version)
         enc = wire.encode_batch(b, md, self.dictionary, labels=labels, compression=compression)
+        build.refresh()
         p = b.info.phase_index
         self.metrics.observe_batch(build.labels[p], build.top_masks[p], b.lang, b.info.seq_len, time.perf_counter() - t0)
         return enc
@@ -298,7 +339,7 @@ class Service:
 
     def progress_summary(self, limit: int = SERIES_POINTS) -> dict:
         recs = self.progress.records()
-        consumed = self.default.consumed(recs[-1].step) if recs else [0] * len(self.sampler.plans)
+        consumed = self.default.refresh().consumed(recs[-1].step) if recs else [0] * len(self.sampler.plans)
         return {**progress_summary(recs, limit), "consumed_tokens": consumed, "ready": self.ready}
 
 
@@ -333,6 +374,13 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     """The FastAPI app for one manifest + recipe + seed. Builds (and checks) the Sampler of the
     default variant unless one is given; raises StartupError when the inputs cannot be served."""
     sampler = sampler if sampler is not None else open_sampler(settings)
+    if not hasattr(sampler, "journal"):  # a Sampler made by the caller: attach the journal here
+        try:
+            sampler.journal = open_journal(settings.journal, settings.recipe, required=settings.journal is not None)
+            if sampler.journal is not None and sampler.journal.entries:
+                sampler.amend(sampler.journal.entries)
+        except (AmendmentError, OSError) as exc:
+            raise StartupError(str(exc)) from None
     svc = Service(settings, sampler, load_recipe(settings.recipe))
     if settings.warmup:
         try:
@@ -344,9 +392,15 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("sampler ready: build %s, recipe %r, %d steps, %d languages", sampler.build_id, sampler.recipe.name,
-                 sampler.total_steps, len(sampler.languages))
-        yield
+        log.info("sampler ready: build %s, recipe %r, %d steps, %d languages, journal %s (version %d)",
+                 sampler.build_id, sampler.recipe.name, sampler.total_steps, len(sampler.languages),
+                 svc.live.journal.path if svc.live.enabled else "off", svc.live.version)
+        poller = asyncio.create_task(_poll_journal(svc)) if svc.live.enabled else None
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
 
     docs = svc.token is None  # with a token the OpenAPI schema is not served unauthenticated
     app = FastAPI(title="language-curriculum sampler", version=wire.WIRE_VERSION, lifespan=lifespan,
@@ -356,7 +410,8 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, **exc.extra)
+        headers = {"Retry-After": "1"} if exc.code == "journal_behind" else None
+        return _error(exc.status, exc.code, exc.message, headers=headers, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -430,8 +485,9 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         comp = None if compression == "none" else compression
         enc = await anyio.to_thread.run_sync(svc.encode, variant, step, rank, world_size, labels, comp)
         build = svc.build(variant)  # made by now
-        return Response(enc.standalone(), media_type=wire.MEDIA_TYPE,
-                        headers={"X-Build-Id": build.sampler.build_id, "Cache-Control": "no-store"})
+        return Response(enc.standalone(), media_type=wire.MEDIA_TYPE, headers={
+            "X-Build-Id": enc.build_id, "X-Run-Id": build.sampler.run_id,
+            "X-Journal-Version": str(svc.live.version), "Cache-Control": "no-store"})
 
     @api.get("/v1/stream")
     async def stream(rank: Rank = 0, world_size: World = 1, start: int = 0, count: Count = None,
@@ -490,7 +546,8 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
                     t.cancel()
 
         return StreamingResponse(body(), media_type=wire.MEDIA_TYPE, headers={
-            "X-Build-Id": build.sampler.build_id, "X-Batch-Start": str(start), "X-Batch-Count": str(count),
+            "X-Build-Id": build.sampler.build_id_at(start), "X-Run-Id": build.sampler.run_id,
+            "X-Batch-Start": str(start), "X-Batch-Count": str(count),
             "Cache-Control": "no-store"})
 
     @api.get("/v1/recipe")
@@ -499,6 +556,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         return {
             "recipe": svc.recipe.model_dump(mode="json"), "fingerprint": svc.recipe.fingerprint(),
             "variant": sampler.variant, "variants": svc.recipe.variant_names(), "build_id": sampler.build_id,
+            "run_id": sampler.run_id, "journal_version": sampler.journal_version,
             "seed": sampler.seed, "manifest_fingerprint": sampler.manifest.fingerprint,
             "total_steps": sampler.total_steps, "total_tokens": tl.total_tokens, "languages": len(sampler.languages),
             "tokenizer": sampler.tokenizer.model_dump(mode="json"),
@@ -525,7 +583,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
 
     @api.get("/v1/mixture")
     async def mixture(phase: PhaseQuery = None, variant: Variant = None) -> dict:
-        build = await svc.build_async(variant)
+        build = (await svc.build_async(variant)).refresh()
         views, bid = build.mixture_json, build.sampler.build_id
         if phase is None:
             return {"build_id": bid, "phases": list(views.values())}
@@ -544,9 +602,50 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         if report.step >= sampler.total_steps:
             raise ApiError(400, "invalid_step", f"step {report.step} is past the last step ({sampler.total_steps - 1})")
         rec = await anyio.to_thread.run_sync(svc.progress.add, report)
+        await anyio.to_thread.run_sync(svc.live.note_reported, rec.step)
         svc.metrics.progress_step.set(rec.step)
         svc.metrics.progress_tokens.set(rec.tokens)
-        return {"stored": progress_json([rec])[0], "reports": len(svc.progress)}
+        proposed = None
+        if svc.policy is not None:
+            proposed = await anyio.to_thread.run_sync(svc.policy.maybe_amend, svc, rec.step)
+        return {"stored": progress_json([rec])[0], "reports": len(svc.progress),
+                **({"amendment": proposed.model_dump(mode="json", exclude_none=True)} if proposed else {})}
+
+    def require_amend_token(request: Request) -> None:
+        if svc.amend_token is None:
+            raise ApiError(403, "amendments_disabled", "this server takes no amendments: start it with --amend-token "
+                           "(or --token) to allow POST /v1/amendments")
+        auth = request.headers.get("authorization", "")
+        scheme, _, value = auth.partition(" ")
+        if not auth:
+            raise ApiError(401, "unauthorized", "amendments need a bearer token: send 'Authorization: Bearer <token>'")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), svc.amend_token):
+            raise ApiError(401, "unauthorized", "invalid bearer token for amendments")
+
+    @api.get("/v1/amendments")
+    async def get_amendments() -> dict:
+        await anyio.to_thread.run_sync(svc.live.sync)
+        return await anyio.to_thread.run_sync(svc.live.describe)
+
+    @app.post("/v1/amendments", status_code=201, dependencies=[Depends(require_amend_token)])
+    async def post_amendment(amendment: Amendment) -> dict:
+        """Append an amendment to the journal (see curriculum.amend); 409 when it would change a
+        step already served or reported, 422 naming the field that cannot apply."""
+        if not svc.live.enabled:
+            raise ApiError(503, "journal_unavailable", "this server has no writable amendment journal; start it with "
+                           "--journal PATH on a writable filesystem")
+        a = amendment.model_copy(update={"created_at": None})
+        try:
+            stored = await anyio.to_thread.run_sync(svc.live.admit, a)
+        except AmendmentConflict as exc:
+            raise ApiError(409, "amendment_in_the_past", str(exc), earliest_from_step=exc.earliest) from None
+        except AmendmentError as exc:
+            raise ApiError(422, "invalid_amendment", str(exc), fields=exc.fields or None) from None
+        except JournalBroken as exc:
+            raise ApiError(503, "journal_broken", str(exc)) from None
+        view = await anyio.to_thread.run_sync(svc.live.describe)
+        return {"stored": stored.model_dump(mode="json", exclude_none=True), "version": view["version"],
+                "build_id": svc.sampler.build_id_at(stored.from_step), "earliest_from_step": view["earliest_from_step"]}
 
     @api.get("/v1/progress")
     async def get_progress(limit: Limit = SERIES_POINTS) -> dict:
@@ -559,12 +658,26 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
             "seed": sampler.seed, "manifest": Path(storage.display(sampler.manifest.root)).name, "total_steps": sampler.total_steps,
             "total_tokens": sampler.timeline.total_tokens, "languages": len(sampler.languages),
             "epoch_warning": EPOCH_WARNING, "top_group": TOP_GROUP, "started": svc.started,
-            "phases": svc.default.plans_json, "variant_phases": variant_plans,
+            "phases": svc.default.refresh().plans_json, "variant_phases": variant_plans,
+            "original_phases": svc.default.original_json,
+            "amendments": (await anyio.to_thread.run_sync(svc.live.describe))["amendments"],
             "live": await anyio.to_thread.run_sync(svc.progress_summary, SERIES_POINTS),
         }
 
     app.include_router(api)
     return app
+
+
+async def _poll_journal(svc: Service) -> None:
+    """Apply journal changes made elsewhere (other replicas, `curriculum amend`) ahead of need."""
+    while True:
+        await asyncio.sleep(svc.settings.journal_poll)
+        try:
+            await anyio.to_thread.run_sync(svc.live.sync)
+        except JournalBroken:
+            pass  # logged; requests past the watermark get 503 until the journal is fixed
+        except Exception:  # noqa: BLE001 - the poller must outlive any one failure
+            log.exception("journal poll failed")
 
 
 def _variant_plans(svc: Service) -> list[dict]:

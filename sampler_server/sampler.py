@@ -5,12 +5,17 @@ phase, or `anneal_segments` when τ is annealed); it is that language's k-th seq
 language's stream tokens [base + k·L, base + (k+1)·L), where k is the language's count before g
 and `base` the tokens it served in earlier segments. The whole state at any g is therefore the
 count vector, which the blend index checkpoints; a restarted Sampler recomputes the same bytes.
+
+Amendments (`curriculum.amend`) split a phase at their `from_step`: the sequences before it keep
+their pieces (so their bytes), the ones after it are blended by new pieces that start fresh at
+the split with the amended weights, and every language's stream continues from `base`, the
+tokens it served before — nothing skipped, nothing repeated. `amend` swaps in the new state in
+one reference assignment; a batch in flight finishes on the state it started with.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +23,11 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from curriculum.amend import Amendment, AmendmentError, Piece, Regime, phase_pieces, regimes
+from curriculum.errors import CurriculumError
 from curriculum.manifest import Manifest, read_manifest
-from curriculum.plan import PhasePlan, plan_recipe
-from curriculum.recipe import Recipe, load_recipe
+from curriculum.plan import PhasePlan, plan_phase
+from curriculum.recipe import Phase, Recipe, load_recipe
 from curriculum.schedule import StepInfo, Timeline
 from curriculum.shards import open_shard
 from sampler_server.cache import DEFAULT_CACHE_BYTES, ShardCache
@@ -42,6 +49,8 @@ class Batch:
     info: StepInfo
     rank: int
     world_size: int
+    build_id: str = ""  # the run id hashed with the journal prefix in force at the step
+    journal_version: int = 0  # journal entries the sampler had loaded when it made the batch
 
     @property
     def max_seqlen(self) -> int:
@@ -50,14 +59,36 @@ class Batch:
 
 @dataclass(frozen=True)
 class _Segment:
-    start: int  # first phase sequence of the segment
+    start: int  # first phase sequence of the piece (the blend's position 0)
     stop: int
     lang: np.ndarray  # int32 global language index of each blended language
     blend: BlendIndex
 
 
+def _same_segment(a: _Segment, b: _Segment) -> bool:
+    return a.start == b.start and a.stop == b.stop and a.blend is b.blend and np.array_equal(a.lang, b.lang)
+
+
+class _State:
+    """The run as amended by a journal prefix: regimes, their plans and every phase's blend
+    pieces. Immutable once made (batches read one state start to end); `bases` fills lazily."""
+
+    def __init__(self, amendments: tuple[Amendment, ...], regs: list[Regime], build_ids: list[str],
+                 plans: list[list[PhasePlan]], segments: list[list[_Segment]]):
+        self.amendments, self.regimes, self.build_ids = amendments, regs, build_ids
+        self.plans, self.segments = plans, segments
+        self.bases: dict[tuple[int, int], np.ndarray] = {}
+        self.lock = threading.Lock()
+
+    def regime_index(self, step: int) -> int:
+        k = 0
+        while k + 1 < len(self.regimes) and self.regimes[k + 1].from_step <= step:
+            k += 1
+        return k
+
+
 class Sampler:
-    """Deterministic batches over a built manifest."""
+    """Deterministic batches over a built manifest, optionally amended by a journal."""
 
     def __init__(
         self,
@@ -72,6 +103,7 @@ class Sampler:
         index_dir: str | Path | None = None,
         cache_dir: str | Path | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        amendments: list[Amendment] | tuple[Amendment, ...] = (),
     ):
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         # Shards of a remote manifest (s3://…) are served from a verified local cache.
@@ -79,8 +111,8 @@ class Sampler:
         full = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
         # Variants branch from the same start: the resolved recipe replaces each phase that has
         # variants by the chosen one (default: its first).
-        self.recipe = full.resolve(variant)
-        self.variant = variant or next((p.variant for p in self.recipe.phases if p.variant), None)
+        self.base_recipe = full.resolve(variant)
+        self.variant = variant or next((p.variant for p in self.base_recipe.phases if p.variant), None)
         self.seed = int(seed)
         # Kernel threads per batch call. 1 by default: a server runs many requests at once (each
         # on its own thread), and a per-rank batch (~64K tokens) masks in ~0.1 ms on one core,
@@ -92,24 +124,127 @@ class Sampler:
         self.tokenizer = tok
         self.languages: list[str] = self.manifest.languages["language"].to_list()
         self._lang_index = {k: i for i, k in enumerate(self.languages)}
-        self.timeline = Timeline(self.recipe)
-        self.plans: list[PhasePlan] = plan_recipe(self.recipe, self.manifest)
         # block_tokens shapes the shuffle of a built corpus, so it is part of what a batch is.
         layout = "" if self.manifest.meta.kind == "synthetic" else f":b{block_tokens}"
-        self.build_id = hashlib.sha256(
-            f"{self.recipe.fingerprint()}:{self.manifest.fingerprint}:{self.seed}:{self.variant or ''}{layout}".encode()
+        # The run id: manifest + recipe + seed (+ variant, block size). A step no amendment
+        # reaches has it as its build id; amended steps hash it with the journal prefix.
+        self.build_id = self.run_id = hashlib.sha256(
+            f"{self.base_recipe.fingerprint()}:{self.manifest.fingerprint}:{self.seed}:{self.variant or ''}{layout}".encode()
         ).hexdigest()[:16]
         self._streams = self._make_streams(block_tokens)
-        self._segments = [self._make_segments(p, lay.total_sequences, chunk) for p, lay in zip(self.plans, self.timeline.layouts)]
+        self._chunk = chunk
         self.index_dir = Path(index_dir) if index_dir is not None else None
-        if self.index_dir is not None:
-            self._attach_index()
-        self._bases: dict[tuple[int, int], np.ndarray] = {}
-        self._base_lock = threading.Lock()
+        self._plan_cache: dict[str, PhasePlan] = {}
+        self._blends: dict[tuple, BlendIndex] = {}  # reused across amendments: built checkpoints survive
+        self._amend_lock = threading.Lock()
+        self._state = self._make_state(tuple(amendments))
         specials = np.array(sorted({tok.cls_id, tok.sep_id, tok.mask_id, tok.pad_id, *tok.special_ids}), np.int64)
         self._is_special = np.zeros(tok.vocab_size, np.bool_)
         self._is_special[specials[specials < tok.vocab_size]] = True
         self._random_pool = np.flatnonzero(~self._is_special).astype(np.int32)
+
+    # -- the run as amended ---------------------------------------------------------------
+
+    @property
+    def recipe(self) -> Recipe:
+        """The effective recipe after every amendment loaded (steps before an amendment's
+        from_step use the regime in force there: see `schedule`)."""
+        return self._state.regimes[-1].recipe
+
+    @property
+    def timeline(self) -> Timeline:
+        """Phase step ranges of the run as amended (the same as the recipe's when unamended)."""
+        return self._state.regimes[-1].timeline
+
+    @property
+    def plans(self) -> list[PhasePlan]:
+        """Per phase, the plan of the last regime (the phase as it will run from now on)."""
+        return self._state.plans[-1]
+
+    @property
+    def amendments(self) -> tuple[Amendment, ...]:
+        return self._state.amendments
+
+    @property
+    def journal_version(self) -> int:
+        return len(self._state.amendments)
+
+    @property
+    def regimes(self) -> list[Regime]:
+        return self._state.regimes
+
+    def regime_plans(self) -> list[list[PhasePlan]]:
+        """Plans of every regime (regime k: the recipe with its journal prefix)."""
+        return self._state.plans
+
+    def amend(self, amendments: list[Amendment] | tuple[Amendment, ...]) -> None:
+        """Serve the run amended by `amendments` (the whole journal, which must extend the one
+        loaded). Raises AmendmentError, leaving the sampler as it was, when it cannot apply."""
+        amendments = tuple(amendments)
+        with self._amend_lock:
+            old = self._state
+            if amendments[: len(old.amendments)] != old.amendments:
+                raise AmendmentError("the journal no longer starts with the entries this sampler applied: "
+                                     "entries were edited or removed; restart the server on the journal")
+            if amendments == old.amendments:
+                return
+            new = self._make_state(amendments)
+            # Bases of pieces unchanged from the start of the run carry over.
+            for p, (a, b) in enumerate(zip(old.segments, new.segments)):
+                same = 0
+                while same < min(len(a), len(b)) and _same_segment(a[same], b[same]):
+                    same += 1
+                for s in range(same + 1):
+                    if (p, s) in old.bases:
+                        new.bases[(p, s)] = old.bases[(p, s)]
+                if same < max(len(a), len(b)):
+                    break
+            self._state = new  # one reference swap: a batch in flight keeps the state it started on
+
+    def check_amendments(self, amendments: list[Amendment] | tuple[Amendment, ...]) -> None:
+        """Raise AmendmentError unless the run amended by `amendments` can be served."""
+        self._make_state(tuple(amendments), dry_run=True)
+
+    def _plan(self, phase: Phase, index: int, timeline: Timeline) -> PhasePlan:
+        key = f"{index}:{timeline.phase_start[index]}:{timeline.tokens_start[index]}:{phase.model_dump_json()}"
+        hit = self._plan_cache.get(key)
+        if hit is None:
+            hit = self._plan_cache[key] = plan_phase(phase, index, self.manifest.languages, timeline.phase_start[index],
+                                                     float(timeline.tokens_start[index]))
+        return hit
+
+    def _make_state(self, amendments: tuple[Amendment, ...], dry_run: bool = False) -> _State:
+        regs = regimes(self.base_recipe, list(amendments))
+        try:
+            plans = [[self._plan(ph, i, r.timeline) for i, ph in enumerate(r.recipe.phases)] for r in regs]
+        except (CurriculumError, ValueError) as exc:
+            raise AmendmentError(f"the amended recipe cannot be planned on this manifest: {exc}") from None
+        if dry_run:
+            return None  # type: ignore[return-value]
+        build_ids = [self.run_id if r.applied == 0 else hashlib.sha256(
+            (self.run_id + "".join(a.digest() for a in amendments[: r.applied])).encode()).hexdigest()[:16] for r in regs]
+        segments = [self._make_segments(phase_pieces(regs, plans, p)) for p in range(len(regs[-1].recipe.phases))]
+        return _State(amendments, regs, build_ids, plans, segments)
+
+    def _make_segments(self, pieces: list[Piece]) -> list[_Segment]:
+        out = []
+        for pc in pieces:
+            key = (pc.phase, pc.start, pc.languages, pc.weights.tobytes())
+            blend = self._blends.get(key)
+            if blend is None:
+                c = self._chunk or adaptive_chunk(pc.stop - pc.start, len(pc.languages))
+                blend = self._blends[key] = BlendIndex(pc.weights, c)
+                if self.index_dir is not None:
+                    path = self._index_path(blend)
+                    if path.exists():
+                        blend.attach(np.load(path, mmap_mode="r"))
+            lang = np.array([self._lang_index[k] for k in pc.languages], np.int32)
+            out.append(_Segment(pc.start, pc.stop, lang, blend))
+        return out
+
+    @property
+    def _segments(self) -> list[list[_Segment]]:
+        return self._state.segments
 
     def _make_streams(self, block_tokens: int) -> list[LanguageStream | None]:
         if self.manifest.meta.kind == "synthetic":
@@ -135,33 +270,17 @@ class Sampler:
             LanguageStream(k, by_lang[k], self.seed, block_tokens, opener=opener) if k in by_lang else None for k in self.languages
         ]
 
-    def _make_segments(self, plan: PhasePlan, n_seq: int, chunk: int | None) -> list[_Segment]:
-        S = len(plan.segments)
-        bounds = [math.ceil(s * n_seq / S) for s in range(S + 1)]
-        glob = np.array([self._lang_index[k] for k in plan.languages], np.int32)
-        out = []
-        for s, seg in enumerate(plan.segments):
-            w = seg.allocation.weights
-            keep = w > 0
-            c = chunk or adaptive_chunk(bounds[s + 1] - bounds[s], int(keep.sum()))
-            out.append(_Segment(bounds[s], bounds[s + 1], glob[keep], BlendIndex(w[keep] / w[keep].sum(), c)))
-        return out
-
     # -- the persisted index ---------------------------------------------------------------
 
-    def _index_path(self, phase: int, seg: int) -> Path:
-        return self.index_dir / f"{self.build_id}-p{phase}-s{seg}-c{self._segments[phase][seg].blend.chunk}.npy"
-
-    def _attach_index(self) -> None:
-        for p, segs in enumerate(self._segments):
-            for s, segm in enumerate(segs):
-                path = self._index_path(p, s)
-                if path.exists():
-                    segm.blend.attach(np.load(path, mmap_mode="r"))
+    def _index_path(self, blend: BlendIndex) -> Path:
+        # A blend is a function of its weights alone (and its chunk shapes the checkpoints), so
+        # index files are named by content: amended runs share them with the unamended one.
+        digest = hashlib.sha256(blend.weights.tobytes()).hexdigest()[:20]
+        return self.index_dir / f"blend-{digest}-c{blend.chunk}.npy"
 
     def build_index(self, progress=None) -> dict:
         """Build every blend checkpoint of the run and write them to `index_dir` (one .npy per
-        segment, memory-mapped on load): after this, any step of any phase is O(chunk) away, and a
+        blend, memory-mapped on load): after this, any step of any phase is O(chunk) away, and a
         restarted server reuses it. Returns sizes and timings."""
         import os
         import time
@@ -170,26 +289,37 @@ class Sampler:
             raise ValueError("Sampler.build_index needs index_dir")
         self.index_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        total = 0
+        total, files = 0, set()
         for p, segs in enumerate(self._segments):
             for s, segm in enumerate(segs):
-                path = self._index_path(p, s)
-                if not path.exists():
+                path = self._index_path(segm.blend)
+                rows = (segm.stop - segm.start) // segm.blend.chunk + 1
+                have = np.load(path, mmap_mode="r").shape[0] if path.exists() else 0
+                if have < rows:
                     matrix = segm.blend.checkpoint_matrix(segm.stop - segm.start)
                     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
                     np.save(tmp, matrix)
                     os.replace(tmp, path)
                 segm.blend.attach(np.load(path, mmap_mode="r"))
-                total += path.stat().st_size
+                if path not in files:
+                    files.add(path)
+                    total += path.stat().st_size
                 if progress:
                     progress(p, s)
-        return {"seconds": time.perf_counter() - t0, "bytes": total, "files": sum(len(x) for x in self._segments)}
+        return {"seconds": time.perf_counter() - t0, "bytes": total, "files": len(files)}
 
     # -- schedule -------------------------------------------------------------------------
 
     def schedule(self, step: int) -> StepInfo:
-        """The step's phase, τ, mask ratio, sequence length and LR factor (cheap)."""
-        return self.timeline.locate(step)
+        """The step's phase, τ, mask ratio, sequence length and LR factor (cheap), under the
+        regime in force at `step`."""
+        st = self._state
+        return st.regimes[st.regime_index(max(step, 0))].timeline.locate(step)
+
+    def build_id_at(self, step: int) -> str:
+        """Build id of the batches of `step`: the run id hashed with the journal prefix in force."""
+        st = self._state
+        return st.build_ids[st.regime_index(max(step, 0))]
 
     @property
     def total_steps(self) -> int:
@@ -197,36 +327,38 @@ class Sampler:
 
     # -- stream positions -----------------------------------------------------------------
 
-    def _base(self, phase: int, seg: int) -> np.ndarray:
-        """Tokens each language served before segment `seg` of `phase` (int64[K])."""
-        hit = self._bases.get((phase, seg))  # lock-free once computed: requests never queue behind a walk
+    def _base(self, st: _State, phase: int, seg: int) -> np.ndarray:
+        """Tokens each language served before piece `seg` of `phase` (int64[K])."""
+        hit = st.bases.get((phase, seg))  # lock-free once computed: requests never queue behind a walk
         if hit is not None:
             return hit
-        with self._base_lock:
+        with st.lock:
             key = (phase, seg)
-            if key in self._bases:
-                return self._bases[key]
-            order = [(p, s) for p in range(len(self._segments)) for s in range(len(self._segments[p]))]
+            if key in st.bases:
+                return st.bases[key]
+            order = [(p, s) for p in range(len(st.segments)) for s in range(len(st.segments[p]))]
             cur = np.zeros(len(self.languages), np.int64)
             for p, s in order:
-                if (p, s) in self._bases:
-                    cur = self._bases[(p, s)]
+                if (p, s) in st.bases:
+                    cur = st.bases[(p, s)]
                 else:
-                    self._bases[(p, s)] = cur
+                    st.bases[(p, s)] = cur
                 if (p, s) == key:
                     return cur
-                segm = self._segments[p][s]
+                segm = st.segments[p][s]
                 cur = cur.copy()
-                cur[segm.lang] += segm.blend.counts_at(segm.stop - segm.start) * self.recipe.phases[p].seq_len
+                cur[segm.lang] += segm.blend.counts_at(segm.stop - segm.start) * st.regimes[-1].recipe.phases[p].seq_len
             raise AssertionError("unreachable")
 
     def consumed_tokens(self, step: int) -> np.ndarray:
         """Tokens of each language served before `step` (int64[K])."""
+        st = self._state
         info = self.schedule(step)
         g = info.first_sequence
-        for s, segm in enumerate(self._segments[info.phase_index]):
-            if segm.start <= g < segm.stop or s == len(self._segments[info.phase_index]) - 1:
-                out = self._base(info.phase_index, s).copy()
+        segs = st.segments[info.phase_index]
+        for s, segm in enumerate(segs):
+            if segm.start <= g < segm.stop or s == len(segs) - 1:
+                out = self._base(st, info.phase_index, s).copy()
                 out[segm.lang] += segm.blend.counts_at(g - segm.start) * info.seq_len
                 return out
         raise AssertionError("unreachable")
@@ -244,10 +376,13 @@ class Sampler:
 
     def assign(self, phase: int, g0: int, g1: int) -> tuple[np.ndarray, np.ndarray]:
         """Global language index and stream start token of phase sequences [g0, g1)."""
-        L = self.recipe.phases[phase].seq_len
+        return self._assign(self._state, phase, g0, g1)
+
+    def _assign(self, st: _State, phase: int, g0: int, g1: int) -> tuple[np.ndarray, np.ndarray]:
+        L = st.regimes[-1].recipe.phases[phase].seq_len
         langs = np.empty(g1 - g0, np.int32)
         starts = np.empty(g1 - g0, np.int64)
-        for s, segm in enumerate(self._segments[phase]):
+        for s, segm in enumerate(st.segments[phase]):
             a, b = max(g0, segm.start), min(g1, segm.stop)
             if a >= b:
                 continue
@@ -262,15 +397,18 @@ class Sampler:
             k = before[local] + occ
             glob = segm.lang[local]
             langs[a - g0 : b - g0] = glob
-            starts[a - g0 : b - g0] = self._base(phase, s)[glob] + k * L
+            starts[a - g0 : b - g0] = self._base(st, phase, s)[glob] + k * L
         return langs, starts
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> Batch:
         """The batch of `rank` of `world_size` at global `step`."""
-        info = self.schedule(step)
-        g0, g1 = self.timeline.rank_slice(info, rank, world_size)
+        st = self._state  # one state for the whole batch, whatever amendments land meanwhile
+        k = st.regime_index(max(step, 0))
+        reg = st.regimes[k]
+        info = reg.timeline.locate(step)
+        g0, g1 = reg.timeline.rank_slice(info, rank, world_size)
         p, L, n = info.phase_index, info.seq_len, g1 - g0
-        langs, starts = self.assign(p, g0, g1)
+        langs, starts = self._assign(st, p, g0, g1)
         input_ids = np.empty((n, L), np.int32)
         doc_starts = np.empty(L, np.int32)
         bounds = []
@@ -285,7 +423,7 @@ class Sampler:
         bounds.append(np.array([n * L], np.int64))
         cu = np.concatenate(bounds).astype(np.int32)
 
-        phase = self.recipe.phases[p]
+        phase = reg.recipe.phases[p]
         gs = np.arange(g0, g1, dtype=np.int64)
         keys = np.empty(n, np.uint64)
         sequence_keys(np.uint64(self.seed & 0xFFFFFFFFFFFFFFFF), np.uint64(p), gs, keys)
@@ -301,4 +439,4 @@ class Sampler:
             mask_tokens(input_ids, labels, keys, ratios, self._is_special, np.int32(tok.mask_id), self._random_pool)
         finally:
             numba.set_num_threads(prev)
-        return Batch(input_ids, labels, cu, langs, info, rank, world_size)
+        return Batch(input_ids, labels, cu, langs, info, rank, world_size, st.build_ids[k], len(st.amendments))

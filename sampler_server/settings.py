@@ -41,9 +41,27 @@ class ServerSettings(BaseSettings):
     index_dir: Path | None = Field(default=None, description="directory of persisted blend indexes (`Sampler.index_dir`)")
     prefetch: Annotated[int, Field(ge=0, le=16, description="batches /v1/stream assembles ahead of the one it sends")] = 2
     warmup: bool = Field(default=True, description="assemble step 0 at start-up (loads kernels, opens its shards)")
+    journal: Path | None = Field(default=None, description="amendment journal (default: <recipe>.amendments.jsonl "
+                                 "beside the recipe; shared by every replica)")
+    amend_token: SecretStr | None = Field(default=None, description="bearer token for POST /v1/amendments "
+                                          "(default: --token); amendments are refused when neither is set")
+    journal_poll: Annotated[float, Field(gt=0, le=3600, description="seconds between journal checks")] = 1.0
+    policy: Literal["none", "loss-balance"] = Field(default="none", description="feedback policy that amends the "
+                                                     "mixture from reported per-language loss")
+    policy_every: Annotated[int, Field(ge=1, description="steps between policy amendments")] = 20
+    policy_lookahead: Annotated[int, Field(ge=1, description="steps ahead of the served watermark a policy "
+                                           "amendment starts")] = 8
+    policy_max_change: Annotated[float, Field(gt=0, le=1, description="largest relative change of a language's "
+                                              "multiplier per amendment")] = 0.2
+    policy_bounds: tuple[float, float] = Field(default=(0.5, 2.0), description="range of a language's multiplier")
     access_log: bool = True
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @property
     def token_value(self) -> str | None:
         return self.token.get_secret_value() if self.token is not None and self.token.get_secret_value() else None
+
+    @property
+    def amend_token_value(self) -> str | None:
+        t = self.amend_token
+        return t.get_secret_value() if t is not None and t.get_secret_value() else self.token_value

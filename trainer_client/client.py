@@ -9,9 +9,12 @@ so a dead replica does not cost a timeout per request. A 4xx other than 408/429 
 mistake (a step past the end, a world size that does not divide the batch): it is raised at once
 with the server's message, never retried.
 
-Build id: `build_id` identifies manifest + recipe + seed. The client remembers the first one it
-sees (or the one a checkpoint was trained on) and raises `BuildIdMismatch` as soon as any server
-answers with another, instead of silently training on other data.
+Build id: `build_id` identifies manifest + recipe + seed (the server's run id). The client
+remembers the first one it sees (or the one a checkpoint was trained on) and raises
+`BuildIdMismatch` as soon as any server answers with another, instead of silently training on
+other data. Amendments of the live curriculum do not change it: a batch's own build id (its
+metadata `build_id`) then also covers the amendments in force at its step, and its `run_id` is
+what the client checks. A replica still applying an amendment answers 503, which is retried.
 """
 
 from __future__ import annotations
@@ -237,7 +240,7 @@ class SamplerClient:
                 if r.status_code >= 400:
                     code, msg = _error_message(r)
                     raise SamplerRequestError(url, r.status_code, code, msg)
-                self.check_build(url, r.headers.get("x-build-id"))
+                self.check_build(url, r.headers.get("x-run-id") or r.headers.get("x-build-id"))
                 if decode is not None:
                     try:
                         out = decode(url, r)
@@ -312,7 +315,7 @@ class SamplerClient:
         def parse(url: str, r: httpx.Response) -> wire.WireBatch:
             b = wire.decode(r.content)
             md = b.metadata
-            self.check_build(url, str(md.get("build_id")))
+            self.check_build(url, str(md.get("run_id") or md.get("build_id")))
             if md.get("step") != step or md.get("rank") != rank or md.get("world_size") != world_size:
                 raise wire.WireError(f"asked for step {step} rank {rank}/{world_size}, got step {md.get('step')} "
                                      f"rank {md.get('rank')}/{md.get('world_size')}")

@@ -78,6 +78,12 @@ METADATA_FIELDS: dict[str, type] = {
 }
 
 
+# Optional metadata (servers with an amendment journal): decoded with these types when present.
+# `build_id` is then the run id hashed with the journal prefix in force at the step; `run_id`
+# identifies manifest + recipe + seed whatever the amendments.
+OPTIONAL_METADATA: dict[str, type] = {"run_id": str, "journal_version": int}
+
+
 class WireError(ValueError):
     """Bytes that are not a batch stream of this wire version."""
 
@@ -107,9 +113,14 @@ def batch_schema(seq_len: int, labels: LabelMode = "sparse") -> pa.Schema:
     return pa.schema(cols, metadata={"lc.wire": WIRE_VERSION, "lc.labels": labels})
 
 
-def batch_metadata(build_id: str, info: object, rank: int, world_size: int) -> dict[str, str]:
+def batch_metadata(build_id: str, info: object, rank: int, world_size: int, *, run_id: str | None = None,
+                   journal_version: int | None = None) -> dict[str, str]:
     """Custom metadata of one batch from the sampler's `StepInfo` (read by attribute name)."""
     out = {"build_id": str(build_id), "rank": str(int(rank)), "world_size": str(int(world_size))}
+    if run_id is not None:
+        out["run_id"] = str(run_id)
+    if journal_version is not None:
+        out["journal_version"] = str(int(journal_version))
     for key, typ in METADATA_FIELDS.items():
         if key in out:
             continue
@@ -174,6 +185,7 @@ class EncodedBatch:
     header_size: int
     body_size: int
     seq_len: int
+    build_id: str = ""  # from the metadata: the server's X-Build-Id of this batch
 
     def _view(self) -> memoryview:
         return memoryview(self.buffer).cast("B")  # pyarrow exports signed bytes ('b')
@@ -211,7 +223,8 @@ def encode_batch(batch: BatchArrays, metadata: Mapping[str, str], dictionary: Se
         if msg.type == "record batch":
             break
         start = reader.tell()
-    return EncodedBatch(buf, start, reader.tell() - start, rb.schema.field("input_ids").type.list_size)
+    return EncodedBatch(buf, start, reader.tell() - start, rb.schema.field("input_ids").type.list_size,
+                        str(metadata.get("build_id", "")))
 
 
 class StreamJoiner:
@@ -286,7 +299,8 @@ def _parse_metadata(raw: Mapping[bytes, bytes] | None) -> dict[str, str | int | 
     missing = [k for k in METADATA_FIELDS if k not in md]
     if missing:
         raise WireError(f"batch metadata lacks {', '.join(missing)}; server and client wire versions differ?")
-    return {k: (METADATA_FIELDS[k](v) if k in METADATA_FIELDS else v) for k, v in md.items()}
+    types = {**OPTIONAL_METADATA, **METADATA_FIELDS}
+    return {k: (types[k](v) if k in types else v) for k, v in md.items()}
 
 
 def from_record_batch(rb: pa.RecordBatch, custom_metadata: Mapping[bytes, bytes] | None,

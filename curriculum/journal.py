@@ -1,0 +1,185 @@
+"""The amendment journal: an append-only JSONL file beside the recipe, and the served-step watermark.
+
+`<recipe>.amendments.jsonl` holds one amendment per line. Appends are single `write` calls on an
+O_APPEND descriptor followed by fsync, made under an exclusive `flock` of `<journal>.lock`, so a
+line is either wholly there or (after a crash mid-write) a torn tail without its newline, which
+readers ignore and the next append cuts off.
+
+`<journal>.watermark` holds the highest step any replica has served or any trainer reported.
+The protocol that keeps replicas from ever serving a step >= an amendment's `from_step` with
+the old bytes:
+- a replica, before it first serves a step above its own watermark, takes the lock, raises the
+  shared watermark to that step and re-reads the journal (`publish`), and applies what it read
+  before serving;
+- an amendment is admitted only under the same lock, and only when its `from_step` is above the
+  shared watermark (`append`).
+So every admitted amendment starts after every step any replica served without it; a replica
+that has published step s has seen every amendment that could touch s. Steps at or below a
+replica's own watermark need no check: amendments admitted after its publish start above it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from curriculum.amend import Amendment, AmendmentConflict, AmendmentError, parse_amendment
+
+SUFFIX = ".amendments.jsonl"
+
+
+def journal_beside(recipe: str | Path) -> Path:
+    """The default journal path of a recipe: `mmbert.toml` → `mmbert.amendments.jsonl`."""
+    p = Path(recipe)
+    return p.with_name(p.stem + SUFFIX)
+
+
+class Journal:
+    """One journal file; `entries` is what was last read (call `refresh`)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.watermark_path = self.path.with_name(self.path.name + ".watermark")
+        self.entries: list[Amendment] = []
+        self._sig: tuple | None = None
+        self.refresh()
+
+    @property
+    def version(self) -> int:
+        """Number of entries read (the journal version)."""
+        return len(self.entries)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _signature(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def refresh(self) -> bool:
+        """Re-read the file if it changed since the last read; True when it did."""
+        sig = self._signature()
+        if sig == self._sig:
+            return False
+        self.entries = self.read()
+        self._sig = sig
+        return True
+
+    def read(self) -> list[Amendment]:
+        """Every complete entry; a bad line is an AmendmentError naming file and line."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        out = []
+        lines = data.split(b"\n")
+        for n, line in enumerate(lines[:-1], 1):  # the last piece has no newline: empty or torn
+            if not line.strip():
+                continue
+            try:
+                out.append(parse_amendment(line, f"journal {self.path}, line {n}"))
+            except AmendmentError as exc:
+                raise AmendmentError(f"{exc}; fix or remove that line (the journal is plain JSONL)", exc.fields) from None
+        return out
+
+    # -- the lock and the watermark --------------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def watermark(self) -> int:
+        """Highest step served or reported so far (-1: none)."""
+        try:
+            text = self.watermark_path.read_text().strip()
+        except FileNotFoundError:
+            return -1
+        try:
+            return int(text)
+        except ValueError:
+            raise AmendmentError(f"watermark file {self.watermark_path}: {text[:40]!r} is not a step; "
+                                 "delete it only if no trainer has started") from None
+
+    def publish(self, step: int) -> bool:
+        """Raise the shared watermark to `step` and re-read the journal, atomically with respect
+        to `append`. True when the journal changed (apply `entries` before serving `step`)."""
+        with self.locked():
+            if step > self.watermark():
+                tmp = self.watermark_path.with_name(f".{self.watermark_path.name}.{os.getpid()}")
+                tmp.write_text(f"{int(step)}\n")
+                os.replace(tmp, self.watermark_path)
+            return self.refresh()
+
+    def earliest_step(self) -> int:
+        """The smallest `from_step` an amendment may have now."""
+        last = self.entries[-1].from_step if self.entries else 0
+        return max(self.watermark() + 1, last)
+
+    # -- appending ------------------------------------------------------------------------
+
+    def append(self, amendment: Amendment, check: Callable[[list[Amendment]], None] | None = None) -> Amendment:
+        """Admit `amendment` (stamped with created_at) after `check(entries + [it])` passes.
+        Raises AmendmentConflict (with the earliest allowed step) when it starts at or before a
+        served step or before the last entry; the file is untouched by any refusal."""
+        a = amendment.stamped()
+        with self.locked():
+            self.refresh()
+            earliest = self.earliest_step()
+            if a.from_step < earliest:
+                wm = self.watermark()
+                why = (f"step {wm} has already been served or reported" if wm + 1 == earliest
+                       else f"the journal's last entry starts at step {earliest}")
+                raise AmendmentConflict(
+                    f"from_step {a.from_step} is too early: {why}; the earliest allowed from_step is {earliest}", earliest)
+            if check is not None:
+                check([*self.entries, a])
+            line = (a.model_dump_json(exclude_none=True) + "\n").encode()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                _cut_torn_tail(fd)
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(self.path.parent)
+            self.refresh()
+        return a
+
+
+def _cut_torn_tail(fd: int) -> None:
+    """Drop a last line without its newline (a write cut short by a crash)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    if os.pread(fd, 1, size - 1) == b"\n":
+        return
+    block = min(size, 1 << 20)
+    tail = os.pread(fd, block, size - block)
+    cut = tail.rfind(b"\n")
+    os.ftruncate(fd, 0 if cut < 0 else size - block + cut + 1)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,182 @@
+"""The live curriculum on a server: the journal, the served-step watermark, and the samplers'
+amended state kept in step with both.
+
+Guarantee (with `curriculum.journal`'s protocol): this replica never serves a step >= an
+amendment's `from_step` with the bytes of the run without it.
+- `ensure(step)`: before the first request for a step above this replica's watermark, publish
+  that step to the shared watermark under the journal lock and apply any journal change. Steps
+  at or below it need nothing: amendments admitted since start above it.
+- If another thread is applying a journal change and the step needs the new state, the request
+  gets `Behind` (HTTP 503, retryable) instead of queueing behind it.
+- A poller (`sync`, every `poll` seconds) applies journal changes made by other replicas or by
+  `curriculum amend` ahead of time, so a trainer reaching `from_step` finds the new state ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from curriculum.amend import Amendment, AmendmentError, resolve_current
+from curriculum.journal import Journal
+from sampler_server.sampler import Sampler
+
+log = logging.getLogger("sampler_server.live")
+
+APPLY_WAIT = 0.25  # seconds a request waits for an in-progress journal apply before a 503
+
+
+class Behind(Exception):
+    """This replica has not applied the journal version a step needs yet (retry shortly)."""
+
+    def __init__(self, message: str, version: int):
+        super().__init__(message)
+        self.version = version
+
+
+class JournalBroken(Exception):
+    """The journal on disk cannot be applied (edited by hand?); the message says which entry."""
+
+
+class Live:
+    """One server process's view of the journal; `samplers()` lists every build to keep amended."""
+
+    def __init__(self, journal: Journal | None, samplers: Callable[[], list[Sampler]]):
+        self.journal = journal
+        self._samplers = samplers
+        self._lock = threading.Lock()  # one journal apply at a time
+        self.served = -1  # this replica's watermark (published)
+        self.error: str | None = None  # the journal cannot be applied: serving past it is refused
+        self.applied_at: list[float] = []  # monotonic time each journal version was applied
+        self.apply_seconds: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.journal is not None
+
+    @property
+    def version(self) -> int:
+        return self.journal.version if self.journal is not None else 0
+
+    # -- keeping samplers in step ---------------------------------------------------------
+
+    def _apply(self) -> None:
+        """Amend every sampler to the journal's entries (lock held)."""
+        entries = self.journal.entries
+        t0 = time.perf_counter()
+        try:
+            for s in self._samplers():
+                if s.journal_version != len(entries) or s.amendments != tuple(entries):
+                    s.amend(entries)
+        except AmendmentError as exc:
+            self.error = f"journal {self.journal.path} cannot be applied: {exc}"
+            log.error("%s", self.error)
+            raise JournalBroken(self.error) from None
+        self.error = None
+        self.apply_seconds = time.perf_counter() - t0
+        log.info("journal version %d applied in %.3f s", len(entries), self.apply_seconds)
+
+    def sync(self) -> bool:
+        """Apply journal changes (poller and admissions); True when something changed."""
+        if self.journal is None:
+            return False
+        with self._lock:
+            changed = self.journal.refresh()
+            if changed or any(s.journal_version != self.journal.version for s in self._samplers()):
+                self._apply()
+                return True
+            return False
+
+    def ensure(self, step: int) -> None:
+        """Make serving `step` safe (see the module docstring). Raises Behind or JournalBroken."""
+        if self.journal is None or step <= self.served:
+            if self.error is not None and step > self.served:
+                raise JournalBroken(self.error)
+            return
+        if not self._lock.acquire(timeout=APPLY_WAIT):
+            raise Behind(f"this replica is applying a change of the amendment journal; step {step} will be served "
+                         "with it in a moment: retry", self.version)
+        try:
+            if step <= self.served:
+                return
+            changed = self.journal.publish(step)
+            if changed or self.error is not None or any(s.journal_version != self.journal.version for s in self._samplers()):
+                self._apply()
+            self.served = max(self.served, step)
+        finally:
+            self._lock.release()
+
+    def note_reported(self, step: int) -> None:
+        """A trainer reported `step` done: amendments must start after it (raise the watermark)."""
+        if self.journal is None or step <= self.served:
+            return
+        with self._lock:
+            if step > self.served:
+                if self.journal.publish(step):
+                    self._apply()
+                self.served = step
+
+    # -- admitting ------------------------------------------------------------------------
+
+    def admit(self, amendment: Amendment) -> Amendment:
+        """Append `amendment` to the journal after checking that every build can serve the run
+        with it, then apply it here. AmendmentConflict (409) / AmendmentError (422) refuse it and
+        leave the journal as it was."""
+        if self.journal is None:
+            raise AmendmentError("this server has no amendment journal (see --journal)")
+        samplers = self._samplers()
+        amendment = resolve_current(amendment, samplers[0].timeline)
+
+        def check(entries: list[Amendment]) -> None:
+            for s in samplers:
+                s.check_amendments(entries)
+
+        stored = self.journal.append(amendment, check)
+        self.sync()
+        return stored
+
+    def describe(self) -> dict:
+        """The journal as `GET /v1/amendments` shows it."""
+        if self.journal is None:
+            return {"enabled": False, "journal": None, "version": 0, "amendments": []}
+        s = self._samplers()[0]
+        entries = list(s.amendments)
+        tl = s.timeline
+        out = []
+        for i, a in enumerate(entries):
+            try:
+                info = s.schedule(a.from_step)
+                where = {"phase": info.phase, "tokens_before": info.tokens_before}
+            except Exception:  # noqa: BLE001 - a step past a shortened run still lists
+                where = {"phase": None, "tokens_before": None}
+            out.append({"index": i + 1, "digest": a.digest(), "build_id": s.build_id_at(a.from_step),
+                        **where, **a.model_dump(mode="json", exclude_none=True)})
+        return {
+            "enabled": True, "journal": str(self.journal.path), "version": self.version, "applied": s.journal_version,
+            "watermark": self.journal.watermark(), "earliest_from_step": self.journal.earliest_step(),
+            "total_steps": tl.total_steps, "error": self.error, "amendments": out,
+        }
+
+
+def open_journal(path: Path | None, recipe: Path, *, required: bool) -> Journal | None:
+    """The journal at `path` (default: beside the recipe). Without an explicit path, a recipe in
+    a read-only directory runs without live amendments (logged)."""
+    from curriculum.journal import journal_beside
+
+    target = Path(path) if path is not None else journal_beside(recipe)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = target.with_name(target.name + ".lock")
+        with open(probe, "a"):
+            pass
+    except OSError as exc:
+        if required:
+            raise OSError(f"amendment journal {target}: not writable ({exc.strerror}); pass --journal PATH "
+                          "on a writable (shared) filesystem") from None
+        log.warning("amendment journal %s is not writable (%s): live amendments are off; pass --journal PATH",
+                    target, exc.strerror)
+        return None
+    return Journal(target)

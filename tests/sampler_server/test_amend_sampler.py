@@ -1,0 +1,164 @@
+"""Amended runs: exact replay before from_step, new weights after it, continuous streams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SCALED_MMBERT
+from curriculum.amend import AmendmentError, parse_amendment
+from curriculum.randomcorpus import write_random_corpus
+from curriculum.recipe import parse_recipe
+from sampler_server.sampler import Sampler
+
+# Pretrain is steps 0..39 (8 sequences a step), midtrain 40..49, decay 50..55.
+S = 23  # amendment step, inside pretrain
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    sizes = {f"l{i:02d}_Latn": int(s) for i, s in enumerate(np.exp(rng.uniform(np.log(3e3), np.log(4e5), 20)))}
+    return write_random_corpus(tmp_path_factory.mktemp("corpus") / "m", sizes, seed=4, mean_doc_tokens=150, shard_tokens=60_000)
+
+
+def make(corpus, amendments=()):
+    return Sampler(corpus, parse_recipe(SCALED_MMBERT), seed=11, chunk=16, block_tokens=4096, amendments=list(amendments))
+
+
+@pytest.fixture(scope="module")
+def base(corpus):
+    return make(corpus)
+
+
+@pytest.fixture(scope="module")
+def ranked(base):
+    return base.manifest.languages.sort(["tokens", "language"], descending=[True, False])["language"].to_list()
+
+
+@pytest.fixture(scope="module")
+def AMEND(ranked):
+    return parse_amendment({"from_step": S, "changes": {
+        "pretrain": {"tau": 0.2, "languages": {"top": 9}, "language_weights": {ranked[7]: 3.0}, "mask_ratio": 0.2},
+        "decay": {"tokens": 9 * 8 * 8192}}})
+
+
+@pytest.fixture(scope="module")
+def amended(corpus, AMEND):
+    return make(corpus, [AMEND])
+
+
+def same(a, b) -> bool:
+    return all(x.tobytes() == y.tobytes() for x, y in
+               ((a.input_ids, b.input_ids), (a.labels, b.labels), (a.lang, b.lang), (a.cu_seqlens, b.cu_seqlens)))
+
+
+def test_steps_before_from_step_are_byte_identical(base, amended):
+    for step in (0, 7, S - 1):
+        for r, w in ((0, 1), (1, 2)):
+            a, b = base.batch(step, r, w), amended.batch(step, r, w)
+            assert same(a, b)
+            assert a.build_id == b.build_id == base.run_id
+    assert amended.batch(S).build_id != base.run_id
+    assert amended.build_id_at(S - 1) == base.run_id and amended.build_id_at(S) == amended.build_id_at(55 + 3 * 1)
+    assert not same(base.batch(S), amended.batch(S))
+    assert amended.batch(S).journal_version == 1
+
+
+def test_new_weights_hold_within_one_sequence_from_from_step(amended):
+    info = amended.schedule(S)
+    g_s = info.first_sequence
+    plan = amended.regime_plans()[-1][0]
+    w = plan.segments[0].allocation.weights
+    keys = plan.languages
+    assert len(keys) == 9
+    n_seq = amended.timeline.layouts[0].total_sequences
+    langs, _ = amended.assign(0, g_s, n_seq)
+    idx = {k: i for i, k in enumerate(keys)}
+    local = np.array([idx[amended.languages[x]] for x in langs])
+    counts = np.zeros(len(keys))
+    for g, lang in enumerate(local, 1):
+        counts[lang] += 1
+        assert np.all(np.abs(counts - w * g) <= 1.0 + 1e-9), g
+    # The schedule follows the amendment too: mask ratio from S on, decay's new budget.
+    assert amended.schedule(S - 1).mask_ratio == 0.3 and amended.schedule(S).mask_ratio == 0.2
+    assert amended.total_steps == 50 + 9 and amended.timeline.phase_start[:3] == [0, 40, 50]
+
+
+def stream_runs(sampler):
+    """Per language: sorted (start, length) of every sequence of the whole run."""
+    runs: dict[int, list] = {}
+    tl = sampler.timeline
+    for p, lay in enumerate(tl.layouts):
+        L = sampler.recipe.phases[p].seq_len
+        langs, starts = sampler.assign(p, 0, lay.total_sequences)
+        for lang, st in zip(langs.tolist(), starts.tolist()):
+            runs.setdefault(lang, []).append((st, L))
+    return runs
+
+
+def test_streams_are_continuous_across_the_amendment(base, amended):
+    for s in (base, amended):
+        for lang, rs in stream_runs(s).items():
+            rs.sort()
+            assert rs[0][0] == 0, s.languages[lang]
+            for (a, la), (b, _) in zip(rs, rs[1:]):
+                assert b == a + la, (s.languages[lang], a, la, b)  # no token skipped or served twice
+
+
+def test_new_language_starts_at_zero_and_dropped_language_keeps_its_place(corpus, ranked):
+    # pretrain blends the top 6; from S on, only languages ranked 7..9 and the top 1 (a list).
+    keep, new = ranked[0], ranked[6:9]
+    a = parse_amendment({"from_step": S, "changes": {"pretrain": {"languages": [keep, *new]}}})
+    s = make(corpus, [a])
+    g_s = s.schedule(S).first_sequence
+    n_seq = s.timeline.layouts[0].total_sequences
+    langs, starts = s.assign(0, g_s, n_seq)
+    names = [s.languages[x] for x in langs]
+    assert set(names) == {keep, *new}
+    for k in new:
+        first = starts[np.array(names) == k].min()
+        assert first == 0  # a language newly brought in starts at the beginning of its stream
+    # A language dropped at S resumes in midtrain (top 12) exactly where pretrain left it.
+    dropped = ranked[1]
+    i = s.languages.index(dropped)
+    used_before = s.consumed_tokens(S)[i]
+    assert used_before > 0 and s.consumed_tokens(40)[i] == used_before
+    ml, ms = s.assign(1, 0, s.timeline.layouts[1].total_sequences)
+    assert ms[ml == i].min() == used_before
+
+
+def test_fresh_sampler_replays_the_journal(corpus, amended, AMEND):
+    again = make(corpus, [AMEND])
+    for step in (S + 9, 3, S, 44, S - 1, 57):
+        assert same(amended.batch(step, 1, 4), again.batch(step, 1, 4))
+    assert again.build_id_at(57) == amended.build_id_at(57)
+
+
+def test_amend_in_place_matches_a_fresh_sampler(corpus, amended, AMEND):
+    live = make(corpus)
+    before = [live.batch(s) for s in (5, S - 1)]  # built blends and bases are reused after amend
+    live.amend([AMEND])
+    assert same(before[0], live.batch(5)) and same(before[1], live.batch(S - 1))
+    for step in (S, S + 4, 41, 52):
+        assert same(live.batch(step), amended.batch(step))
+    with pytest.raises(AmendmentError, match="no longer starts with"):
+        live.amend([])
+
+
+def test_amendment_of_a_later_phase_only_keeps_current_bytes(corpus, base):
+    a = parse_amendment({"from_step": S, "changes": {"midtrain": {"tau": 0.9}}})
+    s = make(corpus, [a])
+    for step in (S, S + 5, 39):
+        assert same(base.batch(step), s.batch(step))
+    assert not same(base.batch(40), s.batch(40))
+
+
+def test_amendment_that_cannot_be_planned_is_refused(corpus):
+    bad = parse_amendment({"from_step": S, "changes": {"pretrain": {"languages": ["zzz_Latn"]}}})
+    with pytest.raises(AmendmentError, match="zzz"):
+        make(corpus, [bad])
+    live = make(corpus)
+    with pytest.raises(AmendmentError):
+        live.amend([bad])
+    assert live.journal_version == 0
