@@ -364,3 +364,34 @@ def _languages(raw: str) -> object:
             raise AmendmentError(f"--set languages={raw}: expected top:<N>", ["--set"]) from None
     return [x.strip() for x in raw.split(",") if x.strip()]
 
+
+
+# -- the amended plan -----------------------------------------------------------------------
+
+def plan_regimes(regs: list[Regime], manifest) -> list[list]:
+    """Per regime, the plan of every phase (curriculum.plan.plan_phase on the regime's recipe)."""
+    from curriculum.plan import plan_phase
+
+    cache: dict[str, object] = {}
+    out = []
+    for r in regs:
+        row = []
+        for i, ph in enumerate(r.recipe.phases):
+            key = f"{i}:{r.timeline.phase_start[i]}:{ph.model_dump_json()}"
+            if key not in cache:
+                cache[key] = plan_phase(ph, i, manifest.languages, r.timeline.phase_start[i], float(r.timeline.tokens_start[i]))
+            row.append(cache[key])
+        out.append(row)
+    return out
+
+
+def phase_allotments(regs: list[Regime], plans: list[list], phase: int) -> dict[str, float]:
+    """Tokens each language is expected to get in `phase` of the amended run: every piece's
+    sequences times the sequence length, split by the piece's weights."""
+    L = regs[-1].recipe.phases[phase].seq_len
+    out: dict[str, float] = {}
+    for pc in phase_pieces(regs, plans, phase):
+        tokens = (pc.stop - pc.start) * L
+        for k, w in zip(pc.languages, pc.weights):
+            out[k] = out.get(k, 0.0) + float(w) * tokens
+    return out

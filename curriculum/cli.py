@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from curriculum.errors import CurriculumError
@@ -58,6 +59,101 @@ def _fmt(x: float) -> str:
 
 
 @app.command()
+def _plan_amended(rec, man, recipe_path: Path, journal: Path, variant: Optional[str], as_json: bool, top: int) -> None:
+    """`plan --journal`: per phase, each language's share of the original and the amended run."""
+    from curriculum.amend import phase_allotments, plan_regimes, regimes
+    from curriculum.journal import Journal, journal_beside
+
+    path = journal_beside(recipe_path) if str(journal) == "-" else journal
+    entries = Journal(path).entries
+    regs = regimes(rec.resolve(variant), entries)
+    plans = plan_regimes(regs, man)
+    orig = plan_regimes(regs[:1], man)
+    out = {"journal": str(path), "version": len(entries),
+           "amendments": [a.model_dump(mode="json", exclude_none=True) for a in entries], "phases": []}
+    for i, ph in enumerate(regs[-1].recipe.phases):
+        before = phase_allotments(regs[:1], orig, i)
+        after = phase_allotments(regs, plans, i)
+        tb, ta = sum(before.values()) or 1.0, sum(after.values()) or 1.0
+        langs = sorted(set(before) | set(after), key=lambda k: -(after.get(k, 0.0) + before.get(k, 0.0)))
+        out["phases"].append({
+            "phase": ph.name, "start_step": regs[-1].timeline.phase_start[i], "steps": regs[-1].timeline.layouts[i].steps,
+            "original_steps": regs[0].timeline.layouts[i].steps,
+            "languages": [{"language": k, "original_share": before.get(k, 0.0) / tb, "amended_share": after.get(k, 0.0) / ta,
+                           "original_tokens": before.get(k, 0.0), "amended_tokens": after.get(k, 0.0)} for k in langs]})
+    if as_json:
+        sys.stdout.write(json.dumps(out, indent=1) + "\n")
+        return
+    console.print(f"journal {path}: {len(entries)} amendment(s)")
+    for n, a in enumerate(entries, 1):
+        sets = "; ".join(f"{p}: " + ", ".join(f"{k}={v}" for k, v in c.model_dump(exclude_none=True).items())
+                         for p, c in a.changes.items())
+        console.print(escape(f"  {n}. from step {a.from_step:,} [{a.source}] {sets}" + (f" — {a.reason}" if a.reason else "")))
+    for ph in out["phases"]:
+        moved = "" if ph["steps"] == ph["original_steps"] else f" (was {ph['original_steps']:,})"
+        console.rule(f"[bold]{ph['phase']}[/]  {ph['steps']:,} steps{moved} from {ph['start_step']:,}")
+        table = Table(show_header=True, header_style="bold", box=None)
+        for col in ("language", "original share", "amended share", "change", "amended tokens"):
+            table.add_column(col, justify="left" if col == "language" else "right")
+        for r in ph["languages"][:top]:
+            d = r["amended_share"] - r["original_share"]
+            table.add_row(r["language"], f"{r['original_share']:.3%}", f"{r['amended_share']:.3%}", f"{d:+.3%}",
+                          _fmt(r["amended_tokens"]))
+        console.print(table)
+
+
+@app.command()
+def amend(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file of the run."),
+    from_step: int = typer.Option(..., "--from-step", min=0, help="First step the change applies to."),
+    sets: list[str] = typer.Option(..., "--set", help="FIELD=VALUE, repeatable: tau=0.4, tau=0.7:0.3, tau_end=0.3, "
+                                   "languages=top:200|all|eng_Latn,fra_Latn, language_weights.swh_Latn=2, "
+                                   "max_epochs=3, mask_ratio=0.1, <phase>.tokens=5e9 (a phase prefix targets "
+                                   "a later phase)."),
+    reason: str = typer.Option("", "--reason", help="Why (kept in the journal)."),
+    journal: Optional[Path] = typer.Option(None, "--journal", help="Journal file (default: <recipe>.amendments.jsonl)."),
+    manifest: Optional[str] = typer.Option(None, "--manifest", help="Check that the amended run can be planned on "
+                                           "this manifest (recommended)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Phase variant the run serves."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print, write nothing."),
+) -> None:
+    """Append an amendment to a run's journal: the curriculum changes from --from-step on."""
+    from curriculum.amend import Amendment, parse_amendment, parse_sets, plan_regimes, regimes, resolve_current
+    from curriculum.journal import Journal, journal_beside
+    from curriculum.recipe import load_recipe
+
+    rec = load_recipe(recipe).resolve(variant)
+    j = Journal(journal or journal_beside(recipe))
+    changes = parse_sets(sets, [p.name for p in rec.phases])
+    a: Amendment = parse_amendment({"from_step": from_step, "changes": changes, "reason": reason, "source": "cli"},
+                                   "--set")
+    a = resolve_current(a, regimes(rec, j.entries)[-1].timeline)
+    man = None
+    if manifest is not None:
+        from curriculum.manifest import read_manifest
+
+        man = read_manifest(manifest)
+
+    def check(entries: list[Amendment]) -> None:
+        regs = regimes(rec, entries)
+        if man is not None:
+            from curriculum.amend import AmendmentError
+
+            try:
+                plan_regimes(regs, man)
+            except CurriculumError as exc:
+                raise AmendmentError(f"the amended run cannot be planned on {manifest}: {exc}") from None
+
+    if dry_run:
+        check([*j.entries, a])
+        console.print(f"ok (dry run): would append {a.model_dump_json(exclude_none=True)}")
+        return
+    stored = j.append(a, check)
+    console.print(f"journal {j.path}: entry {j.version} from step {stored.from_step:,}: "
+                  + "; ".join(f"{p}: {c.model_dump_json(exclude_none=True)}" for p, c in stored.changes.items()))
+
+
+@app.command()
 def plan(
     recipe: Path = typer.Argument(..., help="Recipe TOML file."),
     manifest: str = typer.Option(..., "--manifest", help="Manifest directory or URI (s3://bucket/prefix?..., any pyarrow.fs location)."),
@@ -67,6 +163,11 @@ def plan(
     compare: Optional[Path] = typer.Option(
         None, "--compare", help="A published per-language token table (CSV: language,<phase>,...) to hold the plan against."
     ),
+    journal: Optional[Path] = typer.Option(
+        None, "--journal", help="Amendment journal: show the amended plan beside the original ('-': the default "
+        "<recipe>.amendments.jsonl)."
+    ),
+    variant: Optional[str] = typer.Option(None, "--variant", help="With --journal: the phase variant the run serves."),
 ) -> None:
     """Show what a recipe does with a manifest: per phase languages, shares, tokens, epochs."""
     from curriculum.manifest import read_manifest
@@ -75,6 +176,9 @@ def plan(
 
     rec = load_recipe(recipe)
     man = read_manifest(manifest)
+    if journal is not None:
+        _plan_amended(rec, man, recipe, journal, variant, as_json, top)
+        return
     plans = plan_all_variants(rec, man)
     fidelity = None
     if compare is not None:

@@ -147,7 +147,7 @@ class Journal:
             if check is not None:
                 check([*self.entries, a])
             line = (a.model_dump_json(exclude_none=True) + "\n").encode()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 _cut_torn_tail(fd)
                 os.write(fd, line)

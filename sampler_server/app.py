@@ -382,6 +382,14 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         except (AmendmentError, OSError) as exc:
             raise StartupError(str(exc)) from None
     svc = Service(settings, sampler, load_recipe(settings.recipe))
+    if settings.policy != "none":
+        if not svc.live.enabled:
+            raise StartupError(f"--policy {settings.policy} amends the journal, and this server has none writable; "
+                               "pass --journal PATH")
+        from sampler_server.policy import LossBalancePolicy
+
+        svc.policy = LossBalancePolicy(settings.policy_every, settings.policy_lookahead, settings.policy_max_change,
+                                       settings.policy_bounds)
     if settings.warmup:
         try:
             sampler.batch(0)  # loads the kernels, opens step 0's shards: the first request is not slow

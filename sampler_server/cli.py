@@ -39,11 +39,21 @@ def serve(
     progress_log: Optional[Path] = typer.Option(None, "--progress-log", help="JSONL file keeping trainer progress across restarts."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Phase variant served by default (requests may name another)."),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log", help="uvicorn access log (default on)."),
+    journal: Optional[Path] = typer.Option(None, "--journal", help="Amendment journal shared by the replicas "
+                                           "(default: <recipe>.amendments.jsonl) (env SAMPLER_JOURNAL)."),
+    amend_token: Optional[str] = typer.Option(None, "--amend-token", help="Bearer token for POST /v1/amendments "
+                                              "(default: --token) (env SAMPLER_AMEND_TOKEN)."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Feedback policy: none (default) or loss-balance "
+                                         "(amends the mixture from reported per-language loss)."),
+    policy_every: Optional[int] = typer.Option(None, "--policy-every", help="Steps between policy amendments (default 20)."),
+    policy_lookahead: Optional[int] = typer.Option(None, "--policy-lookahead", help="Steps ahead of the served "
+                                                   "watermark a policy amendment starts (default 8)."),
 ) -> None:
     """Check the manifest and recipe, then serve batches, the control plane and the dashboard."""
     given = {k: v for k, v in dict(manifest=manifest, recipe=recipe, seed=seed, host=host, port=port, workers=workers,
                                    token=token, verify=verify, progress_log=progress_log, variant=variant,
-                                   access_log=access_log).items()
+                                   access_log=access_log, journal=journal, amend_token=amend_token, policy=policy,
+                                   policy_every=policy_every, policy_lookahead=policy_lookahead).items()
              if v is not None}
     from sampler_server.settings import ServerSettings
 

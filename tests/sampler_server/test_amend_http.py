@@ -1,0 +1,207 @@
+"""The live curriculum over HTTP: POST/GET /v1/amendments, 401/409/422, replicas, the policy."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import SCALED_MMBERT
+from curriculum.amend import phase_allotments, plan_regimes, regimes
+from curriculum.journal import Journal, journal_beside
+from curriculum.recipe import parse_recipe
+from sampler_server.app import create_app
+from sampler_server.policy import propose_multipliers
+from sampler_server.sampler import Sampler
+from test_app import SEED, make_corpus, same, settings_for, write_recipe
+from trainer_client import wire
+
+TOKEN = "amend-secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("amend-http") / "m")
+
+
+@pytest.fixture
+def recipe(tmp_path) -> Path:
+    return write_recipe(tmp_path / "run.toml", SCALED_MMBERT)  # a fresh journal per test
+
+
+def client(manifest, recipe, **kw) -> TestClient:
+    return TestClient(create_app(settings_for(manifest, recipe, amend_token=TOKEN, warmup=False, **kw)))
+
+
+def fetch(c: TestClient, step: int, rank: int = 0, world: int = 1) -> wire.WireBatch:
+    r = c.get(f"/v1/batches/{step}", params={"rank": rank, "world_size": world})
+    assert r.status_code == 200, r.text
+    return wire.decode(r.content)
+
+
+def reference(manifest, amendments=()) -> Sampler:
+    return Sampler(manifest, parse_recipe(SCALED_MMBERT), seed=SEED, chunk=64, block_tokens=4096,
+                   amendments=list(amendments))
+
+
+def journal_bytes(recipe: Path) -> bytes:
+    p = journal_beside(recipe)
+    return p.read_bytes() if p.exists() else b""
+
+
+def test_amend_over_http_serves_exactly_the_amended_run(manifest, recipe):
+    base = reference(manifest)
+    with client(manifest, recipe) as c:
+        early = fetch(c, 12)
+        assert same(early, base.batch(12)) and early.metadata["run_id"] == base.run_id
+        body = {"from_step": 20, "changes": {"current": {"tau": 0.25, "languages": {"top": 8}}}, "reason": "more tail"}
+        r = c.post("/v1/amendments", json=body, headers=AUTH)
+        assert r.status_code == 201, r.text
+        stored = r.json()["stored"]
+        assert stored["changes"] == {"pretrain": {"tau": 0.25, "languages": {"top": 8}}}  # `current` resolved
+        assert stored["created_at"] and r.json()["version"] == 1
+        listing = c.get("/v1/amendments").json()
+        assert listing["version"] == 1 and listing["amendments"][0]["from_step"] == 20
+        assert listing["amendments"][0]["phase"] == "pretrain" and listing["earliest_from_step"] == 20
+        entries = Journal(journal_beside(recipe)).entries
+        amended = reference(manifest, entries)
+        for step in (13, 19):  # before from_step: the unamended bytes and build id
+            w = fetch(c, step, 1, 2)
+            assert same(w, base.batch(step, 1, 2)) and w.metadata["build_id"] == base.run_id
+        for step in (20, 27, 45):
+            w = fetch(c, step, 1, 2)
+            assert same(w, amended.batch(step, 1, 2)) and not same(w, base.batch(step, 1, 2))
+            assert w.metadata["build_id"] == amended.build_id_at(step) != base.run_id
+            assert w.metadata["run_id"] == base.run_id and w.metadata["journal_version"] == 1
+        dash = c.get("/v1/dashboard").json()
+        assert dash["amendments"][0]["tokens_before"] == base.schedule(20).tokens_before
+        assert dash["original_phases"] is not None and dash["phases"][0]["n_languages"] == 8
+    # A fresh server from recipe + manifest + journal replays both sides.
+    with client(manifest, recipe) as c2:
+        for step in (19, 20, 33):
+            assert same(fetch(c2, step), amended.batch(step))
+
+
+def test_refused_amendments_leave_the_journal_untouched(manifest, recipe):
+    with client(manifest, recipe) as c:
+        fetch(c, 30)  # served: step 30 can no longer change
+        ok = {"from_step": 35, "changes": {"pretrain": {"mask_ratio": 0.2}}}
+        cases = [
+            ({}, ok, 401, "bearer token"),
+            ({"Authorization": "Bearer wrong"}, ok, 401, "invalid bearer token"),
+            (AUTH, {"from_step": 30, "changes": {"pretrain": {"tau": 0.3}}}, 409, "earliest allowed from_step is 31"),
+            (AUTH, {"from_step": 35, "changes": {"pretrain": {"tau": 3.0}}}, 422, "changes.pretrain.tau"),
+            (AUTH, {"from_step": 35, "changes": {"pretrain": {"taux": 0.3}}}, 422, "taux"),
+            (AUTH, {"from_step": 35, "changes": {"nophase": {"tau": 0.3}}}, 422, "no phase 'nophase'"),
+            (AUTH, {"from_step": 35, "changes": {"pretrain": {"tokens": 1e6}}}, 422, "changes.pretrain.tokens"),
+            (AUTH, {"from_step": 35, "changes": {"pretrain": {"languages": ["xx_Latn"]}}}, 422, "xx"),
+            (AUTH, {"from_step": 9999, "changes": {"pretrain": {"tau": 0.3}}}, 422, "past the last step"),
+        ]
+        for headers, body, status, text in cases:
+            r = c.post("/v1/amendments", json=body, headers=headers)
+            assert r.status_code == status, (body, r.text)
+            assert text in r.json()["message"], r.json()
+            assert journal_bytes(recipe) == b""
+        r = c.post("/v1/amendments", json={"from_step": 30, "changes": {"pretrain": {"tau": 0.3}}}, headers=AUTH)
+        assert r.json()["earliest_from_step"] == 31
+        # A trainer's progress report counts as well as a fetch.
+        assert c.post("/v1/progress", json={"step": 36, "tokens": 1}).status_code == 201
+        r = c.post("/v1/amendments", json=ok, headers=AUTH)
+        assert r.status_code == 409 and r.json()["earliest_from_step"] == 37
+        assert c.post("/v1/amendments", json={**ok, "from_step": 37}, headers=AUTH).status_code == 201
+    with TestClient(create_app(settings_for(manifest, recipe, warmup=False))) as c:  # no token configured at all
+        r = c.post("/v1/amendments", json={**ok, "from_step": 38}, headers=AUTH)
+        assert r.status_code == 403 and "--amend-token" in r.json()["message"]
+
+
+def test_two_replicas_never_serve_pre_amendment_bytes(manifest, recipe):
+    base = reference(manifest)
+    with client(manifest, recipe, journal_poll=3600) as a, client(manifest, recipe, journal_poll=3600) as b:
+        fetch(b, 10)  # replica b has served up to step 10 (its watermark)
+        assert a.post("/v1/amendments", json={"from_step": 15, "changes": {"pretrain": {"tau": 0.1}}},
+                      headers=AUTH).status_code == 201
+        amended = reference(manifest, Journal(journal_beside(recipe)).entries)
+        # b never polled the journal (poll interval of an hour): its first request past its
+        # watermark publishes the step and applies the journal first.
+        for step in (11, 15, 16, 39):
+            w = fetch(b, step)
+            assert same(w, amended.batch(step)), step
+        assert same(fetch(b, 12), base.batch(12))
+        # A replica busy applying a journal change answers 503 (retryable) past its watermark.
+        live = b.app.state.service.live
+        with live._lock:
+            r = b.get("/v1/batches/40")
+            assert r.status_code == 503 and r.json()["error"] == "journal_behind" and r.headers["retry-after"] == "1"
+            assert b.get("/v1/batches/39").status_code == 200  # at or below its watermark: fine
+
+
+def test_loss_balance_policy_amends_within_its_bounds_and_replays(manifest, recipe):
+    with client(manifest, recipe, policy="loss-balance", policy_every=5, policy_lookahead=3) as c:
+        plan = c.get("/v1/mixture", params={"phase": "pretrain"}).json()
+        keys = [x["language"] for x in plan["languages"]]
+        hot, cold = keys[-1], keys[0]  # the smallest language has a high loss, the largest a low one
+        loss = {k: 3.0 for k in keys} | {hot: 6.0, cold: 1.5}
+        served = {}
+        for step in range(0, 24):
+            served[step] = fetch(c, step)
+            r = c.post("/v1/progress", json={"step": step, "tokens": (step + 1) * 8192, "loss": 3.0,
+                                             "loss_by_language": loss})
+            assert r.status_code == 201
+        entries = Journal(journal_beside(recipe)).entries
+        assert len(entries) >= 3 and all(e.source == "policy:loss-balance" for e in entries)
+        m = [e.changes["pretrain"].language_weights for e in entries]
+        assert m[0][hot] == pytest.approx(1.2) and m[0][cold] == pytest.approx(0.8)  # ±20 % per amendment
+        for prev, cur in zip(m, m[1:]):
+            for k in cur:
+                assert 0.8 * prev.get(k, 1) - 1e-9 <= cur[k] <= 1.2 * prev.get(k, 1) + 1e-9
+        assert all(0.5 - 1e-9 <= v <= 2.0 + 1e-9 for x in m for v in x.values())
+        dash = c.get("/v1/dashboard").json()
+        assert [a["source"] for a in dash["amendments"]] == [e.source for e in entries]
+        for step in range(24, 35):
+            served[step] = fetch(c, step)
+    # Shares moved toward the high-loss language, and no language fell below 1/4 of its recipe share.
+    regs = regimes(parse_recipe(SCALED_MMBERT), entries)
+    last = plan_regimes(regs, reference(manifest).manifest)[-1][0]
+    orig = plan_regimes(regs[:1], reference(manifest).manifest)[0][0]
+    share = dict(zip(last.table["language"].to_list(), last.table["weight"].to_list()))
+    share0 = dict(zip(orig.table["language"].to_list(), orig.table["weight"].to_list()))
+    assert share[hot] > share0[hot] and share[cold] < share0[cold]
+    assert all(share[k] >= share0[k] / 4 for k in share0)
+    assert sum(phase_allotments(regs, plan_regimes(regs, reference(manifest).manifest), 0).values()) > 0
+    # Replay without the policy: the journal alone gives every served byte.
+    replay = reference(manifest, entries)
+    for step, w in served.items():
+        assert same(w, replay.batch(step)), step
+
+
+def test_propose_multipliers_rule():
+    shares = {"a": 0.5, "b": 0.3, "c": 0.2}
+    out = propose_multipliers({"a": 2.0, "b": 2.0, "c": 8.0}, shares, {"c": 1.9}, {}, 0.2, (0.5, 2.0))
+    # reference loss = 0.5*2 + 0.3*2 + 0.2*8 = 3.2: a, b fall by the full 20 %, c is capped at 2.
+    assert out == {"a": 0.8, "b": 0.8, "c": 2.0}
+    assert propose_multipliers({"a": 1.0}, shares, {}, {}, 0.2, (0.5, 2.0)) == {}  # alone: its own reference
+    assert propose_multipliers({"zz": 9.0}, shares, {}, {}, 0.2, (0.5, 2.0)) == {}  # not in the phase
+    floor = propose_multipliers({"a": 0.1, "b": 5.0}, shares, {"a": 0.55}, {"a": 1.0}, 0.2, (0.5, 2.0))
+    assert floor["a"] == 0.5  # never below lo x the recipe's multiplier
+
+
+def test_journal_poller_applies_amendments_made_elsewhere(manifest, recipe):
+    with client(manifest, recipe, journal_poll=0.05) as c:
+        fetch(c, 3)
+        j = Journal(journal_beside(recipe))
+        from curriculum.amend import parse_amendment
+
+        j.append(parse_amendment({"from_step": 25, "changes": {"pretrain": {"tau": 0.4}}}))
+        svc = c.app.state.service
+        done = threading.Event()
+        for _ in range(100):
+            if svc.sampler.journal_version == 1:
+                done.set()
+                break
+            threading.Event().wait(0.05)
+        assert done.is_set()  # applied before any request needed it
+        assert np.array_equal(fetch(c, 25).input_ids, reference(manifest, j.entries).batch(25).input_ids)
