@@ -113,12 +113,15 @@ def parse_amendment(data: object, source: str = "amendment") -> Amendment:
         raise AmendmentError(f"{source}: " + "; ".join(parts), fields) from None
 
 
+_UNION_TAGS = frozenset({"TopN", "Anneal", "float", "int", "str", "list[str]", "literal['all']"})
+
+
 def _describe(exc: ValidationError, prefix: tuple = ()) -> tuple[list[str], list[str]]:
     fields, parts = [], []
     for e in exc.errors():
-        # Drop pydantic's union-branch tags (e.g. 'TopN', 'float') from the field path.
-        loc = [str(x) for x in (*prefix, *e["loc"])
-               if not (isinstance(x, str) and (x[:1].isupper() or x in {"float", "int", "list[str]", "literal['all']"}))]
+        # Drop pydantic's union-branch tags (e.g. 'TopN', 'float') from the field path; phase
+        # names and language keys (which may start upper-case) stay.
+        loc = [str(x) for x in (*prefix, *e["loc"]) if not (isinstance(x, str) and x in _UNION_TAGS)]
         name = ".".join(loc) or "(amendment)"
         if name not in fields:
             fields.append(name)
@@ -322,10 +325,13 @@ def parse_sets(items: list[str], phase_names: list[str]) -> dict[str, dict]:
         key, sep, raw = item.partition("=")
         if not sep or not key or not raw:
             raise AmendmentError(f"--set {item!r}: expected FIELD=VALUE, e.g. tau=0.4 or decay.tokens=5e9", ["--set"])
-        parts = key.split(".")
-        phase = CURRENT
-        if parts[0] in phase_names or parts[0] == CURRENT:
-            phase, parts = parts[0], parts[1:]
+        phase, rest = CURRENT, key
+        # The longest phase name that prefixes the key (phase names may contain dots).
+        for name in sorted([*phase_names, CURRENT], key=len, reverse=True):
+            if key.startswith(name + "."):
+                phase, rest = name, key[len(name) + 1:]
+                break
+        parts = [] if key in phase_names or key == CURRENT else rest.split(".")
         if not parts or parts[0] not in SETTABLE:
             raise AmendmentError(f"--set {item!r}: unknown field {'.'.join(parts) or '(none)'}; settable: {', '.join(SETTABLE)} "
                                  f"(prefix a phase name for another phase: {', '.join(phase_names)})", ["--set"])

@@ -59,6 +59,14 @@ def _fmt(x: float) -> str:
 
 
 @app.command()
+def _change_text(field: str, value: object) -> str:
+    """One change, short: multipliers of many languages are summarized by the largest moves."""
+    if field == "language_weights" and isinstance(value, dict) and len(value) > 4:
+        moves = sorted(value.items(), key=lambda kv: -abs(kv[1] - 1.0))[:3]
+        return f"language_weights of {len(value)} languages (" + ", ".join(f"{k}×{v:.3g}" for k, v in moves) + ", …)"
+    return f"{field}={value}"
+
+
 def _plan_amended(rec, man, recipe_path: Path, journal: Path, variant: Optional[str], as_json: bool, top: int) -> None:
     """`plan --journal`: per phase, each language's share of the original and the amended run."""
     from curriculum.amend import phase_allotments, plan_regimes, regimes
@@ -86,7 +94,7 @@ def _plan_amended(rec, man, recipe_path: Path, journal: Path, variant: Optional[
         return
     console.print(f"journal {path}: {len(entries)} amendment(s)")
     for n, a in enumerate(entries, 1):
-        sets = "; ".join(f"{p}: " + ", ".join(f"{k}={v}" for k, v in c.model_dump(exclude_none=True).items())
+        sets = "; ".join(f"{p}: " + ", ".join(_change_text(k, v) for k, v in c.model_dump(exclude_none=True).items())
                          for p, c in a.changes.items())
         console.print(escape(f"  {n}. from step {a.from_step:,} [{a.source}] {sets}" + (f" — {a.reason}" if a.reason else "")))
     for ph in out["phases"]:

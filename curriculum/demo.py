@@ -3,9 +3,12 @@
 1. the embedded real multilingual corpus (gflanguages' UDHR samples, ~700 languages, part of it
    unlabeled) → a tokenizer trained offline → `curriculum build` (real fastText LID, MinHash dedup,
    shards) → `curriculum verify` → `curriculum inspect` → `curriculum plan demo.toml`;
-2. `sampler-server serve` on the built manifest in the background, and `trainer-client train`:
-   a tiny ModernBERT on two CPU ranks (FSDP2, gloo) through the three demo phases (258 steps),
-   printing the loss per phase and the dashboard URL; the server is stopped at the end;
+2. `sampler-server serve --policy loss-balance` on the built manifest in the background, and
+   `trainer-client train`: a tiny ModernBERT on two CPU ranks (FSDP2, gloo) through the three demo
+   phases (258 steps), printing the loss per phase and the dashboard URL. The feedback policy
+   amends the mixture from the per-language loss the trainer reports; afterwards the journal is
+   printed, the amended plan is shown beside the original, and a Sampler built from recipe +
+   manifest + journal alone (no policy) is checked to replay the batches the server served;
 3. a full-scale synthetic manifest (1,833 languages, 3T tokens) planned with the published
    mmBERT recipe, as a table and as a self-contained HTML report.
 """
@@ -59,13 +62,15 @@ def _train(out: Path, built: Path) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = train_dir / "server.log"
-    recipe = ROOT / "manifests" / "recipes" / "demo.toml"
-    print(f"\n$ sampler-server serve --manifest {built} --recipe {recipe} --port {port} &", flush=True)
+    recipe = train_dir / "demo.toml"  # a copy: the amendment journal is written beside it
+    shutil.copy(ROOT / "manifests" / "recipes" / "demo.toml", recipe)
+    policy = ["--policy", "loss-balance", "--policy-every", "40", "--policy-lookahead", "10"]
+    print(f"\n$ sampler-server serve --manifest {built} --recipe {recipe} --port {port} {' '.join(policy)} &", flush=True)
     with open(log, "wb") as logf:
         server = subprocess.Popen(
             [sys.executable, "-m", "sampler_server.cli", "serve", "--manifest", str(built), "--recipe", str(recipe),
              "--host", "127.0.0.1", "--port", str(port), "--progress-log", str(train_dir / "progress.jsonl"),
-             "--no-access-log"],
+             "--no-access-log", *policy],
             stdout=logf, stderr=subprocess.STDOUT,
         )
     try:
@@ -81,12 +86,38 @@ def _train(out: Path, built: Path) -> None:
         print(f"trained {len(json.loads((train_dir / 'summary.json').read_text())['losses'])} steps in "
               f"{time.time() - t0:.0f} s; dashboard was {url}/ (progress kept in {train_dir / 'progress.jsonl'}: "
               f"`sampler-server serve ... --progress-log` shows it again)", flush=True)
+        _check_replay(url, built, recipe)
     finally:
         server.terminate()
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _check_replay(url: str, built: Path, recipe: Path) -> None:
+    """The policy's amendments are in the journal; recipe + manifest + journal replay the served bytes."""
+    from curriculum.journal import Journal, journal_beside
+    from sampler_server.sampler import Sampler
+    from trainer_client.client import SamplerClient
+
+    entries = Journal(journal_beside(recipe)).entries
+    print(f"\nfeedback policy: {len(entries)} amendment(s) in {journal_beside(recipe)}", flush=True)
+    for a in entries:
+        print(f"  from step {a.from_step}: {a.reason}", flush=True)
+    replay = Sampler(built, recipe, seed=0, amendments=entries)
+    client = SamplerClient([url])
+    steps = sorted({s for a in entries for s in (a.from_step - 1, a.from_step, a.from_step + 1)} | {0})
+    steps = [s for s in steps if 0 <= s < replay.total_steps]
+    for s in steps:
+        w, b = client.get_batch(s, 1, 2), replay.batch(s, 1, 2)
+        if w.input_ids.tobytes() != b.input_ids.tobytes() or w.labels.tobytes() != b.labels.tobytes():
+            raise SystemExit(f"replay from the journal differs from the served batch at step {s}")
+    client.close()
+    print(f"replay without the policy: {len(steps)} batches around the amendments byte-identical to the served ones",
+          flush=True)
+    if entries:
+        _run("plan", str(recipe), "--manifest", str(built), "--journal", "-", "--top", "6")
 
 
 def main(argv: list[str] | None = None) -> int:

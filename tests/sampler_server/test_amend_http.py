@@ -205,3 +205,20 @@ def test_journal_poller_applies_amendments_made_elsewhere(manifest, recipe):
             threading.Event().wait(0.05)
         assert done.is_set()  # applied before any request needed it
         assert np.array_equal(fetch(c, 25).input_ids, reference(manifest, j.entries).batch(25).input_ids)
+
+
+def test_trainer_client_retries_a_replica_that_is_applying_the_journal(manifest, recipe):
+    from test_app import live_server
+    from trainer_client.client import RetryPolicy, SamplerClient
+
+    app = create_app(settings_for(manifest, recipe, amend_token=TOKEN, warmup=False))
+    live = app.state.service.live
+    with live_server(app) as url:
+        client = SamplerClient([url], retry=RetryPolicy(attempts=20, base_delay=0.05, max_delay=0.2))
+        client.get_batch(5)
+        live._lock.acquire()  # as if a journal change were being applied
+        threading.Timer(0.8, live._lock.release).start()
+        w = client.get_batch(9)  # past the watermark: 503 journal_behind until the lock is free
+        assert same(w, reference(manifest).batch(9))
+        assert client.stats.requests >= 3  # 503s were answered, and retried
+        client.close()

@@ -71,13 +71,13 @@ def _free_port() -> int:
 class Server:
     """A `sampler-server serve` subprocess on 127.0.0.1."""
 
-    def __init__(self, manifest: Path, recipe: Path, seed: int, log: Path):
+    def __init__(self, manifest: Path, recipe: Path, seed: int, log: Path, extra: tuple[str, ...] = ()):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sampler_server.cli", "serve", "--manifest", str(manifest), "--recipe", str(recipe),
-             "--seed", str(seed), "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"],
+             "--seed", str(seed), "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", *extra],
             cwd=ROOT, env=ENV, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> str:
@@ -301,3 +301,57 @@ def test_init_from_starts_a_fresh_run_from_a_checkpoints_weights(data, servers, 
     assert list(losses) == [30, 31, 32]
     assert losses == pytest.approx({s: reference["loss"][s] for s in losses}, rel=1e-5, abs=1e-6)
     assert (data["tmp"] / "init-ckpt" / "step_00000033" / "trainer.json").exists()
+
+
+def test_feedback_policy_amends_a_real_run_and_the_journal_replays_it(data):
+    """A real trainer reports per-language loss; the loss-balance policy amends the mixture
+    mid-run; the batches trained on are exactly a fresh Sampler's from recipe + journal."""
+    from curriculum.amend import plan_regimes, regimes
+    from curriculum.journal import Journal, journal_beside
+    from curriculum.recipe import load_recipe
+    from sampler_server.sampler import Sampler
+
+    run = data["tmp"] / "policy"
+    run.mkdir()
+    recipe = run / "recipe.toml"
+    shutil.copy(data["recipe"], recipe)  # its own journal
+    srv = Server(data["manifest"], recipe, 0, run / "server.log",
+                 ("--policy", "loss-balance", "--policy-every", "6", "--policy-lookahead", "3", "--amend-token", "t"))
+    try:
+        srv.wait_ready()
+        log_dir = run / "logs"
+        proc = run_cli(["train", "--server", srv.url, "--model", "tiny", "--vocab-size", str(data["vocab"]),
+                        "--report-every", "2", "--lr", "3e-3", "--log-dir", str(log_dir)])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        dash = httpx.get(srv.url + "/v1/dashboard").json()
+    finally:
+        srv.kill()
+    entries = Journal(journal_beside(recipe)).entries
+    assert len(entries) >= 2 and {e.source for e in entries} == {"policy:loss-balance"}
+    assert [a["from_step"] for a in dash["amendments"]] == [e.from_step for e in entries]
+    for e in entries:  # within the documented bounds: [0.5, 2] x the recipe, and ±20 % a step
+        for phase, ch in e.changes.items():
+            assert ch.language_weights and all(0.5 <= v <= 2.0 for v in ch.language_weights.values())
+    first = entries[0].changes
+    (phase, ch), = first.items()
+    hot = entries[0].reason.split("highest ")[1].split(":")[0]
+    assert ch.language_weights[hot] > 1.0  # probability moved toward the highest-loss language
+    regs = regimes(load_recipe(recipe), entries)
+    plans = plan_regimes(regs, Sampler(data["manifest"], recipe).manifest)
+    i = [p.name for p in regs[0].recipe.phases].index(phase)
+    share = lambda plan, k: dict(zip(plan.table["language"].to_list(), plan.table["weight"].to_list()))[k]  # noqa: E731
+    assert share(plans[1][i], hot) > share(plans[0][i], hot)
+    # Replay without the policy: recipe + manifest + journal give every batch the trainer saw.
+    replay = Sampler(data["manifest"], recipe, seed=0, amendments=entries)
+    plain = Sampler(data["manifest"], recipe, seed=0)
+    seen = read_digests(log_dir, 0)
+    assert [s for s, _ in seen] == list(range(TOTAL_STEPS))
+    differ = 0
+    for step, h in seen:
+        b = replay.batch(step)
+        assert hashlib.sha256(b.input_ids.tobytes() + b.labels.tobytes()).hexdigest() == h, step
+        p = plain.batch(step)
+        same = hashlib.sha256(p.input_ids.tobytes() + p.labels.tobytes()).hexdigest() == h
+        assert same or step >= entries[0].from_step  # before the first amendment: the recipe's own bytes
+        differ += not same
+    assert differ > 0
