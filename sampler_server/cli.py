@@ -67,6 +67,9 @@ def serve(
             problems.append(f"{flag} (or SAMPLER_{name.upper()}): {e['msg']}")
         _fail("; ".join(problems))
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if settings.policy != "none" and settings.workers > 1:
+        _fail(f"--policy {settings.policy} runs in one process: with --workers {settings.workers} every worker would "
+              "propose its own amendments; run the policy on a single-worker replica (the one trainers report to)")
 
     import uvicorn
 
