@@ -308,6 +308,15 @@ class Service:
         except ScheduleError as exc:
             raise ApiError(400, "invalid_step", str(exc)) from None
 
+    def _check_step(self, sampler: Sampler, step: int, rank: int, world_size: int) -> None:
+        try:
+            sampler.timeline.rank_slice(sampler.schedule(step), rank, world_size)
+        except ScheduleError:
+            # A journal change this replica has not seen may have lengthened the run.
+            if not self.live.enabled or not self.live.sync():
+                raise
+            sampler.timeline.rank_slice(sampler.schedule(step), rank, world_size)
+
     def encode(self, variant: str | None, step: int, rank: int, world_size: int, labels: str,
                compression: str | None) -> wire.EncodedBatch:
         """Assemble and encode one batch (worker thread); counted in the metrics. ScheduleError
@@ -316,8 +325,9 @@ class Service:
         build = self.build(variant)
         t0 = time.perf_counter()
         try:
-            if step >= 0:
-                self.live.ensure(step)
+            # Validate before publishing the step: a bad request must not raise the watermark.
+            self._check_step(build.sampler, step, rank, world_size)
+            self.live.ensure(step)
             b = build.sampler.batch(step, rank, world_size)
         except ScheduleError as exc:
             raise ApiError(400, "invalid_step", str(exc)) from None

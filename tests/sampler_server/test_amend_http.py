@@ -222,3 +222,13 @@ def test_trainer_client_retries_a_replica_that_is_applying_the_journal(manifest,
         assert same(w, reference(manifest).batch(9))
         assert client.stats.requests >= 3  # 503s were answered, and retried
         client.close()
+
+
+def test_invalid_requests_do_not_raise_the_watermark(manifest, recipe):
+    with client(manifest, recipe) as c:
+        assert c.get("/v1/batches/99999").status_code == 400
+        assert c.get("/v1/batches/30", params={"world_size": 3}).status_code == 400
+        assert c.post("/v1/progress", json={"step": 99999, "tokens": 1}).status_code == 400
+        assert c.get("/v1/amendments").json()["earliest_from_step"] == 0
+        r = c.post("/v1/amendments", json={"from_step": 30, "changes": {"pretrain": {"tau": 0.3}}}, headers=AUTH)
+        assert r.status_code == 201, r.text
