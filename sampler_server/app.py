@@ -198,7 +198,10 @@ class Build:
         ends = list(tl.tokens_start[1:]) + [tl.total_tokens]
         self.plans_json = [_plan_json(p, int(b - a)) for p, a, b in zip(sampler.plans, tl.tokens_start, ends)]
         self.mixture_json = {p.phase.name: _mixture_json(p) for p in sampler.plans}
-        self.original_json = [_plan_json(p, int(p.phase.tokens)) for p in self.original_plans] if self.version else None
+        t0 = sampler.regimes[0].timeline  # the recipe's own timeline: what each phase would have served
+        ends0 = list(t0.tokens_start[1:]) + [t0.total_tokens]
+        self.original_json = ([_plan_json(p, int(b - a)) for p, a, b in zip(self.original_plans, t0.tokens_start, ends0)]
+                              if self.version else None)
 
     def consumed(self, step: int) -> list[int]:
         """Tokens of each phase served through global `step` (the schedule's own token count)."""

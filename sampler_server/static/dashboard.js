@@ -86,19 +86,28 @@ function niceTicks(lo, hi, n = 4) {
   return out;
 }
 
-// Horizontal bars: rows of {label, value, text, color, title}.
+// Horizontal bars: rows of {label, value, text, color, title, key}; a row's optional `ghost`
+// {value, title} draws a thin tick at another value (an amended phase's recipe share).
 function hbars(rows, { id, width = 560, labelW = 150, valueW = 110, barH = 18, gap = 6, max } = {}) {
   const h = rows.length * (barH + gap) + 4;
   const s = svg(width, h, id);
-  const vmax = max || Math.max(...rows.map((r) => r.value), 1e-12);
+  const vmax = max || Math.max(...rows.map((r) => Math.max(r.value, r.ghost ? r.ghost.value : 0)), 1e-12);
   const span = width - labelW - valueW;
   rows.forEach((r, i) => {
     const y = 2 + i * (barH + gap), w = r.value > 0 ? Math.max(1.5, (span * r.value) / vmax) : 0;
+    const key = r.key === undefined ? {} : { "data-language": r.key };
     s.appendChild(el("text", { x: labelW - 8, y: y + barH - 5, "text-anchor": "end" }, r.label));
     s.appendChild(el("rect", { class: "track", x: labelW, y, width: span, height: barH, rx: 3 }));
     tip(s.appendChild(el("rect", { class: "bar", x: labelW, y, width: w.toFixed(1), height: barH, rx: 3,
-      fill: r.color || COLORS[0], "data-value": r.value })), r.title || `${r.label}: ${r.text}`);
-    s.appendChild(el("text", { class: "v", x: labelW + w + 6, y: y + barH - 5 }, r.text));
+      fill: r.color || COLORS[0], "data-value": r.value, ...key })), r.title || `${r.label}: ${r.text}`);
+    let textX = labelW + w + 6;
+    if (r.ghost) {
+      const gx = labelW + (span * r.ghost.value) / vmax;
+      tip(s.appendChild(el("line", { class: "orig-share", x1: gx.toFixed(1), x2: gx.toFixed(1), y1: y - 2, y2: y + barH + 2,
+        "data-value": r.ghost.value, ...key })), r.ghost.title);
+      textX = Math.max(textX, gx + 6);
+    }
+    s.appendChild(el("text", { class: "v", x: textX.toFixed(1), y: y + barH - 5 }, r.text));
   });
   return s;
 }
@@ -141,7 +150,8 @@ function renderHeader(d) {
   document.getElementById("recipe").textContent = "· " + d.recipe + (d.variant ? ` (variant ${d.variant})` : "");
   document.getElementById("build").textContent =
     `build ${d.build_id} · seed ${d.seed} · manifest ${d.manifest} · ${d.languages.toLocaleString()} languages · ` +
-    `${d.total_steps.toLocaleString()} steps · ${fmtTokens(d.total_tokens)} tokens`;
+    `${d.total_steps.toLocaleString()} steps · ${fmtTokens(d.total_tokens)} tokens` +
+    ((d.amendments || []).length ? ` · ${d.amendments.length} amendment${d.amendments.length > 1 ? "s" : ""}` : "");
   document.getElementById("epoch-warning").textContent = d.epoch_warning;
 }
 
@@ -167,21 +177,165 @@ function renderKpis(live) {
   }));
 }
 
+// -- amendments ---------------------------------------------------------------------------------
+
+const scalar = (v) => (typeof v === "number" ? String(v) : `${v.start}→${v.end}`);
+function selection(v) {
+  if (v === "all") return "all";
+  if (Array.isArray(v)) return v.length <= 4 ? v.join(", ") : `${v.slice(0, 3).join(", ")} +${v.length - 3}`;
+  return `top ${v.top}`;
+}
+// One phase's changes in words: "τ 0.2, languages top 8, tokens 524K".
+function phaseChanges(c) {
+  const out = [];
+  if (c.tau !== undefined) out.push(`τ ${scalar(c.tau)}`);
+  if (c.tau_end !== undefined) out.push(`τ end ${c.tau_end}`);
+  if (c.languages !== undefined) out.push(`languages ${selection(c.languages)}`);
+  if (c.language_weights !== undefined) {
+    const w = Object.entries(c.language_weights);
+    out.push(`weights ${w.slice(0, 4).map(([k, x]) => `${k}×${trimZeros(x.toPrecision(3))}`).join(", ")}` +
+      (w.length > 4 ? ` +${w.length - 4}` : ""));
+  }
+  if (c.max_epochs !== undefined) out.push(`max epochs ${c.max_epochs}`);
+  if (c.mask_ratio !== undefined) out.push(`mask ${scalar(c.mask_ratio)}`);
+  if (c.tokens !== undefined) out.push(`tokens ${fmtTokens(c.tokens)}`);
+  return out.join(", ");
+}
+const changesText = (a) => Object.entries(a.changes).map(([ph, c]) => `${ph}: ${phaseChanges(c)}`).join("; ");
+const amendLabel = (a) => "A" + a.index;
+function amendTitle(a) {
+  const where = a.tokens_before === null || a.tokens_before === undefined ? "" : `, after ${fmtTokens(a.tokens_before)} tokens`;
+  return `${amendLabel(a)} · from step ${a.from_step.toLocaleString()} (phase ${a.phase || "–"}${where})\n` +
+    `source: ${a.source}\nreason: ${a.reason || "–"}\nchanges: ${changesText(a)}`;
+}
+// Amendments that change phase `name` (a phase's name without its variant); a journal written
+// by hand may still say "current", meaning the phase that contains its from_step.
+const amendmentsOf = (name) => (plan.amendments || []).filter((a) =>
+  Object.prototype.hasOwnProperty.call(a.changes, name) || (a.phase === name && "current" in a.changes));
+// The recipe's own plan of phase index `i`, when the run is amended (null otherwise).
+const originalOf = (i) => (plan.original_phases ? plan.original_phases.find((o) => o.index === i) || null : null);
+// The recipe's plan of phase `p` when an amendment changed its token budget (null otherwise).
+// Compared on the budgets themselves: `planned_tokens` also counts whole batches and warm-up.
+function budgetChange(p) {
+  const o = originalOf(p.index);
+  return o !== null && o.tokens !== p.tokens ? o : null;
+}
+
+function renderAmendments() {
+  const box = document.getElementById("amendments");
+  const list = plan.amendments || [];
+  if (!list.length) {
+    const d = document.createElement("div");
+    d.className = "empty"; d.id = "amendments-none"; d.textContent = "none";
+    d.title = "the run follows its recipe: add one with `curriculum amend` or POST /v1/amendments";
+    box.replaceChildren(d);
+    return;
+  }
+  const table = document.createElement("table");
+  table.className = "amendments"; table.id = "amendments-table";
+  const head = table.createTHead().insertRow();
+  for (const h of ["", "from step", "phase", "tokens before", "source", "reason", "changes", "created"]) {
+    const th = document.createElement("th"); th.textContent = h; head.appendChild(th);
+  }
+  const body = table.createTBody();
+  for (const a of list) {
+    const tr = body.insertRow();
+    tr.dataset.amendment = a.index; tr.title = `digest ${a.digest} · build ${a.build_id}`;
+    const cells = [
+      ["index", amendLabel(a)], ["from-step", a.from_step.toLocaleString()], ["phase", a.phase || "–"],
+      ["tokens-before", fmtTokens(a.tokens_before)], ["source", a.source], ["reason", a.reason || "–"],
+      ["changes", changesText(a)], ["created", a.created_at ? new Date(a.created_at).toLocaleString([], { dateStyle: "short", timeStyle: "short" }) : "–"],
+    ];
+    for (const [cls, text] of cells) {
+      const td = tr.insertCell(); td.className = cls; td.textContent = text;
+    }
+    const src = tr.querySelector(".source");
+    src.classList.add(a.source.startsWith("policy:") ? "policy" : "manual");
+  }
+  box.replaceChildren(table);
+}
+
+// One row for the whole run on a global token axis (phases stacked, amendments marked at the
+// tokens served before their from_step), then one row per phase scaled to its own budget.
 function renderBudgets(live) {
   const box = document.getElementById("budgets");
-  const width = widthOf(box, 1200), labelW = 190, valueW = 230, barH = 22, gap = 10;
-  const s = svg(width, plan.phases.length * (barH + gap) + 4, "budgets");
+  const amended = plan.phases.some((p) => budgetChange(p) !== null);
+  const width = widthOf(box, 1200), labelW = 190, valueW = amended ? 270 : 230, barH = 22, gap = 10;
   const span = width - labelW - valueW;
+  const starts = [];
+  let total = 0;
+  for (const p of plan.phases) { starts.push(total); total += p.planned_tokens; }
+  const origTotal = plan.phases.reduce((a, p) => a + (budgetChange(p) || p).planned_tokens, 0);
+  const runScale = Math.max(total, origTotal);
+  const RX = (t) => labelW + (span * t) / runScale;
+  // Marker labels take levels above the run row so that close amendments stay readable.
+  const marks = (plan.amendments || []).filter((a) => a.tokens_before !== null && a.tokens_before !== undefined)
+    .map((a) => ({ a, x: RX(Math.min(a.tokens_before, runScale)) })).sort((m, n) => m.x - n.x);
+  const levelEnd = [];
+  for (const m of marks) {
+    let k = levelEnd.findIndex((end) => m.x - end > 26);
+    if (k < 0) { k = levelEnd.length; levelEnd.push(0); }
+    levelEnd[k] = m.x; m.level = k;
+  }
+  const top = marks.length ? 6 + levelEnd.length * 13 : 0;
+  const rowY = (r) => top + 2 + r * (barH + gap);  // row 0: the run; row i + 1: phase i
+  const s = svg(width, rowY(plan.phases.length + 1), "budgets");
+
+  const consumedAll = live.consumed_tokens.reduce((a, b) => a + b, 0);
+  let y = rowY(0);
+  s.appendChild(el("text", { x: labelW - 10, y: y + barH - 7, "text-anchor": "end" }, "whole run"));
+  if (origTotal !== total) {
+    tip(s.appendChild(el("rect", { class: "original-budget run", x: labelW, y: y - 2, width: (RX(origTotal) - labelW).toFixed(1),
+      height: barH + 4, rx: 4, "data-value": origTotal })), `the recipe's plan: ${fmtTokens(origTotal)} tokens`);
+  }
   plan.phases.forEach((p, i) => {
-    const y = 2 + i * (barH + gap), used = live.consumed_tokens[i] || 0, frac = Math.min(1, used / p.planned_tokens);
-    s.appendChild(el("text", { x: labelW - 10, y: y + barH - 7, "text-anchor": "end" }, `${p.name} · L ${p.seq_len}`));
-    tip(s.appendChild(el("rect", { class: "planned track", x: labelW, y, width: span, height: barH, rx: 4,
-      "data-value": p.planned_tokens })), `${p.name}: ${fmtTokens(p.planned_tokens)} planned (${p.steps} steps)`);
-    tip(s.appendChild(el("rect", { class: "consumed", x: labelW, y, width: (span * frac).toFixed(1), height: barH, rx: 4,
-      fill: COLORS[i % COLORS.length], "data-value": used })), `${p.name}: ${fmtTokens(used)} consumed`);
-    s.appendChild(el("text", { class: "v", x: labelW + span + 10, y: y + barH - 7 },
-      `${fmtTokens(used)} / ${fmtTokens(p.planned_tokens)} (${pct(frac)})`));
+    tip(s.appendChild(el("rect", { class: "run-phase", x: RX(starts[i]).toFixed(1), y, width: (RX(starts[i] + p.planned_tokens) - RX(starts[i])).toFixed(1),
+      height: barH, fill: COLORS[i % COLORS.length], "data-phase": p.name, "data-value": p.planned_tokens })),
+      `${p.name}: tokens ${fmtTokens(starts[i])} to ${fmtTokens(starts[i] + p.planned_tokens)}`);
   });
+  tip(s.appendChild(el("rect", { class: "run-consumed", x: labelW, y: y + barH - 5, width: (RX(Math.min(consumedAll, total)) - labelW).toFixed(1),
+    height: 5, "data-value": consumedAll })), `${fmtTokens(consumedAll)} consumed`);
+  s.appendChild(el("text", { class: "v", x: labelW + span + 10, y: y + barH - 7 },
+    `${fmtTokens(consumedAll)} / ${fmtTokens(total)} (${pct(total ? Math.min(1, consumedAll / total) : 0)})` +
+    (origTotal !== total ? `, recipe ${fmtTokens(origTotal)}` : "")));
+
+  plan.phases.forEach((p, i) => {
+    y = rowY(i + 1);
+    const used = live.consumed_tokens[i] || 0, frac = Math.min(1, used / p.planned_tokens);
+    const o = budgetChange(p), changed = o !== null;
+    const scale = changed ? Math.max(p.planned_tokens, o.planned_tokens) : p.planned_tokens;
+    const w = (span * p.planned_tokens) / scale;
+    s.appendChild(el("text", { x: labelW - 10, y: y + barH - 7, "text-anchor": "end" }, `${p.name} · L ${p.seq_len}`));
+    tip(s.appendChild(el("rect", { class: "planned track", x: labelW, y, width: w.toFixed(1), height: barH, rx: 4,
+      "data-value": p.planned_tokens })), `${p.name}: ${fmtTokens(p.planned_tokens)} planned (${p.steps} steps)`);
+    tip(s.appendChild(el("rect", { class: "consumed", x: labelW, y, width: (w * frac).toFixed(1), height: barH, rx: 4,
+      fill: COLORS[i % COLORS.length], "data-value": used })), `${p.name}: ${fmtTokens(used)} consumed`);
+    if (changed) {
+      tip(s.appendChild(el("rect", { class: "original-budget", x: labelW, y: y - 2, width: ((span * o.planned_tokens) / scale).toFixed(1),
+        height: barH + 4, rx: 4, "data-phase": p.name, "data-value": o.planned_tokens })),
+        `${p.name}: the recipe planned ${fmtTokens(o.planned_tokens)}; amended to ${fmtTokens(p.planned_tokens)}`);
+    }
+    s.appendChild(el("text", { class: "v", x: labelW + span + 10, y: y + barH - 7 },
+      `${fmtTokens(used)} / ${fmtTokens(p.planned_tokens)} (${pct(frac)})` + (changed ? `, recipe ${fmtTokens(o.planned_tokens)}` : "")));
+  });
+
+  // Each amendment: a line through the run row at its global position, its label above, and a
+  // tick at the same point on its phase's own row.
+  for (const m of marks) {
+    const a = m.a, g = el("g", { class: "amendment-marker", "data-amendment": a.index, "data-from-step": a.from_step,
+      "data-tokens-before": a.tokens_before });
+    const ly = top - 4 - m.level * 13;
+    g.appendChild(el("line", { class: "amend-line", x1: m.x.toFixed(1), x2: m.x.toFixed(1), y1: ly + 2, y2: rowY(0) + barH + 3 }));
+    g.appendChild(el("text", { class: "amend-label", x: m.x.toFixed(1), y: ly, "text-anchor": "middle" }, amendLabel(a)));
+    const i = plan.phases.findIndex((p, k) => a.tokens_before >= starts[k] && a.tokens_before < starts[k] + p.planned_tokens);
+    if (i >= 0) {
+      const p = plan.phases[i], o = budgetChange(p);
+      const scale = o ? Math.max(p.planned_tokens, o.planned_tokens) : p.planned_tokens;
+      const px = labelW + (span * (a.tokens_before - starts[i])) / scale, py = rowY(i + 1);
+      g.appendChild(el("line", { class: "amend-line phase", x1: px.toFixed(1), x2: px.toFixed(1), y1: py - 4, y2: py + barH + 4, "data-phase": p.name }));
+    }
+    s.appendChild(tip(g, amendTitle(a)));
+  }
   box.replaceChildren(s);
 }
 
@@ -216,15 +370,48 @@ function renderMixtures() {
   box.replaceChildren();
   for (const p of allPhases()) {
     const tau = typeof p.tau === "number" ? `τ ${p.tau}` : `τ ${p.tau.start}→${p.tau.end}`;
+    const variant = (plan.variant_phases || []).includes(p);
+    const amends = variant ? [] : amendmentsOf(p.phase);  // other variants are planned from the recipe
+    const o = amends.length ? originalOf(p.index) : null;
     const c = card(box, `${p.name}`, `${p.n_languages.toLocaleString()} languages · ${tau} · top-${plan.top_group} share ${pct(p.top10_share)}` + variantNote(p));
+    c.dataset.phase = p.name;
+    if (amends.length) {
+      c.dataset.amended = amends.map((a) => a.index).join(",");
+      const badges = document.createElement("span");
+      badges.className = "amend-badges";
+      for (const a of amends) {
+        const b = document.createElement("span");
+        b.className = "amend-badge" + (a.source.startsWith("policy:") ? " policy" : "");
+        b.dataset.amendment = a.index; b.textContent = amendLabel(a); b.title = amendTitle(a);
+        badges.appendChild(b);
+      }
+      c.querySelector("h3").appendChild(badges);
+      if (o) {
+        const was = document.createElement("div");
+        was.className = "amend-note";
+        const otau = typeof o.tau === "number" ? `τ ${o.tau}` : `τ ${o.tau.start}→${o.tau.end}`;
+        was.textContent = `recipe: ${o.n_languages.toLocaleString()} languages · ${otau} · top-${plan.top_group} share ${pct(o.top10_share)}` +
+          " · ticks mark each language's recipe share";
+        c.querySelector(".meta").after(was);
+      }
+    }
+    // The recipe's share of each shown language: known for its top languages, and 0 for a
+    // language it did not select at all (only knowable when it had no tail).
+    const share0 = o ? new Map(o.top.map((r) => [r.language, r.weight])) : null;
+    const ghost = (r) => {
+      if (!share0) return undefined;
+      const w0 = share0.has(r.language) ? share0.get(r.language) : o.tail ? undefined : 0;
+      return w0 === undefined ? undefined : { value: w0, title: `${r.language}: recipe share ${pct(w0)}, amended ${pct(r.weight)}` };
+    };
     const rows = p.top.map((r, i) => ({
-      label: r.language, value: r.weight, text: `${pct(r.weight)} · ${r.epochs.toFixed(2)} ep`,
-      color: r.epochs > plan.epoch_warning ? HOT : COLORS[0],
+      label: r.language, key: r.language, value: r.weight, text: `${pct(r.weight)} · ${r.epochs.toFixed(2)} ep`,
+      color: r.epochs > plan.epoch_warning ? HOT : COLORS[0], ghost: ghost(r),
       title: `${r.language}: weight ${pct(r.weight)}, ${fmtTokens(r.allotted_tokens)} tokens, ${r.epochs.toFixed(2)} epochs${r.capped ? " (capped)" : ""}`,
     }));
     if (p.tail) rows.push({ label: `tail (${p.tail.languages.toLocaleString()} langs)`, value: p.tail.weight,
       text: pct(p.tail.weight), color: TAIL, title: `the other ${p.tail.languages} languages: ${fmtTokens(p.tail.allotted_tokens)} tokens` });
-    c.appendChild(hbars(rows, { id: "mixture-" + p.name, width: widthOf(c), labelW: 150, valueW: 130 }));
+    const chart = c.appendChild(hbars(rows, { id: "mixture-" + p.name, width: widthOf(c), labelW: 150, valueW: 130 }));
+    if (amends.length) chart.dataset.amended = c.dataset.amended;
     for (const w of p.warnings) { const d = document.createElement("div"); d.className = "warn"; d.textContent = w; c.appendChild(d); }
   }
 }
@@ -291,23 +478,39 @@ function renderLiveAll(live) {
   document.body.dataset.reports = live.reports;
 }
 
+// The journal's entries as the page last drew them: a change (an amendment posted, the policy,
+// another replica) reloads the plan, which the amendment changed from its step on.
+const journalKey = (list) => JSON.stringify((list || []).map((a) => a.digest));
+
 async function refresh() {
   try {
-    const [live, ready] = await Promise.all([getJSON("v1/progress"), getJSON("readyz")]);
+    let [live, ready, journal] = await Promise.all([getJSON("v1/progress"), getJSON("readyz"), getJSON("v1/amendments")]);
     const b = document.getElementById("ready");
     b.textContent = ready.ready ? "ready" : "not ready"; b.className = "badge " + (ready.ready ? "ok" : "bad");
     b.title = ready.ready ? "" : (ready.problems || []).join("\n");
+    if (journalKey(journal.amendments) !== journalKey(plan.amendments)) {
+      plan = await getJSON("v1/dashboard");
+      renderPlan();
+      liveSignature = null;  // the budgets chart depends on the plan too
+      live = plan.live;
+    }
     renderLiveAll(live);
     showError(null);
   } catch (err) { showError(err); }
   setTimeout(refresh, REFRESH_MS);
 }
 
+// Everything drawn from the plan alone.
+function renderPlan() {
+  renderHeader(plan); renderAmendments(); renderMixtures(); renderEpochs();
+  document.body.dataset.amendments = (plan.amendments || []).length;
+}
+
 async function start() {
   try {
     plan = await getJSON("v1/dashboard");
   } catch (err) { showError(err); setTimeout(start, REFRESH_MS * 2); return; }
-  renderHeader(plan); renderMixtures(); renderEpochs(); renderLiveAll(plan.live);
+  renderPlan(); renderLiveAll(plan.live);
   document.body.dataset.loaded = "1";
   let resizeTimer = null;
   window.addEventListener("resize", () => {
