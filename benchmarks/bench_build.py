@@ -199,7 +199,7 @@ def components(docs: list[tuple[str, str]], unlabeled: Path, tok: Tokenizer) -> 
     from curriculum.dedup import DedupConfig, signatures_for_texts
     from curriculum.ingest import InputFile, read_documents
     from curriculum.langid import LanguageIdentifier
-    from curriculum.normalize import normalize_text
+    from curriculum.normalize import normalize_texts
 
     numba.set_num_threads(1)
     out: dict[str, float] = {}
@@ -210,8 +210,8 @@ def components(docs: list[tuple[str, str]], unlabeled: Path, tok: Tokenizer) -> 
     out["read JSONL.zst"] = time.perf_counter() - t
     texts = [t for _, t in docs]
     t = time.perf_counter()
-    for x in texts:
-        normalize_text(x)
+    for a in range(0, len(texts), 4096):
+        normalize_texts(texts[a : a + 4096])
     out["normalize"] = time.perf_counter() - t
     for prefix in (600, 200):  # 600: the build's default
         lid = LanguageIdentifier(prefix_chars=prefix)

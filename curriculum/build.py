@@ -32,6 +32,7 @@ from curriculum.executors import make_executor
 from curriculum.manifest import DROP_PREFIX, ManifestMeta, TokenizerMeta, write_manifest
 
 WORK = ".work"
+SIG_IN_MEMORY_BYTES = 64 << 20  # a language's signatures up to this size are not memory-mapped
 DOC_ID_FILE_SHIFT = 36  # doc id = file index << 36 | row: 68B rows per file, 134M files
 
 
@@ -86,6 +87,14 @@ def _iter_batches(path: Path, columns: list[str]):
             yield reader.get_batch(i).select(columns)
 
 
+def _utf8_bytes(arr: pa.Array) -> int:
+    """UTF-8 bytes of the strings of a (large_)string array, from its offsets."""
+    if len(arr) == 0:
+        return 0
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if pa.types.is_large_string(arr.type) else np.int32)
+    return int(offsets[arr.offset + len(arr)] - offsets[arr.offset])
+
+
 # -- stage 1: extract ---------------------------------------------------------------------------
 
 
@@ -114,7 +123,7 @@ def extract_task(spec: ExtractSpec) -> dict:
     """Read one input file; write per-language Arrow parts (doc_id, text, signature)."""
     from curriculum.dedup import DedupConfig, signatures_for_texts
     from curriculum.ingest import InputFile, read_documents
-    from curriculum.normalize import normalize_text
+    from curriculum.normalize import normalize_texts
 
     cfg = BuildConfig.model_validate(spec.cfg)
     done = _extract_dir(spec.work, spec.index) / "stats.json"
@@ -138,7 +147,9 @@ def extract_task(spec: ExtractSpec) -> dict:
                 drops[spec.language or ""][reason] += n
                 n_in += n
             issues.extend(asdict(i) for i in batch.issues)
-            norm = [normalize_text(t) for t in batch.texts]
+            # The normalized texts as Python strings (length filter, LID) and as one Arrow array
+            # (signatures and the parts take slices of it: no second UTF-8 encoding).
+            norm, norm_arr = normalize_texts(batch.texts)
             langs: list = list(batch.languages)
             n_in += len(norm)
             # Length filter first, so language ID never runs on text that is dropped anyway.
@@ -166,13 +177,14 @@ def extract_task(spec: ExtractSpec) -> dict:
                     groups[lang].append(i)
             # Stream each batch out per language: memory stays bounded by the batch, whatever
             # the file size.
+            whole = len(groups) == 1 and sum(map(len, groups.values())) == len(norm)
             for lang in sorted(groups):
                 idx = groups[lang]
-                texts = [norm[i] for i in idx]
+                texts = norm_arr if whole else norm_arr.take(pa.array(idx, pa.int64()))
                 ids = (np.int64(spec.index) << DOC_ID_FILE_SHIFT) + np.asarray(batch.rows, np.int64)[idx]
                 sig = signatures_for_texts(texts, lang, dcfg) if cfg.dedup else np.zeros((len(ids), 1), np.uint32)
                 rb = pa.record_batch(
-                    [pa.array(ids, pa.int64()), pa.array(texts, pa.large_string()),
+                    [pa.array(ids, pa.int64()), texts,
                      pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1), pa.uint32()), sig.shape[1])],
                     schema=_part_schema(sig.shape[1]),
                 )
@@ -182,7 +194,7 @@ def extract_task(spec: ExtractSpec) -> dict:
                     writers[lang] = (tmp, sink, pa.ipc.new_file(sink, rb.schema))
                 writers[lang][2].write_batch(rb)
                 kept[lang] += len(idx)
-                n_bytes += sum(len(t.encode("utf-8")) for t in texts)
+                n_bytes += _utf8_bytes(texts)
         for lang, (tmp, sink, w) in writers.items():
             w.close()
             sink.close()
@@ -234,8 +246,13 @@ def dedup_task(spec: DedupSpec) -> dict:
     if cfg.dedup and n > 1:
         # Signatures of all files of the language go to a memory-mapped array on disk, so a
         # language larger than RAM still dedups (the banded backend groups out of core).
+        # (Up to SIG_IN_MEMORY_BYTES they stay in memory: a file per language costs more than
+        # the dedup of a small one.)
         sig_path = ddir / f".{spec.language}.sig.{os.getpid()}.tmp.npy"
-        sig = np.lib.format.open_memmap(sig_path, mode="w+", dtype=np.uint32, shape=(n, cfg.num_perm))
+        if n * cfg.num_perm * 4 <= SIG_IN_MEMORY_BYTES:
+            sig = np.empty((n, cfg.num_perm), dtype=np.uint32)
+        else:
+            sig = np.lib.format.open_memmap(sig_path, mode="w+", dtype=np.uint32, shape=(n, cfg.num_perm))
         at = 0
         for p in spec.parts:
             for rb in _iter_batches(Path(p), ["doc_id", "sig"]):
@@ -302,6 +319,53 @@ def _tokenizer(cfg: BuildConfig):
     return _TOKENIZERS[key]
 
 
+TOKENIZE_BATCH = 2048  # documents per encode_batch call
+
+
+class _ShardBuffer:
+    """The documents of the shard being filled: token ids in one preallocated uint32 buffer.
+
+    The buffer is sized for `shard_bytes` up front and reused for every shard of the task, so a
+    shard costs its size once in memory (appending arrays and concatenating them at the end held
+    it twice). Pages the shard never reaches are never touched, so a small task stays small.
+    `nbytes` counts tokens plus 8 bytes per document, the rule that decides where shards end.
+    """
+
+    def __init__(self, shard_bytes: int) -> None:
+        self.tokens = np.empty(shard_bytes // 4 + (1 << 16), dtype=np.uint32)
+        self.clear()
+
+    def clear(self) -> None:
+        self.n_tokens = 0
+        self.nbytes = 0
+        self.lens: list[np.ndarray] = []
+        self.sources: list[str] = []
+        self.rows: list[np.ndarray] = []
+
+    @property
+    def docs(self) -> int:
+        return len(self.sources)
+
+    def add(self, flat: np.ndarray, lens: np.ndarray, source: str, rows: np.ndarray) -> None:
+        end = self.n_tokens + flat.size
+        if end > self.tokens.size:  # the last batch before a flush can run past shard_bytes
+            grown = np.empty(max(end, self.tokens.size + self.tokens.size // 4), dtype=np.uint32)
+            grown[: self.n_tokens] = self.tokens[: self.n_tokens]
+            self.tokens = grown
+        self.tokens[self.n_tokens : end] = flat
+        self.n_tokens = end
+        self.lens.append(lens)
+        self.sources.extend([source] * lens.size)
+        self.rows.append(rows)
+        self.nbytes += flat.nbytes + 8 * lens.size
+
+    def contents(self) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+        """(tokens, offsets, sources, rows): `write_shard`'s arguments; tokens is a view."""
+        offsets = np.zeros(self.docs + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(self.lens), out=offsets[1:])
+        return self.tokens[: self.n_tokens], offsets, self.sources, np.concatenate(self.rows)
+
+
 def tokenize_task(spec: TokenizeSpec) -> dict:
     """Tokenize the surviving documents of one language chunk into size-bounded shards."""
     from curriculum.shards import write_shard
@@ -315,45 +379,34 @@ def tokenize_task(spec: TokenizeSpec) -> dict:
         stale.unlink()
     dropped = np.load(Path(spec.work) / "dedup" / f"{spec.language}.npy")
     shards: list[dict] = []
-    buf_tokens: list[np.ndarray] = []
-    buf_lens: list[np.ndarray] = []
-    buf_src: list[str] = []
-    buf_rows: list[np.ndarray] = []
-    buf_bytes = 0
+    buf = _ShardBuffer(cfg.shard_bytes)
     docs = tokens = text_bytes = 0
 
     def flush() -> None:
-        nonlocal buf_tokens, buf_lens, buf_src, buf_rows, buf_bytes
-        if not buf_lens:
+        if not buf.docs:
             return
-        lens = np.concatenate(buf_lens)
         rel = f"{spec.language}/{spec.chunk:05d}-{len(shards):04d}.arrow"
-        info = write_shard(
-            Path(spec.out) / rel, np.concatenate(buf_tokens), np.concatenate(([0], np.cumsum(lens))),
-            buf_src, np.concatenate(buf_rows),
-        )
+        info = write_shard(Path(spec.out) / rel, *buf.contents())
         shards.append({"path": rel, "docs": info.docs, "tokens": info.tokens, "bytes": info.bytes, "sha256": info.sha256})
-        buf_tokens, buf_lens, buf_src, buf_rows, buf_bytes = [], [], [], [], 0
+        buf.clear()
 
     for part in spec.parts:
         source = json.loads((Path(part).parent / "stats.json").read_text())["path"]
         for rb in _iter_batches(Path(part), ["doc_id", "text"]):
             ids = rb.column(0).to_numpy()
-            keep = ~np.isin(ids, dropped)
-            texts = [x for x, k in zip(rb.column(1).to_pylist(), keep) if k]
-            ids = ids[keep]
-            for a in range(0, len(texts), 2048):
-                chunk = texts[a : a + 2048]
-                flat, offs = tok.encode_batch(chunk)
-                buf_tokens.append(flat)
-                buf_lens.append(np.diff(offs))
-                buf_src.extend([source] * len(chunk))
-                buf_rows.append(ids[a : a + 2048] & ((1 << DOC_ID_FILE_SHIFT) - 1))
-                buf_bytes += flat.nbytes + 8 * len(chunk)
+            texts = rb.column(1)
+            if dropped.size:
+                keep = ~np.isin(ids, dropped)
+                if not keep.all():
+                    texts, ids = texts.filter(pa.array(keep)), ids[keep]
+            for a in range(0, len(texts), TOKENIZE_BATCH):
+                chunk = texts.slice(a, TOKENIZE_BATCH)
+                flat, offs = tok.encode_batch(chunk.to_pylist())
+                buf.add(flat, np.diff(offs), source, ids[a : a + TOKENIZE_BATCH] & ((1 << DOC_ID_FILE_SHIFT) - 1))
                 docs += len(chunk)
                 tokens += int(flat.size)
-                text_bytes += sum(len(x.encode("utf-8")) for x in chunk)
-                if buf_bytes >= cfg.shard_bytes:
+                text_bytes += _utf8_bytes(chunk)
+                if buf.nbytes >= cfg.shard_bytes:
                     flush()
     flush()
     stats = {"language": spec.language, "chunk": spec.chunk, "docs": docs, "tokens": tokens, "bytes": text_bytes, "shards": shards}

@@ -247,10 +247,12 @@ def _datasketch_drops(
             drop[row] = True
         else:
             lsh.insert(row, m, check_duplication=False)
-    # MinHashLSH holds a bound method of itself (a reference cycle): free it now, not at the next
-    # full collection, or a pool worker carries ~3 KB a document into its next task.
+    # MinHashLSH holds a bound method of itself (`_H`, a reference cycle): break it so reference
+    # counting frees the index now — not at the next full collection (a pool worker would carry
+    # ~3 KB a document into its next task), and without a gc.collect(), which walks every object
+    # of the process (~70 ms with numba and a tokenizer loaded) once per language.
+    lsh._H = None
     del lsh
-    gc.collect()
     return drop
 
 

@@ -137,3 +137,25 @@ def test_resuming_into_a_work_dir_of_another_build_is_refused(corpus, small_toke
         run_build(corpus, out, small_tokenizer, min_chars=200)
     run_build(corpus, out, small_tokenizer)  # same build: resumes
     assert (out / "manifest.json").exists()
+
+
+def test_normalize_texts_matches_normalize_text():
+    """The batch normalizer (numba quick check + Python from a boundary) equals the reference per text."""
+    import random
+
+    from curriculum.normalize import normalize_text, normalize_texts
+
+    rng = random.Random(0)
+    # Starters that compose with a following mark, marks in and out of canonical order, MAYBE
+    # characters (Bengali/Tamil AA, Hangul jamo), precomposed letters whose decomposition ends
+    # in a mark (ǫ), composition exclusions (क़), controls, CR, whitespace, a plane-14 tag.
+    pool = list("ae xक\t\n\r\x00\x85") + ["\u0301", "\u0328", "\u0316", "\u01eb", "\u09c7", "\u09be", "\u0bc6", "\u0bbe",
+                                           "\u093c", "\u0958", "\u1100", "\u1161", "\uac00", "\u11a8", "\u0e48", "\u0e38",
+                                           "\u2003", "\u212b", "\u0344", "\U000e0067", "\u00e9", "\u0432"]
+    texts = ["".join(rng.choice(pool) for _ in range(rng.randint(0, 12))) for _ in range(50_000)]
+    texts += ["Caf\u00e9 d\u00e9j\u00e0", "Cafe\u0301", "  padded \n", "\u0dd9\u0dca", ""]
+    want = [normalize_text(t) for t in texts]
+    got, arr = normalize_texts(texts)
+    assert got == want
+    assert arr.to_pylist() == want
+    assert sum(w != t for w, t in zip(want, texts)) > 10_000  # the pool exercises both paths

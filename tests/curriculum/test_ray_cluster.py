@@ -154,7 +154,7 @@ def stray_files(out: Path) -> tuple[list[str], list[str]]:
 
 @pytest.mark.slow
 def test_build_on_a_ray_cluster_survives_a_killed_worker(small_tokenizer, tmp_path):
-    corpus = write_text_corpus(tmp_path / "in", n_files=24, docs_per_file=400, seed=11)
+    corpus = write_text_corpus(tmp_path / "in", n_files=24, docs_per_file=800, seed=11)
     n_files = sum(1 for f in corpus.rglob("*") if f.is_file())
     common = dict(inputs=[str(corpus)], tokenizer=str(small_tokenizer), shard_bytes=256 << 10)
     ref = tmp_path / "local"
