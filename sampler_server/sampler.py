@@ -200,6 +200,9 @@ class Sampler:
                 if same < max(len(a), len(b)):
                     break
             self._state = new  # one reference swap: a batch in flight keeps the state it started on
+            # Forget blends no piece uses any more (a long run with a feedback policy makes many).
+            live = {id(sg.blend) for segs in new.segments for sg in segs}
+            self._blends = {k: b for k, b in self._blends.items() if id(b) in live}
 
     def check_amendments(self, amendments: list[Amendment] | tuple[Amendment, ...]) -> None:
         """Raise AmendmentError unless the run amended by `amendments` can be served."""
