@@ -1,34 +1,148 @@
-"""MLM masking: one counter-based hash per token decides selection, action and replacement.
+"""MLM masking: one counter-based hash per two tokens decides selection and action.
 
-For token j of sequence b, h = token_hash(seq_keys[b], j) (see rng.py) and
-  u = h >> 32            selects: selected iff u < ceil(mask_ratio[b] * 2**32), i.e. u / 2**32 < ratio;
-                         among selected tokens u is uniform on [0, t_sel), and its sub-ranges give
-                         the action: [0, 0.8 t_sel) -> [MASK], [0.8 t_sel, 0.9 t_sel) -> random id,
-                         the rest unchanged (80/10/10 to within 1 / t_sel);
-  h & 0xFFFFFFFF         picks the random replacement random_pool[(low32 * R) >> 32].
-Special tokens (is_special[id]) are never selected. Labels are the original id where selected and
--100 elsewhere. Since h depends only on (seed, phase, g, j), the result does not depend on how a
-batch is split into sub-batches, ranks or threads.
+For sequence b with key = seq_keys[b], the hash of token pair k is h_k = token_hash(key, k) (see
+rng.py), and token j draws the 32-bit number
+  u_j = (h_{j >> 1} >> (32 * (j & 1))) & 0xFFFFFFFF      (the low half for even j, the high for odd).
+With t_sel = ceil(mask_ratio[b] * 2**32), t_mask = t_sel * 4 // 5 and t_rand = t_sel * 9 // 10:
+  selected  iff u_j < t_sel and the token is not special (is_special[id]), i.e. u_j / 2**32 < ratio;
+  among selected tokens u_j is uniform on [0, t_sel): u_j < t_mask -> [MASK], u_j < t_rand -> a random
+  id, otherwise unchanged (80/10/10 to within 1 / t_sel).
+The random id (needed by ~ratio/10 of tokens) comes from a second stream of the same form under the
+key mix64(key ^ PICK_TAG): r = token_hash(that key, j), id = random_pool[((r >> 32) * R) >> 32].
+Labels are the original id where selected and -100 elsewhere. Everything depends only on (key, j),
+so the result does not depend on how a batch is split into sub-batches, ranks or threads.
 
-Speed: the per-token work is branch-free so LLVM vectorizes it (AVX-512 / AVX2). A lookup in
-the bool table `is_special` would keep the loop scalar, so when every special id is < 256 (the
-usual layout) the test is a shift into four bit words instead, and otherwise the lookup runs as
-a pass of its own. Random replacements (~ratio/10 of tokens) are resolved in a last short pass.
+Speed (one thread, AVX-512: ~2.5x the former one-hash-per-token kernel). Per row: (1) a pass writes the
+pair hashes into a scratch buffer, whose uint32 view is exactly u_0, u_1, ... on a little-endian CPU;
+(2) blocks of 32 tokens are masked by `_block`, written in LLVM vector IR so that compares and selects
+stay in vector registers and the block returns two 32-bit masks: the tokens that need a random id and
+the "candidates" whose id lies outside the longest special-free id range [lo, hi) (special tokens and
+out-of-range ids live there). Both are rare, so a scalar loop over their set bits finishes them: a
+table lookup in is_special for candidates, a second hash for random ids. Nothing per token branches.
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core.errors import TypingError
+from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.extending import intrinsic
 
 from sampler_server.kernels.rng import mix64
 
+if sys.byteorder != "little":  # the uint32 view of the pair hashes is u_0, u_1, ... only on little-endian CPUs
+    raise ImportError("sampler_server.kernels.mask assumes a little-endian CPU (x86-64, aarch64)")
+
 IGNORE_INDEX = -100  # the label value torch's CrossEntropyLoss skips
+PICK_TAG = np.uint64(0xB7E151628AED2A6B)  # digits of e: separates the random-id stream from the decisions
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_LOW32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
+_LOW32 = np.uint64(0xFFFFFFFF)
 _TWO32 = 4294967296.0
+_BLOCK = 32  # tokens per vector block: one 32-bit mask per block for each rare kind
+_WORKERS = 32  # parallel work items per call (rows are dealt round-robin); more than any thread count used
+
+
+def _splat(builder: ir.IRBuilder, x: ir.Value, n: int) -> ir.Value:
+    vt = ir.VectorType(x.type, n)
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
+
+
+def _contiguous_1d(name: str, ty: types.Type, dtype: types.Type) -> None:
+    if not (isinstance(ty, types.Array) and ty.ndim == 1 and ty.layout == "C" and ty.dtype == dtype):
+        raise TypingError(f"mask_tokens: {name} must be a C-contiguous {dtype} array, got {ty}")
+
+
+@intrinsic
+def _block(typingctx, ids, lab, u32, o, sel_max, t_mask, t_rand, mid, lo, span):
+    """Mask tokens o .. o+31 of one row: store labels and [MASK]s, return park | cand << 32.
+
+    cand bit i: (id - lo) mod 2**32 >= span, i.e. the id of token o+i lies outside [lo, lo + span),
+    where specials and invalid ids live; it was masked as if maskable and the caller must check it.
+    park bit i: token o+i is selected and needs a random id (it is left unchanged here).
+    All lanes are computed with vector compares and selects; uint32 throughout."""
+    _contiguous_1d("input_ids", ids, types.int32)
+    _contiguous_1d("labels", lab, types.int32)
+    _contiguous_1d("the hash buffer", u32, types.uint32)
+    sig = types.uint64(ids, lab, u32, types.int64, types.uint32, types.uint32, types.uint32, types.int32, types.uint32, types.uint32)
+
+    def codegen(context, builder, sig, args):
+        n = _BLOCK
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vt = ir.VectorType(i32, n)
+
+        def row_ptr(k: int) -> ir.Value:
+            a = context.make_array(sig.args[k])(context, builder, args[k])
+            return builder.bitcast(builder.gep(a.data, [args[3]]), vt.as_pointer())
+
+        p_ids, p_lab, p_u = row_ptr(0), row_ptr(1), row_ptr(2)
+        tok = builder.load(p_ids, align=4)
+        u = builder.load(p_u, align=4)
+        cand = builder.icmp_unsigned(">=", builder.sub(tok, _splat(builder, args[8], n)), _splat(builder, args[9], n))
+        sel = builder.icmp_unsigned("<=", u, _splat(builder, args[4], n))
+        below_mask = builder.icmp_unsigned("<", u, _splat(builder, args[5], n))
+        below_rand = builder.icmp_unsigned("<", u, _splat(builder, args[6], n))
+        park = builder.and_(builder.and_(sel, builder.not_(below_mask)), below_rand)
+        builder.store(builder.select(sel, tok, _splat(builder, ir.Constant(i32, IGNORE_INDEX), n)), p_lab, align=4)
+        builder.store(builder.select(builder.and_(sel, below_mask), _splat(builder, args[7], n), tok), p_ids, align=4)
+        bits = ir.IntType(n)
+        park64 = builder.zext(builder.bitcast(park, bits), i64)
+        cand64 = builder.zext(builder.bitcast(cand, bits), i64)
+        return builder.or_(park64, builder.shl(cand64, ir.Constant(i64, 32)))
+
+    return sig, codegen
+
+
+@intrinsic
+def _flag_bits64(typingctx, flags, o):
+    """Bit i set iff flags[o + i] (bool array, 64 entries from o): a vector compare, no branches."""
+    if not (isinstance(flags, types.Array) and flags.ndim == 1 and flags.layout == "C" and flags.dtype == types.boolean):
+        raise TypingError(f"mask_tokens: is_special must be a C-contiguous bool array, got {flags}")
+    sig = types.uint64(flags, types.int64)
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        i8 = ir.IntType(8)
+        vt = ir.VectorType(i8, 64)
+        p = builder.bitcast(builder.gep(a.data, [args[1]]), vt.as_pointer())
+        nz = builder.icmp_unsigned("!=", builder.load(p, align=1), ir.Constant(vt, [0] * 64))
+        return builder.bitcast(nz, ir.IntType(64))
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def special_free_range(is_special: np.ndarray) -> tuple[np.int64, np.int64]:
+    """(lo, hi): the longest run of consecutive non-special ids is [lo, hi) (the first if tied).
+
+    Ids outside it are the only ones the kernel checks against is_special; with the usual layouts
+    (specials at the start and/or end of the vocabulary) that is a few ids that text rarely uses."""
+    V = is_special.shape[0]
+    best_lo = np.int64(0)
+    best_hi = np.int64(0)
+    start = np.int64(0)  # first id after the last special seen
+    for o in range(0, V - 63, 64):
+        bits = _flag_bits64(is_special, o)  # specials are rare: most words are 0
+        while bits:
+            s = o + np.int64(trailing_zeros(bits))
+            bits &= bits - np.uint64(1)
+            if s - start > best_hi - best_lo:
+                best_lo, best_hi = start, s
+            start = s + 1
+    for s in range(V - V % 64, V):
+        if is_special[s]:
+            if s - start > best_hi - best_lo:
+                best_lo, best_hi = start, np.int64(s)
+            start = np.int64(s + 1)
+    if V - start > best_hi - best_lo:
+        best_lo, best_hi = start, np.int64(V)
+    return best_lo, best_hi
 
 
 @njit(cache=True, nogil=True)
@@ -36,59 +150,105 @@ def selection_thresholds(ratio: np.float64) -> tuple[np.uint64, np.uint64, np.ui
     """(t_sel, t_mask, t_rand) for a mask ratio in [0, 1]: u < t_mask -> [MASK], u < t_rand ->
     random id, u < t_sel -> unchanged. ratio * 2**32 is exact, so t_sel = ceil of it is too."""
     t_sel = np.uint64(np.ceil(ratio * _TWO32))
-    t_mask = (t_sel * np.uint64(4)) // np.uint64(5)
-    t_rand = (t_sel * np.uint64(9)) // np.uint64(10)
-    return t_sel, t_mask, t_rand
+    return t_sel, (t_sel * np.uint64(4)) // np.uint64(5), (t_sel * np.uint64(9)) // np.uint64(10)
 
 
 @njit(cache=True, nogil=True)
-def low_special_bits(is_special: np.ndarray) -> tuple[bool, np.uint64, np.uint64, np.uint64, np.uint64]:
-    """(no special id >= 256, the flags of ids 0..255 as four uint64 bit words).
-
-    Most vocabularies keep their special tokens among the first ids; then the special test is a
-    shift and a mask, which vectorizes, instead of a table lookup, which does not."""
-    V = is_special.shape[0]
-    high = False
-    for i in range(V - min(V, 256)):  # indexed from 0 so it vectorizes: ~3 us for 256k ids
-        high |= is_special[i + 256]
-    w0 = w1 = w2 = w3 = np.uint64(0)
-    for i in range(min(V, 256)):
-        if is_special[i]:
-            bit = np.uint64(1) << np.uint64(i & 63)
-            if i < 64:
-                w0 |= bit
-            elif i < 128:
-                w1 |= bit
-            elif i < 192:
-                w2 |= bit
-            else:
-                w3 |= bit
-    return not high, w0, w1, w2, w3
+def _pick(pick_key: np.uint64, j: np.int64, random_pool: np.ndarray) -> np.int32:
+    """The random replacement id of token j (multiply-shift maps 32 random bits onto the pool)."""
+    r = mix64(pick_key + np.uint64(j + 1) * _GOLDEN)
+    return random_pool[((r >> _S32) * np.uint64(random_pool.shape[0])) >> _S32]
 
 
 @njit(cache=True, nogil=True)
-def _decide(
-    ids: np.ndarray, lab: np.ndarray, j: np.int64, tok: np.int32, special: bool, key: np.uint64,
-    t_sel: np.uint64, t_mask: np.uint64, t_rand: np.uint64, mid: np.int32, r64: np.uint64,
+def _mask_one(
+    ids: np.ndarray, lab: np.ndarray, u32: np.ndarray, j: np.int64, is_special: np.ndarray, sel_max: np.uint32,
+    t_mask: np.uint32, t_rand: np.uint32, mid: np.int32, pick_key: np.uint64, random_pool: np.ndarray,
+) -> bool:
+    """The rule for token j alone (the module docstring); returns False if its id is outside [0, V)."""
+    tok = ids[j]
+    lab[j] = np.int32(IGNORE_INDEX)
+    if np.uint32(tok) >= np.uint32(is_special.shape[0]):
+        return False
+    u = u32[j]
+    if is_special[tok] or u > sel_max:
+        return True
+    lab[j] = tok
+    if u < t_mask:
+        ids[j] = mid
+    elif u < t_rand:
+        ids[j] = _pick(pick_key, j, random_pool)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _mask_row(
+    ids: np.ndarray, lab: np.ndarray, hbuf: np.ndarray, key: np.uint64, ratio: np.float64,
+    is_special: np.ndarray, mid: np.int32, random_pool: np.ndarray, lo: np.uint32, span: np.uint32,
+) -> bool:
+    """Mask one row in place and fill its labels; returns False if it holds an id outside [0, V)."""
+    L = ids.shape[0]
+    uV = np.uint32(is_special.shape[0])
+    ok = True
+    t_sel, t_mask64, t_rand64 = selection_thresholds(ratio)
+    if t_sel == 0:  # ratio 0: nothing selected (and u <= t_sel - 1 below would wrap)
+        for j in range(L):
+            ok &= np.uint32(ids[j]) < np.uint32(is_special.shape[0])
+            lab[j] = np.int32(IGNORE_INDEX)
+        return ok
+    sel_max = np.uint32(t_sel - np.uint64(1))  # u < t_sel <=> u <= t_sel - 1, which fits in 32 bits
+    t_mask = np.uint32(t_mask64)
+    t_rand = np.uint32(t_rand64)
+    pick_key = mix64(key ^ PICK_TAG)
+    for k in range((L + 1) >> 1):  # vectorizes: 8 independent splitmix64 finalizers per register
+        hbuf[k] = mix64(key + np.uint64(k + 1) * _GOLDEN)
+    u32 = hbuf.view(np.uint32)  # u32[j] = u_j (little-endian)
+    full = L - L % _BLOCK
+    for o in range(0, full, _BLOCK):
+        r = _block(ids, lab, u32, o, sel_max, t_mask, t_rand, mid, lo, span)
+        if r == 0:
+            continue
+        park = np.uint32(r & _LOW32)
+        cand = np.uint32(r >> _S32)
+        while cand:  # ids outside [lo, hi): special, invalid, or rare ids near them
+            i = trailing_zeros(cand)
+            cand &= cand - np.uint32(1)
+            j = o + i
+            tok = lab[j] if u32[j] <= sel_max else ids[j]  # the original id: selected tokens kept it in lab
+            if np.uint32(tok) >= uV:
+                ok = False
+            elif is_special[tok]:  # undo: never selected
+                lab[j] = np.int32(IGNORE_INDEX)
+                ids[j] = tok
+                park &= ~(np.uint32(1) << np.uint32(i))
+        while park:
+            j = o + trailing_zeros(park)
+            park &= park - np.uint32(1)
+            ids[j] = _pick(pick_key, j, random_pool)
+    for j in range(full, L):  # the last L % 32 tokens, one at a time
+        ok &= _mask_one(ids, lab, u32, j, is_special, sel_max, t_mask, t_rand, mid, pick_key, random_pool)
+    return ok
+
+
+@njit(cache=True, nogil=True)
+def _mask_rows(
+    first: np.int64, step: np.int64, input_ids: np.ndarray, labels: np.ndarray, seq_keys: np.ndarray,
+    mask_ratio: np.ndarray, is_special: np.ndarray, mid: np.int32, random_pool: np.ndarray,
+    lo: np.uint32, span: np.uint32, hbuf: np.ndarray,
 ) -> np.int64:
-    """Mask token j from its hash; returns 1 if it was parked for a random replacement.
-
-    Branch-free so the calling loops vectorize. A random replacement is parked in ids as
-    -1 - (its pool index): valid ids are >= 0, so the negatives are exactly these."""
-    h = mix64(key + np.uint64(j + 1) * _GOLDEN)
-    u = h >> _S32
-    sel = (u < t_sel) & (not special)
-    lab[j] = tok if sel else np.int32(IGNORE_INDEX)
-    parked = np.int32(-1) - np.int32(((h & _LOW32) * r64) >> _S32)
-    rep = mid if u < t_mask else (parked if u < t_rand else tok)
-    ids[j] = rep if sel else tok
-    return np.int64(sel & (u >= t_mask) & (u < t_rand))
+    """Rows first, first + step, ...; returns how many hold an id outside [0, V)."""
+    B = input_ids.shape[0]
+    n_bad = 0
+    for b in range(first, B, step):
+        ok = _mask_row(input_ids[b], labels[b], hbuf, seq_keys[b], mask_ratio[b], is_special, mid, random_pool, lo, span)
+        n_bad += not ok
+    return n_bad
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def mask_tokens(
-    input_ids: np.ndarray,  # int32[B, L], masked in place
-    labels: np.ndarray,  # int32[B, L], fully written
+    input_ids: np.ndarray,  # int32[B, L] C-contiguous, masked in place
+    labels: np.ndarray,  # int32[B, L] C-contiguous, fully written
     seq_keys: np.ndarray,  # uint64[B], sequence_key(seed, phase, g) of each row
     mask_ratio: np.ndarray,  # float64[B], in [0, 1]
     is_special: np.ndarray,  # bool[V], True for ids never masked (CLS/SEP/PAD/MASK/...)
@@ -107,57 +267,23 @@ def mask_tokens(
         raise ValueError("mask_tokens: seq_keys and mask_ratio need one entry per row of input_ids")
     if V == 0 or R == 0:
         raise ValueError("mask_tokens: is_special and random_pool must be non-empty")
-    if R >= 2**31:
-        raise ValueError("mask_tokens: random_pool must hold fewer than 2**31 ids")
+    if R >= 2**31 or V >= 2**31:
+        raise ValueError("mask_tokens: random_pool and is_special must hold fewer than 2**31 entries")
     for b in range(B):
         if not (0.0 <= mask_ratio[b] <= 1.0):
             raise ValueError("mask_tokens: mask_ratio must lie in [0, 1]")
-    low, w0, w1, w2, w3 = low_special_bits(is_special)
-    r64 = np.uint64(R)
-    uV = np.uint32(V)
-    last_id = np.uint32(V - 1)
+    lo, hi = special_free_range(is_special)
+    ulo = np.uint32(lo)
+    span = np.uint32(hi - lo)
     mid = np.int32(mask_id)
-    ignore = np.int32(IGNORE_INDEX)
+    # Worker c masks rows c, c + n_work, ... with scratch row c; which thread runs a worker never
+    # changes the bytes. n_work is fixed, not the thread count: numba.get_num_threads() in a
+    # kernel would keep it out of the on-disk cache.
+    n_work = min(B, _WORKERS)
+    scratch = np.empty((n_work, (L + 1) >> 1), np.uint64)
     bad = 0
-    for b in prange(B):
-        t_sel, t_mask, t_rand = selection_thresholds(mask_ratio[b])
-        key = seq_keys[b]
-        ids = input_ids[b]
-        lab = labels[b]
-        n_bad = 0
-        n_random = 0
-        if low:
-            # Specials all below 256: test them with shifts; the whole pass vectorizes.
-            for j in range(L):
-                tok = ids[j]
-                ut = np.uint32(tok)
-                n_bad += ut >= uV
-                hi = ut >> np.uint32(6)
-                word = w0 if hi == 0 else (w1 if hi == 1 else (w2 if hi == 2 else w3))
-                special = (ut < np.uint32(256)) & (((word >> np.uint64(ut & np.uint32(63))) & np.uint64(1)) != 0)
-                n_random += _decide(ids, lab, j, tok, special, key, t_sel, t_mask, t_rand, mid, r64)
-        else:
-            # A table lookup keeps a loop scalar, so it gets a pass of its own, leaving the
-            # hash pass vectorized: lab = -100 at specials, else the id (clamped in range;
-            # out-of-range ids are counted and raise below).
-            for j in range(L):
-                tok = ids[j]
-                ut = np.uint32(tok)
-                n_bad += ut >= uV
-                lab[j] = ignore if is_special[min(ut, last_id)] else tok
-            for j in range(L):
-                n_random += _decide(ids, lab, j, ids[j], lab[j] == ignore, key, t_sel, t_mask, t_rand, mid, r64)
-        bad += n_bad
-        if n_bad:
-            continue  # negative ids would read as parked: leave the row, raise below
-        # Rare (~ratio/10 of tokens): resolve parked replacements from the pool.
-        j = 0
-        while n_random > 0:
-            v = ids[j]
-            if v < 0:
-                ids[j] = random_pool[-1 - v]
-                n_random -= 1
-            j += 1
+    for c in prange(n_work):
+        bad += _mask_rows(c, n_work, input_ids, labels, seq_keys, mask_ratio, is_special, mid, random_pool, ulo, span, scratch[c])
     if bad:
         raise ValueError("mask_tokens: a token id lies outside [0, len(is_special)); size is_special to the vocabulary")
 

@@ -8,16 +8,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sampler_server.kernels.mask import IGNORE_INDEX, low_special_bits, mask_batch, mask_tokens
+from sampler_server.kernels.mask import IGNORE_INDEX, PICK_TAG, mask_batch, mask_tokens, special_free_range
 from sampler_server.kernels.rng import sequence_key, sequence_keys, token_hash
 
 V = 5_000
 MASK_ID = 4
 SPECIAL_IDS = [0, 1, 2, 3, 4, 17, 4_999]  # PAD, CLS, SEP, UNK, MASK and two scattered ones
-LOW_SPECIAL_IDS = [0, 1, 2, 3, 4, 63, 64, 130, 255]  # all < 256: the kernel's bit-test path
-# The kernel has two paths for the special test (bits when every special id is < 256, a table
-# lookup otherwise); tests that compare with the reference run both.
-SPECIAL_SETS = {"table": SPECIAL_IDS, "bits": LOW_SPECIAL_IDS, "boundary_256": [0, 1, 2, 4, 256]}
+# The kernel checks is_special only for ids outside the longest special-free id range [lo, hi) and
+# takes every other id as maskable without a lookup; these sets put that range in different places.
+SPECIAL_SETS = {
+    "scattered": SPECIAL_IDS,  # [18, 4999): both ends are candidates
+    "low": [0, 1, 2, 3, 4, 63, 64, 130, 255],  # [256, V)
+    "high": [0, 1, 2, 3, 4, 4_990, 4_998],  # XLM-R style <mask> at the end: [5, 4990)
+    "middle": [4, 1_200, 1_201, 3_000],  # [1202, 3000): candidates are frequent on both sides
+}
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -32,15 +36,21 @@ def reference_mask(ids, keys, ratios, is_special, mask_id, pool):
     """The kernel's rule written with whole-array numpy operations; returns (new ids, labels)."""
     ids = np.asarray(ids, np.int32)
     B, L = ids.shape
-    pos = np.arange(1, L + 1, dtype=np.uint64)
-    h = np_mix64(keys.astype(np.uint64)[:, None] + pos[None, :] * GOLDEN)
-    u = h >> np.uint64(32)
+    keys = keys.astype(np.uint64)[:, None]
+    j = np.arange(L, dtype=np.uint64)
+    # One hash per token pair: token j takes the low 32 bits of pair j // 2's hash if j is even,
+    # the high 32 bits if odd.
+    h = np_mix64(keys + (j // np.uint64(2) + np.uint64(1))[None, :] * GOLDEN)
+    u = (h >> (np.uint64(32) * (j % np.uint64(2)))[None, :]) & np.uint64(0xFFFFFFFF)
     t_sel = np.ceil(ratios * 2.0**32).astype(np.uint64)[:, None]
     t_mask = t_sel * np.uint64(4) // np.uint64(5)
     t_rand = t_sel * np.uint64(9) // np.uint64(10)
     selected = (u < t_sel) & ~is_special[ids]
     labels = np.where(selected, ids, IGNORE_INDEX).astype(np.int32)
-    pick = ((h & np.uint64(0xFFFFFFFF)) * np.uint64(pool.size)) >> np.uint64(32)
+    # The random ids come from a second stream of the same form under key mix64(key ^ PICK_TAG).
+    pick_keys = np_mix64(keys ^ PICK_TAG)
+    r = np_mix64(pick_keys + (j + np.uint64(1))[None, :] * GOLDEN)
+    pick = ((r >> np.uint64(32)) * np.uint64(pool.size)) >> np.uint64(32)
     out = ids.copy()
     out[selected & (u < t_mask)] = mask_id
     rnd = selected & (u >= t_mask) & (u < t_rand)
@@ -203,15 +213,22 @@ def test_special_tokens_never_masked_or_changed(specials: str) -> None:
     assert replaced.any() and not is_special[out[replaced]].any()
 
 
-@pytest.mark.parametrize("V_", [5, 255, 256, 257, 263, 5_000])
-def test_low_special_bits(V_: int) -> None:
+@pytest.mark.parametrize("V_", [1, 5, 63, 64, 65, 200, 5_000])
+def test_special_free_range(V_: int) -> None:
     rng = np.random.default_rng(V_)
-    for _ in range(20):
-        is_special = rng.random(V_) < 0.05
-        low, *words = low_special_bits(is_special)
-        assert low == (not is_special[256:].any())
-        flags = [bool((int(words[i >> 6]) >> (i & 63)) & 1) for i in range(min(V_, 256))]
-        assert flags == list(is_special[:256])
+    for rate in (0.0, 0.02, 0.3, 1.0):
+        is_special = rng.random(V_) < rate
+        lo, hi = special_free_range(is_special)
+        # Brute force: the first longest run of non-special ids.
+        best = (0, 0)
+        for a in range(V_ + 1):
+            b = a
+            while b < V_ and not is_special[b]:
+                b += 1
+            if b - a > best[1] - best[0]:
+                best = (a, b)
+        assert (lo, hi) == best or (best == (0, 0) and hi == lo)
+        assert not is_special[lo:hi].any()
 
 
 def test_ratio_zero_masks_nothing() -> None:
@@ -303,3 +320,17 @@ def test_invalid_inputs_raise() -> None:
         run_kernel(ids, keys, np.full(4, 0.3), is_special, pool[:0])
     with pytest.raises(ValueError, match="seq_keys"):
         run_kernel(ids, keys[:3], np.full(4, 0.3), is_special, pool)
+
+
+@pytest.mark.parametrize("value", [-100, -1, V, 2**31 - 1])
+def test_invalid_id_raises_wherever_it_is(value: int) -> None:
+    """An invalid id raises in a vector block or in the tail, selected ([MASK]ed) or not."""
+    is_special, pool = vocab_tables()
+    ids = make_batch(2, 70, seed=11)  # blocks at 0 and 32, then a 6-token tail
+    keys = keys_for(0, 0, range(2))
+    for pos in (5, 33, 66):
+        for ratio in (0.0, 1.0):  # at ratio 1 every token is selected, most are [MASK]ed
+            bad = ids.copy()
+            bad[1, pos] = value
+            with pytest.raises(ValueError, match="outside"):
+                run_kernel(bad, keys, np.full(2, ratio), is_special, pool)
