@@ -184,24 +184,28 @@ class Build:
         return self
 
     def _derive(self) -> None:
+        # Built in locals and assigned at the end: request threads read these while a background
+        # thread re-derives them after an amendment.
         sampler = self.sampler
-        self.version = sampler.journal_version
+        st = sampler._state  # one consistent state for everything below
+        version, plans, recipe, tl = len(st.amendments), st.plans[-1], st.regimes[-1].recipe, st.regimes[-1].timeline
         index = {k: i for i, k in enumerate(sampler.languages)}
-        self.top_masks = []  # per phase: the TOP_GROUP heaviest languages (metrics' "top" group)
-        for plan in sampler.plans:
+        top_masks = []  # per phase: the TOP_GROUP heaviest languages (metrics' "top" group)
+        for plan in plans:
             mask = np.zeros(len(sampler.languages), np.bool_)
             heavy = plan.table.sort("weight", descending=True)["language"].head(TOP_GROUP).to_list()
             mask[[index[k] for k in heavy]] = True
-            self.top_masks.append(mask)
-        self.labels = [p.label for p in sampler.recipe.phases]
-        tl = sampler.timeline
+            top_masks.append(mask)
         ends = list(tl.tokens_start[1:]) + [tl.total_tokens]
-        self.plans_json = [_plan_json(p, int(b - a)) for p, a, b in zip(sampler.plans, tl.tokens_start, ends)]
-        self.mixture_json = {p.phase.name: _mixture_json(p) for p in sampler.plans}
-        t0 = sampler.regimes[0].timeline  # the recipe's own timeline: what each phase would have served
+        plans_json = [_plan_json(p, int(b - a)) for p, a, b in zip(plans, tl.tokens_start, ends)]
+        mixture_json = {p.phase.name: _mixture_json(p) for p in plans}
+        t0 = st.regimes[0].timeline  # the recipe's own timeline: what each phase would have served
         ends0 = list(t0.tokens_start[1:]) + [t0.total_tokens]
-        self.original_json = ([_plan_json(p, int(b - a)) for p, a, b in zip(self.original_plans, t0.tokens_start, ends0)]
-                              if self.version else None)
+        original_json = ([_plan_json(p, int(b - a)) for p, a, b in zip(self.original_plans, t0.tokens_start, ends0)]
+                         if version else None)
+        self.top_masks, self.labels = top_masks, [p.label for p in recipe.phases]
+        self.plans_json, self.mixture_json, self.original_json = plans_json, mixture_json, original_json
+        self.version = version
 
     def consumed(self, step: int) -> list[int]:
         """Tokens of each phase served through global `step` (the schedule's own token count)."""
@@ -230,8 +234,12 @@ class Service:
         self.failed_shards: dict[str, str] = {}
         self.started = time.time()
         self.amend_token = settings.amend_token_value.encode() if settings.amend_token_value else None
-        self.live = Live(getattr(sampler, "journal", None), self.samplers)
+        self.live = Live(getattr(sampler, "journal", None), self.samplers, self.refresh_builds)
         self.policy = None
+
+    def refresh_builds(self) -> None:
+        for b in list(self._builds.values()):
+            b.refresh()
 
     def samplers(self) -> list[Sampler]:
         """Every Sampler this process serves (the default and the variants built so far)."""
@@ -343,7 +351,6 @@ class Service:
         md = wire.batch_metadata(b.build_id, b.info, b.rank, b.world_size, run_id=build.sampler.run_id,
                                  journal_version=b.journal_version)
         enc = wire.encode_batch(b, md, self.dictionary, labels=labels, compression=compression)
-        build.refresh()
         p = b.info.phase_index
         self.metrics.observe_batch(build.labels[p], build.top_masks[p], b.lang, b.info.seq_len, time.perf_counter() - t0)
         return enc

@@ -14,6 +14,7 @@ amendment's `from_step` with the bytes of the run without it.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -27,6 +28,8 @@ from sampler_server.sampler import Sampler
 log = logging.getLogger("sampler_server.live")
 
 APPLY_WAIT = 0.25  # seconds a request waits for an in-progress journal apply before a 503
+WARM_STEPS = 64  # `warm`: start on the next phase's stream bases this many steps before it (at least)
+WARM_FRACTION = 0.02  # ... or this fraction of the phase, if longer
 
 
 class Behind(Exception):
@@ -44,13 +47,20 @@ class JournalBroken(Exception):
 class Live:
     """One server process's view of the journal; `samplers()` lists every build to keep amended."""
 
-    def __init__(self, journal: Journal | None, samplers: Callable[[], list[Sampler]]):
+    def __init__(self, journal: Journal | None, samplers: Callable[[], list[Sampler]],
+                 on_applied: Callable[[], None] | None = None):
         self.journal = journal
         self._samplers = samplers
+        self._on_applied = on_applied
+        self._preparing: threading.Thread | None = None
+        self._prepare_again = False
+        self._warm_phases: set[int] = set()
+        self._warmed: set[tuple[int, int]] = set()
+        self.prepare_seconds: float | None = None
         self._lock = threading.Lock()  # one journal apply at a time
+        self._lock_prepare = threading.Lock()
         self.served = -1  # this replica's watermark (published)
         self.error: str | None = None  # the journal cannot be applied: serving past it is refused
-        self.applied_at: list[float] = []  # monotonic time each journal version was applied
         self.apply_seconds: float | None = None
 
     @property
@@ -78,6 +88,55 @@ class Live:
         self.error = None
         self.apply_seconds = time.perf_counter() - t0
         log.info("journal version %d applied in %.3f s", len(entries), self.apply_seconds)
+        self.prepare_in_background()
+
+    def prepare_in_background(self, phase: int | None = None) -> None:
+        """Off the request path: refresh what the dashboard derives from the plans and, with
+        `phase`, compute the stream bases of that phase's first piece (see `warm`)."""
+        with self._lock_prepare:
+            if phase is not None:
+                self._warm_phases.add(phase)
+            if self._preparing is not None and self._preparing.is_alive():
+                self._prepare_again = True
+                return
+            self._preparing = threading.Thread(target=self._prepare, name="journal-prepare", daemon=True)
+            self._preparing.start()
+
+    def _prepare(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            with self._lock_prepare:
+                phases = sorted(self._warm_phases)
+                self._warm_phases.clear()
+            try:
+                if self._on_applied is not None:
+                    self._on_applied()
+                for s in self._samplers():
+                    for p in phases:
+                        s.prepare(p)
+            except Exception:  # noqa: BLE001 - a failure here only costs the first request its walk
+                log.exception("preparing the amended run failed")
+            self.prepare_seconds = time.perf_counter() - t0
+            with self._lock_prepare:
+                if not self._prepare_again:
+                    self._preparing = None
+                    return
+                self._prepare_again = False
+
+    def warm(self, step: int, timeline) -> None:
+        """As the run nears the end of a phase (its last WARM_FRACTION, at least WARM_STEPS
+        steps), compute the next phase's stream bases in the background: after an amendment, a
+        replica that did not serve the rest of the amended piece (restarted, added later) would
+        otherwise walk it, up to ~10^9 sequences, on the first request of the next phase."""
+        p = bisect.bisect_right(timeline.phase_start, step) - 1
+        if p + 1 >= len(timeline.phase_start):
+            return
+        nxt = timeline.phase_start[p + 1]
+        span = max(WARM_STEPS, int(WARM_FRACTION * (nxt - timeline.phase_start[p])))
+        key = (self.version, p + 1)
+        if nxt - span <= step < nxt and key not in self._warmed:
+            self._warmed.add(key)
+            self.prepare_in_background(p + 1)
 
     def sync(self) -> bool:
         """Apply journal changes (poller and admissions); True when something changed."""
@@ -106,6 +165,8 @@ class Live:
             if changed or self.error is not None or any(s.journal_version != self.journal.version for s in self._samplers()):
                 self._apply()
             self.served = max(self.served, step)
+            if self.version:
+                self.warm(step, self._samplers()[0].timeline)
         finally:
             self._lock.release()
 

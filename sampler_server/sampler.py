@@ -15,6 +15,7 @@ one reference assignment; a batch in flight finishes on the state it started wit
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import threading
 from dataclasses import dataclass
@@ -78,13 +79,10 @@ class _State:
         self.amendments, self.regimes, self.build_ids = amendments, regs, build_ids
         self.plans, self.segments = plans, segments
         self.bases: dict[tuple[int, int], np.ndarray] = {}
-        self.lock = threading.Lock()
+        self._starts = [r.from_step for r in regs]
 
     def regime_index(self, step: int) -> int:
-        k = 0
-        while k + 1 < len(self.regimes) and self.regimes[k + 1].from_step <= step:
-            k += 1
-        return k
+        return max(0, bisect.bisect_right(self._starts, step) - 1)
 
 
 class Sampler:
@@ -224,8 +222,15 @@ class Sampler:
             raise AmendmentError(f"the amended recipe cannot be planned on this manifest: {exc}") from None
         if dry_run:
             return None  # type: ignore[return-value]
-        build_ids = [self.run_id if r.applied == 0 else hashlib.sha256(
-            (self.run_id + "".join(a.digest() for a in amendments[: r.applied])).encode()).hexdigest()[:16] for r in regs]
+        # build id of regime k = sha256(run id + digests of its journal prefix), hashed
+        # incrementally: O(journal) for the whole journal, not O(journal^2).
+        h = hashlib.sha256(self.run_id.encode())
+        build_ids, done = [], 0
+        for r in regs:
+            for a in amendments[done : r.applied]:
+                h.update(a.digest().encode())
+            done = r.applied
+            build_ids.append(self.run_id if r.applied == 0 else h.copy().hexdigest()[:16])
         segments = [self._make_segments(phase_pieces(regs, plans, p)) for p in range(len(regs[-1].recipe.phases))]
         return _State(amendments, regs, build_ids, plans, segments)
 
@@ -311,6 +316,34 @@ class Sampler:
                     progress(p, s)
         return {"seconds": time.perf_counter() - t0, "bytes": total, "files": len(files)}
 
+    def prepare(self, phase: int | None = None) -> float:
+        """Compute the stream bases through the first piece of `phase` (default: every piece),
+        walking the blends before it to their ends, and, with `index_dir`, save the checkpoints
+        of the walked blends that have no (long enough) index file yet, so that a restarted or
+        added replica attaches them instead of walking. Meant for a background thread as a run
+        nears a phase boundary (see sampler_server.live). Returns the seconds it took."""
+        import os
+        import time
+
+        t0 = time.perf_counter()
+        st = self._state
+        order = [(p, s) for p, segs in enumerate(st.segments) for s in range(len(segs))]
+        target = order[-1] if phase is None else next(((p, s) for p, s in order if p >= phase), order[-1])
+        self._base(st, *target)
+        if self.index_dir is not None:
+            self.index_dir.mkdir(parents=True, exist_ok=True)
+            for p, s in order[: order.index(target)]:
+                segm = st.segments[p][s]
+                path = self._index_path(segm.blend)
+                rows = (segm.stop - segm.start) // segm.blend.chunk + 1
+                if path.exists() and np.load(path, mmap_mode="r").shape[0] >= rows:
+                    continue
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
+                np.save(tmp, segm.blend.checkpoint_matrix(segm.stop - segm.start))
+                os.replace(tmp, path)
+                segm.blend.attach(np.load(path, mmap_mode="r"))
+        return time.perf_counter() - t0
+
     # -- schedule -------------------------------------------------------------------------
 
     def schedule(self, step: int) -> StepInfo:
@@ -331,27 +364,30 @@ class Sampler:
     # -- stream positions -----------------------------------------------------------------
 
     def _base(self, st: _State, phase: int, seg: int) -> np.ndarray:
-        """Tokens each language served before piece `seg` of `phase` (int64[K])."""
-        hit = st.bases.get((phase, seg))  # lock-free once computed: requests never queue behind a walk
+        """Tokens each language served before piece `seg` of `phase` (int64[K]).
+
+        Walks on from the latest base known before the piece. No lock: a base is a pure function
+        of the state, so two threads racing compute the same array, and a long walk (an amended
+        blend to the end of its phase, in `prepare`'s background thread) never blocks a request
+        that needs an earlier base."""
+        key = (phase, seg)
+        hit = st.bases.get(key)
         if hit is not None:
             return hit
-        with st.lock:
-            key = (phase, seg)
-            if key in st.bases:
-                return st.bases[key]
-            order = [(p, s) for p in range(len(st.segments)) for s in range(len(st.segments[p]))]
-            cur = np.zeros(len(self.languages), np.int64)
-            for p, s in order:
-                if (p, s) in st.bases:
-                    cur = st.bases[(p, s)]
-                else:
-                    st.bases[(p, s)] = cur
-                if (p, s) == key:
-                    return cur
-                segm = st.segments[p][s]
-                cur = cur.copy()
-                cur[segm.lang] += segm.blend.counts_at(segm.stop - segm.start) * st.regimes[-1].recipe.phases[p].seq_len
-            raise AssertionError("unreachable")
+        order = [(p, s) for p in range(len(st.segments)) for s in range(len(st.segments[p]))]
+        at = order.index(key)
+        first = next((i for i in range(at, -1, -1) if order[i] in st.bases), None)
+        if first is None:
+            first = 0
+            st.bases.setdefault(order[0], np.zeros(len(self.languages), np.int64))
+        cur = st.bases[order[first]]
+        for i in range(first, at):
+            p, s = order[i]
+            segm = st.segments[p][s]
+            nxt = cur.copy()
+            nxt[segm.lang] += segm.blend.counts_at(segm.stop - segm.start) * st.regimes[-1].recipe.phases[p].seq_len
+            cur = st.bases.setdefault(order[i + 1], nxt)
+        return cur
 
     def consumed_tokens(self, step: int) -> np.ndarray:
         """Tokens of each language served before `step` (int64[K])."""

@@ -232,3 +232,21 @@ def test_invalid_requests_do_not_raise_the_watermark(manifest, recipe):
         assert c.get("/v1/amendments").json()["earliest_from_step"] == 0
         r = c.post("/v1/amendments", json={"from_step": 30, "changes": {"pretrain": {"tau": 0.3}}}, headers=AUTH)
         assert r.status_code == 201, r.text
+
+
+def test_nearing_a_phase_boundary_warms_the_next_phase_in_the_background(manifest, recipe):
+    with client(manifest, recipe) as c:
+        assert c.post("/v1/amendments", json={"from_step": 20, "changes": {"pretrain": {"tau": 0.2}}},
+                      headers=AUTH).status_code == 201
+        svc = c.app.state.service
+        st = svc.sampler._state
+        midtrain_first = (1, 0)
+        assert midtrain_first not in st.bases
+        fetch(c, 21)  # within the last 64 steps of pretrain (it has 40): the next phase is warmed
+        for _ in range(200):
+            if midtrain_first in st.bases:
+                break
+            threading.Event().wait(0.02)
+        assert midtrain_first in st.bases
+        amended = reference(manifest, Journal(journal_beside(recipe)).entries)
+        assert np.array_equal(st.bases[midtrain_first], amended.consumed_tokens(40))

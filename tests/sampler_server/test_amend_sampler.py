@@ -162,3 +162,20 @@ def test_amendment_that_cannot_be_planned_is_refused(corpus):
     with pytest.raises(AmendmentError):
         live.amend([bad])
     assert live.journal_version == 0
+
+
+def test_prepare_walks_amended_blends_and_persists_their_index(corpus, amended, AMEND, tmp_path):
+    s = Sampler(corpus, parse_recipe(SCALED_MMBERT), seed=11, chunk=16, block_tokens=4096, amendments=[AMEND],
+                index_dir=tmp_path / "index")
+    s.prepare()
+    st = s._state
+    assert all((p, i) in st.bases for p, segs in enumerate(st.segments) for i in range(len(segs)))
+    walked = [sg for segs in st.segments for sg in segs][:-1]  # the last piece is never walked to its end
+    files = sorted((tmp_path / "index").glob("blend-*.npy"))
+    assert len(files) == len({id(sg.blend) for sg in walked})
+    again = Sampler(corpus, parse_recipe(SCALED_MMBERT), seed=11, chunk=16, block_tokens=4096, amendments=[AMEND],
+                    index_dir=tmp_path / "index")
+    pieces = [sg for segs in again._state.segments for sg in segs]
+    assert all(sg.blend._matrix is not None for sg in pieces[:-1])  # attached: a restart does not walk them
+    for step in (S, 41, 57):
+        assert same(again.batch(step), amended.batch(step))
