@@ -218,12 +218,15 @@ class Regime:
     timeline: Timeline
 
 
-def regimes(recipe: Recipe, amendments: list[Amendment]) -> list[Regime]:
+def regimes(recipe: Recipe, amendments: list[Amendment], prior: list[Regime] | None = None) -> list[Regime]:
     """One regime per distinct `from_step` (the first from step 0, the recipe itself). Raises
-    AmendmentError when an entry cannot apply or starts before the previous one."""
-    out = [Regime(0, 0, recipe, Timeline(recipe))]
-    cur = recipe
-    for n, a in enumerate(amendments, 1):
+    AmendmentError when an entry cannot apply or starts before the previous one.
+
+    `prior`: the regimes of a prefix of `amendments` (of the same recipe), continued from
+    instead of re-applying that prefix: a growing journal costs O(new entries) per extension."""
+    out = list(prior) if prior else [Regime(0, 0, recipe, Timeline(recipe))]
+    cur = out[-1].recipe
+    for n, a in enumerate(amendments[out[-1].applied :], out[-1].applied + 1):
         last = out[-1]
         if a.from_step < last.from_step:
             raise AmendmentError(

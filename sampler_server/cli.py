@@ -45,7 +45,7 @@ def serve(
                                               "(default: --token) (env SAMPLER_AMEND_TOKEN)."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Feedback policy: none (default) or loss-balance "
                                          "(amends the mixture from reported per-language loss)."),
-    policy_every: Optional[int] = typer.Option(None, "--policy-every", help="Steps between policy amendments (default 20)."),
+    policy_every: Optional[int] = typer.Option(None, "--policy-every", help="Steps between policy amendments (default 200)."),
     policy_lookahead: Optional[int] = typer.Option(None, "--policy-lookahead", help="Steps ahead of the served "
                                                    "watermark a policy amendment starts (default 8)."),
 ) -> None:

@@ -215,9 +215,14 @@ class Sampler:
         return hit
 
     def _make_state(self, amendments: tuple[Amendment, ...], dry_run: bool = False) -> _State:
-        regs = regimes(self.base_recipe, list(amendments))
+        old = getattr(self, "_state", None)
+        # Extend the current regimes when the journal extends the one applied (the usual case).
+        prior = old.regimes if old is not None and amendments[: len(old.amendments)] == old.amendments else None
+        regs = regimes(self.base_recipe, list(amendments), prior)
         try:
-            plans = [[self._plan(ph, i, r.timeline) for i, ph in enumerate(r.recipe.phases)] for r in regs]
+            known = {id(r): row for r, row in zip(old.regimes, old.plans)} if prior else {}
+            plans = [known.get(id(r)) or [self._plan(ph, i, r.timeline) for i, ph in enumerate(r.recipe.phases)]
+                     for r in regs]
         except (CurriculumError, ValueError) as exc:
             raise AmendmentError(f"the amended recipe cannot be planned on this manifest: {exc}") from None
         if dry_run:

@@ -48,7 +48,7 @@ class ServerSettings(BaseSettings):
     journal_poll: Annotated[float, Field(gt=0, le=3600, description="seconds between journal checks")] = 1.0
     policy: Literal["none", "loss-balance"] = Field(default="none", description="feedback policy that amends the "
                                                      "mixture from reported per-language loss")
-    policy_every: Annotated[int, Field(ge=1, description="steps between policy amendments")] = 20
+    policy_every: Annotated[int, Field(ge=1, description="steps between policy amendments")] = 200
     policy_lookahead: Annotated[int, Field(ge=1, description="steps ahead of the served watermark a policy "
                                            "amendment starts")] = 8
     policy_max_change: Annotated[float, Field(gt=0, le=1, description="largest relative change of a language's "
