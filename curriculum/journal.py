@@ -46,6 +46,9 @@ class Journal:
         self.watermark_path = self.path.with_name(self.path.name + ".watermark")
         self.entries: list[Amendment] = []
         self._sig: tuple | None = None
+        self._offset = 0  # bytes of complete lines read
+        self._lines = 0
+        self._tail = b""  # the last (up to) 4 KiB before _offset
         self.refresh()
 
     @property
@@ -63,30 +66,61 @@ class Journal:
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def refresh(self) -> bool:
-        """Re-read the file if it changed since the last read; True when it did."""
+        """Re-read the file if it changed since the last read; True when it did. An append
+        (same file, grown) is read from where the last read stopped: O(new lines)."""
         sig = self._signature()
         if sig == self._sig:
             return False
-        self.entries = self.read()
+        old = self._sig
+        if old is not None and sig is not None and sig[0] == old[0] and sig[1] >= self._offset and self._tail_intact():
+            new, self._offset, self._lines = self._parse(self._offset, self._lines)
+            self.entries = [*self.entries, *new]
+        else:  # a new file, or one edited rather than appended to: read it all
+            self.entries, self._offset, self._lines = self._parse(0, 0)
         self._sig = sig
         return True
 
+    def _tail_intact(self) -> bool:
+        """The last line read is still where it was (cheap guard against an in-place edit)."""
+        if self._offset == 0:
+            return True
+        start = max(0, self._offset - 4096)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(start)
+                return f.read(self._offset - start) == self._tail
+        except FileNotFoundError:
+            return False
+
     def read(self) -> list[Amendment]:
         """Every complete entry; a bad line is an AmendmentError naming file and line."""
+        return self._parse(0, 0)[0]
+
+    def _parse(self, offset: int, lines_before: int) -> tuple[list[Amendment], int, int]:
+        """Complete entries from byte `offset` on, the offset after the last complete line, and
+        the number of lines up to it."""
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
         except FileNotFoundError:
-            return []
+            return [], 0, 0
+        end = data.rfind(b"\n") + 1  # a last piece without its newline is torn (or being written)
         out = []
-        lines = data.split(b"\n")
-        for n, line in enumerate(lines[:-1], 1):  # the last piece has no newline: empty or torn
+        lines = data[:end].split(b"\n")[:-1]
+        for n, line in enumerate(lines, lines_before + 1):
             if not line.strip():
                 continue
             try:
                 out.append(parse_amendment(line, f"journal {self.path}, line {n}"))
             except AmendmentError as exc:
                 raise AmendmentError(f"{exc}; fix or remove that line (the journal is plain JSONL)", exc.fields) from None
-        return out
+        new_offset = offset + end
+        if end:  # remember the bytes before the new offset, for `_tail_intact`
+            start = max(0, new_offset - 4096)
+            self._tail = (data[start - offset : end] if start >= offset
+                          else self._tail[len(self._tail) - (offset - start):] + data[:end])
+        return out, new_offset, lines_before + len(lines)
 
     # -- the lock and the watermark --------------------------------------------------------
 

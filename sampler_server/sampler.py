@@ -75,8 +75,9 @@ class _State:
     pieces. Immutable once made (batches read one state start to end); `bases` fills lazily."""
 
     def __init__(self, amendments: tuple[Amendment, ...], regs: list[Regime], build_ids: list[str],
-                 plans: list[list[PhasePlan]], segments: list[list[_Segment]]):
+                 plans: list[list[PhasePlan]], segments: list[list[_Segment]], hasher):
         self.amendments, self.regimes, self.build_ids = amendments, regs, build_ids
+        self.hasher = hasher  # sha256(run id + every entry's digest): extended by the next amendment
         self.plans, self.segments = plans, segments
         self.bases: dict[tuple[int, int], np.ndarray] = {}
         self._starts = [r.from_step for r in regs]
@@ -228,16 +229,29 @@ class Sampler:
         if dry_run:
             return None  # type: ignore[return-value]
         # build id of regime k = sha256(run id + digests of its journal prefix), hashed
-        # incrementally: O(journal) for the whole journal, not O(journal^2).
-        h = hashlib.sha256(self.run_id.encode())
-        build_ids, done = [], 0
-        for r in regs:
+        # incrementally, and continued from the applied state when the journal extends it.
+        hasher = old.hasher.copy() if prior else hashlib.sha256(self.run_id.encode())
+        done = len(old.amendments) if prior else 0
+        build_ids = []
+        for i, r in enumerate(regs):
+            if prior and i < len(old.regimes) and r is old.regimes[i]:
+                build_ids.append(old.build_ids[i])  # a regime the new entries left alone
+                continue
             for a in amendments[done : r.applied]:
-                h.update(a.digest().encode())
-            done = r.applied
-            build_ids.append(self.run_id if r.applied == 0 else h.copy().hexdigest()[:16])
-        segments = [self._make_segments(phase_pieces(regs, plans, p)) for p in range(len(regs[-1].recipe.phases))]
-        return _State(amendments, regs, build_ids, plans, segments)
+                hasher.update(a.digest().encode())
+            done = max(done, r.applied)
+            build_ids.append(self.run_id if r.applied == 0 else hasher.copy().hexdigest()[:16])
+        for a in amendments[done:]:
+            hasher.update(a.digest().encode())
+        # Phases before the first new entry's are unchanged: keep their pieces (and blends).
+        first_changed = 0
+        if prior:
+            new_from = amendments[len(old.amendments)].from_step if len(amendments) > len(old.amendments) else None
+            first_changed = (old.regimes[-1].timeline.phase_of(new_from) if new_from is not None
+                             and new_from < old.regimes[-1].timeline.total_steps else len(old.segments))
+        segments = [old.segments[p] if p < first_changed else self._make_segments(phase_pieces(regs, plans, p))
+                    for p in range(len(regs[-1].recipe.phases))]
+        return _State(amendments, regs, build_ids, plans, segments, hasher)
 
     def _make_segments(self, pieces: list[Piece]) -> list[_Segment]:
         out = []

@@ -250,3 +250,18 @@ def test_concurrent_appends_from_two_processes(path, tmp_path):
         assert mine == [f"p{w}-{i:02d}" for i in range(20)]  # each writer's order kept, nothing lost
     j = Journal(path)
     assert j.version == 40 and all(e.from_step == 7 for e in j.entries)
+
+
+def test_refresh_reads_appends_incrementally_and_rereads_an_edited_file(path):
+    j = Journal(path)
+    j.append(A(3, "one"))
+    j.append(A(4, "two"))
+    other = Journal(path)
+    other.append(A(5, "three"))
+    assert j.refresh() and [e.reason for e in j.entries] == ["one", "two", "three"]
+    # An in-place edit (same file, not an append) is noticed and read whole.
+    lines = path.read_bytes().split(b"\n")
+    lines[0] = lines[0].replace(b'"one"', b'"uno"')
+    with open(path, "r+b") as f:
+        f.write(b"\n".join(lines))
+    assert j.refresh() and [e.reason for e in j.entries] == ["uno", "two", "three"]
