@@ -91,12 +91,13 @@ def open_sampler(settings: ServerSettings) -> Sampler:
     (every shard present with its recorded size; every checksum with `verify`); raise
     StartupError listing the problems."""
     try:
-        journal = open_journal(settings.journal, settings.recipe, required=settings.journal is not None)
+        journal = open_journal(settings.journal, settings.recipe, required=settings.journal is not None,
+                               manifest=settings.manifest)
         entries = journal.entries if journal is not None else []
         sampler = make_sampler(settings, settings.manifest, load_recipe(settings.recipe), settings.variant, entries)
     except AmendmentError as exc:
         raise StartupError(f"{exc}; fix the journal or move it aside to serve the recipe unamended") from None
-    except (ValueError, OSError) as exc:  # e.g. a manifest without tokenizer metadata
+    except (ValueError, OSError, CurriculumError) as exc:  # e.g. a manifest without tokenizer metadata
         raise StartupError(str(exc)) from None
     sampler.journal = journal
     m = sampler.manifest
@@ -396,10 +397,11 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     sampler = sampler if sampler is not None else open_sampler(settings)
     if not hasattr(sampler, "journal"):  # a Sampler made by the caller: attach the journal here
         try:
-            sampler.journal = open_journal(settings.journal, settings.recipe, required=settings.journal is not None)
+            sampler.journal = open_journal(settings.journal, settings.recipe, required=settings.journal is not None,
+                                           manifest=settings.manifest)
             if sampler.journal is not None and sampler.journal.entries:
                 sampler.amend(sampler.journal.entries)
-        except (AmendmentError, OSError) as exc:
+        except (CurriculumError, OSError) as exc:
             raise StartupError(str(exc)) from None
     svc = Service(settings, sampler, load_recipe(settings.recipe))
     if settings.policy != "none":

@@ -39,8 +39,9 @@ def serve(
     progress_log: Optional[Path] = typer.Option(None, "--progress-log", help="JSONL file keeping trainer progress across restarts."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Phase variant served by default (requests may name another)."),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log", help="uvicorn access log (default on)."),
-    journal: Optional[Path] = typer.Option(None, "--journal", help="Amendment journal shared by the replicas "
-                                           "(default: <recipe>.amendments.jsonl) (env SAMPLER_JOURNAL)."),
+    journal: Optional[str] = typer.Option(None, "--journal", help="Amendment journal shared by the replicas: a file "
+                                          "(default: <recipe>.amendments.jsonl) or s3://bucket/key (default for a "
+                                          "remote manifest) (env SAMPLER_JOURNAL)."),
     amend_token: Optional[str] = typer.Option(None, "--amend-token", help="Bearer token for POST /v1/amendments "
                                               "(default: --token) (env SAMPLER_AMEND_TOKEN)."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Feedback policy: none (default) or loss-balance "

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from curriculum.amend import Amendment, AmendmentError, resolve_current
 from curriculum.journal import Journal
@@ -222,11 +223,21 @@ class Live:
         }
 
 
-def open_journal(path: Path | None, recipe: Path, *, required: bool) -> Journal | None:
-    """The journal at `path` (default: beside the recipe). Without an explicit path, a recipe in
-    a read-only directory runs without live amendments (logged)."""
+def open_journal(path: str | Path | None, recipe: Path, *, required: bool, manifest: object = None):
+    """The journal at `path`: a file (default: beside the recipe) or an `s3://` object (default
+    when the manifest is remote: `<manifest>/<recipe stem>.amendments.json`, shared by replicas
+    on any host). Without an explicit path, a recipe in a read-only directory runs without live
+    amendments (logged)."""
+    from curriculum import storage
     from curriculum.journal import journal_beside
 
+    if path is None and manifest is not None and storage.is_remote(str(manifest)):
+        parts = urlsplit(str(manifest))
+        path = urlunsplit(parts._replace(path=parts.path.rstrip("/") + f"/{Path(recipe).stem}.amendments.json"))
+    if path is not None and str(path).startswith("s3://"):
+        from curriculum.journal_s3 import ObjectJournal
+
+        return ObjectJournal(str(path))
     target = Path(path) if path is not None else journal_beside(recipe)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -41,8 +41,9 @@ class ServerSettings(BaseSettings):
     index_dir: Path | None = Field(default=None, description="directory of persisted blend indexes (`Sampler.index_dir`)")
     prefetch: Annotated[int, Field(ge=0, le=16, description="batches /v1/stream assembles ahead of the one it sends")] = 2
     warmup: bool = Field(default=True, description="assemble step 0 at start-up (loads kernels, opens its shards)")
-    journal: Path | None = Field(default=None, description="amendment journal (default: <recipe>.amendments.jsonl "
-                                 "beside the recipe; shared by every replica)")
+    journal: Annotated[str | None, BeforeValidator(lambda v: str(v) if isinstance(v, os.PathLike) else v)] = Field(
+        default=None, description="amendment journal shared by every replica: a file (default: "
+        "<recipe>.amendments.jsonl beside the recipe) or s3://bucket/key (default for a remote manifest)")
     amend_token: SecretStr | None = Field(default=None, description="bearer token for POST /v1/amendments "
                                           "(default: --token); amendments are refused when neither is set")
     journal_poll: Annotated[float, Field(gt=0, le=3600, description="seconds between journal checks")] = 1.0

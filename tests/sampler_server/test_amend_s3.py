@@ -1,0 +1,94 @@
+"""The amendment journal as one S3 object (conditional writes), on moto's server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import SCALED_MMBERT
+from curriculum.amend import AmendmentConflict, AmendmentError, parse_amendment
+from curriculum.journal_s3 import ObjectJournal
+from sampler_server.app import create_app
+from test_amend_http import AUTH, TOKEN, fetch, reference
+from test_app import make_corpus, same, settings_for, write_recipe
+
+
+def A(step: int, reason: str = ""):
+    return parse_amendment({"from_step": step, "changes": {"pretrain": {"tau": 0.4}}, "reason": reason})
+
+
+@pytest.fixture
+def uri(s3) -> str:
+    return s3.uri(f"journals/{uuid.uuid4().hex[:8]}/run.amendments.json")
+
+
+def test_object_journal_appends_publishes_and_refuses_like_the_file_journal(s3, uri):
+    a, b = ObjectJournal(uri), ObjectJournal(uri)
+    assert a.entries == [] and a.watermark() == -1 and a.earliest_step() == 0
+    a.append(A(5, "one"))
+    assert b.refresh() and [e.reason for e in b.entries] == ["one"] and b.entries[0].created_at is not None
+    assert not b.refresh()
+    assert b.publish(9) is False and a.watermark() == 9 and a.publish(3) is False and b.watermark() == 9
+    body = s3.client.get_object(Bucket=s3.bucket, Key=a.key)["Body"].read()
+    with pytest.raises(AmendmentConflict) as exc:
+        a.append(A(9))
+    assert exc.value.earliest == 10
+
+    def refuse(entries):
+        raise AmendmentError("no")
+
+    with pytest.raises(AmendmentError):
+        a.append(A(12), refuse)
+    assert s3.client.get_object(Bucket=s3.bucket, Key=a.key)["Body"].read() == body  # untouched by refusals
+    b.append(A(12, "two"))
+    assert a.publish(13) is True and [e.reason for e in a.entries] == ["one", "two"]  # saw b's entry
+
+
+def test_concurrent_appends_all_land_through_conditional_writes(uri):
+    writers = [ObjectJournal(uri) for _ in range(3)]
+    errors = []
+
+    def run(j: ObjectJournal, name: str) -> None:
+        try:
+            for i in range(6):
+                j.append(A(20, f"{name}{i}"))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(j, n)) for j, n in zip(writers, "xyz")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    reasons = [e.reason for e in ObjectJournal(uri).entries]
+    assert sorted(reasons) == sorted(f"{n}{i}" for n in "xyz" for i in range(6))
+    for n in "xyz":  # each writer's own order is kept
+        mine = [r for r in reasons if r[0] == n]
+        assert mine == sorted(mine)
+
+
+def test_two_replicas_share_an_object_journal(tmp_path, uri):
+    manifest = make_corpus(tmp_path / "m")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ra = write_recipe(tmp_path / "a" / "run.toml", SCALED_MMBERT)  # different hosts: no shared files
+    rb = write_recipe(tmp_path / "b" / "run.toml", SCALED_MMBERT)
+    base = reference(manifest)
+    mk = lambda r: TestClient(create_app(settings_for(manifest, r, amend_token=TOKEN, warmup=False,  # noqa: E731
+                                                      journal=uri, journal_poll=3600)))
+    with mk(ra) as a, mk(rb) as b:
+        fetch(b, 10)
+        r = a.post("/v1/amendments", json={"from_step": 10, "changes": {"pretrain": {"tau": 0.1}}}, headers=AUTH)
+        assert r.status_code == 409 and r.json()["earliest_from_step"] == 11  # b's fetch counts
+        assert a.post("/v1/amendments", json={"from_step": 15, "changes": {"pretrain": {"tau": 0.1}}},
+                      headers=AUTH).status_code == 201
+        amended = reference(manifest, ObjectJournal(uri).entries)
+        for step in (12, 15, 30):  # b never polled: it publishes and applies on demand
+            w = fetch(b, step)
+            assert same(w, amended.batch(step)) and (step >= 15 or same(w, base.batch(step)))
+        assert b.get("/v1/amendments").json()["journal"].startswith("s3://")
+        assert not (tmp_path / "a" / "run.amendments.jsonl").exists()
