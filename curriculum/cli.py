@@ -67,13 +67,13 @@ def _change_text(field: str, value: object) -> str:
     return f"{field}={value}"
 
 
-def _plan_amended(rec, man, recipe_path: Path, journal: Path, variant: Optional[str], as_json: bool, top: int) -> None:
+def _plan_amended(rec, man, recipe_path: Path, journal: str, variant: Optional[str], as_json: bool, top: int) -> None:
     """`plan --journal`: per phase, each language's share of the original and the amended run."""
     from curriculum.amend import phase_allotments, plan_regimes, regimes
-    from curriculum.journal import Journal, journal_beside
+    from curriculum.journal import journal_beside, open_any
 
     path = journal_beside(recipe_path) if str(journal) == "-" else journal
-    entries = Journal(path).entries
+    entries = open_any(path).entries
     regs = regimes(rec.resolve(variant), entries)
     plans = plan_regimes(regs, man)
     orig = plan_regimes(regs[:1], man)
@@ -119,7 +119,8 @@ def amend(
                                    "max_epochs=3, mask_ratio=0.1, <phase>.tokens=5e9 (a phase prefix targets "
                                    "a later phase)."),
     reason: str = typer.Option("", "--reason", help="Why (kept in the journal)."),
-    journal: Optional[Path] = typer.Option(None, "--journal", help="Journal file (default: <recipe>.amendments.jsonl)."),
+    journal: Optional[str] = typer.Option(None, "--journal", help="Journal: a file (default: <recipe>.amendments.jsonl) "
+                                          "or s3://bucket/key?... (the servers' --journal)."),
     manifest: Optional[str] = typer.Option(None, "--manifest", help="Check that the amended run can be planned on "
                                            "this manifest (recommended)."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Phase variant the run serves."),
@@ -127,11 +128,11 @@ def amend(
 ) -> None:
     """Append an amendment to a run's journal: the curriculum changes from --from-step on."""
     from curriculum.amend import Amendment, parse_amendment, parse_sets, plan_regimes, regimes, resolve_current
-    from curriculum.journal import Journal, journal_beside
+    from curriculum.journal import journal_beside, open_any
     from curriculum.recipe import load_recipe
 
     rec = load_recipe(recipe).resolve(variant)
-    j = Journal(journal or journal_beside(recipe))
+    j = open_any(journal or journal_beside(recipe))
     changes = parse_sets(sets, [p.name for p in rec.phases])
     a: Amendment = parse_amendment({"from_step": from_step, "changes": changes, "reason": reason, "source": "cli"},
                                    "--set")
@@ -171,8 +172,8 @@ def plan(
     compare: Optional[Path] = typer.Option(
         None, "--compare", help="A published per-language token table (CSV: language,<phase>,...) to hold the plan against."
     ),
-    journal: Optional[Path] = typer.Option(
-        None, "--journal", help="Amendment journal: show the amended plan beside the original ('-': the default "
+    journal: Optional[str] = typer.Option(
+        None, "--journal", help="Amendment journal (a file or s3://...): show the amended plan beside the original ('-': the default "
         "<recipe>.amendments.jsonl)."
     ),
     variant: Optional[str] = typer.Option(None, "--variant", help="With --journal: the phase variant the run serves."),

@@ -31,6 +31,15 @@ from curriculum.amend import Amendment, AmendmentConflict, AmendmentError, parse
 SUFFIX = ".amendments.jsonl"
 
 
+def open_any(location: str | Path):
+    """A journal by location: `s3://bucket/key?...` (curriculum.journal_s3) or a file."""
+    if str(location).startswith("s3://"):
+        from curriculum.journal_s3 import ObjectJournal
+
+        return ObjectJournal(str(location))
+    return Journal(location)
+
+
 def journal_beside(recipe: str | Path) -> Path:
     """The default journal path of a recipe: `mmbert.toml` → `mmbert.amendments.jsonl`."""
     p = Path(recipe)

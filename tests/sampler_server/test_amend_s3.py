@@ -92,3 +92,19 @@ def test_two_replicas_share_an_object_journal(tmp_path, uri):
             assert same(w, amended.batch(step)) and (step >= 15 or same(w, base.batch(step)))
         assert b.get("/v1/amendments").json()["journal"].startswith("s3://")
         assert not (tmp_path / "a" / "run.amendments.jsonl").exists()
+
+
+def test_cli_amends_and_plans_an_object_journal(tmp_path, uri):
+    from conftest import run_cli
+
+    manifest = make_corpus(tmp_path / "m")
+    recipe = write_recipe(tmp_path / "run.toml", SCALED_MMBERT)
+    r = run_cli("amend", str(recipe), "--from-step", "12", "--set", "tau=0.3", "--journal", uri, "--manifest", str(manifest))
+    assert r.returncode == 0, r.stderr
+    assert [e.from_step for e in ObjectJournal(uri).entries] == [12]
+    r = run_cli("plan", str(recipe), "--manifest", str(manifest), "--journal", uri, "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    out = json.loads(r.stdout)
+    assert out["version"] == 1 and out["amendments"][0]["changes"] == {"pretrain": {"tau": 0.3}}
