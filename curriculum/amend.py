@@ -19,6 +19,7 @@ the phase it starts in, so every regime agrees with the ones before it on all st
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from dataclasses import dataclass
@@ -247,13 +248,7 @@ def regimes(recipe: Recipe, amendments: list[Amendment], prior: list[Regime] | N
 
 def regime_at(regs: list[Regime], step: int) -> Regime:
     """The regime in force at `step`."""
-    lo = 0
-    for i, r in enumerate(regs):
-        if r.from_step <= step:
-            lo = i
-        else:
-            break
-    return regs[lo]
+    return regs[max(0, bisect.bisect_right([r.from_step for r in regs], step) - 1)]
 
 
 # -- pieces: what each stretch of a phase blends ---------------------------------------------

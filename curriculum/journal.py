@@ -31,6 +31,21 @@ from curriculum.amend import Amendment, AmendmentConflict, AmendmentError, parse
 SUFFIX = ".amendments.jsonl"
 
 
+def earliest_step(watermark: int, entries: list[Amendment]) -> int:
+    """The smallest `from_step` admissible after `entries` with `watermark` served."""
+    return max(watermark + 1, entries[-1].from_step if entries else 0)
+
+
+def admissible(a: Amendment, watermark: int, entries: list[Amendment]) -> None:
+    """Raise AmendmentConflict (with the earliest allowed step) unless `a` may join `entries`."""
+    earliest = earliest_step(watermark, entries)
+    if a.from_step < earliest:
+        why = (f"step {watermark} has already been served or reported" if watermark + 1 == earliest
+               else f"the journal's last entry starts at step {earliest}")
+        raise AmendmentConflict(
+            f"from_step {a.from_step} is too early: {why}; the earliest allowed from_step is {earliest}", earliest)
+
+
 def open_any(location: str | Path):
     """A journal by location: `s3://bucket/key?...` (curriculum.journal_s3) or a file."""
     if str(location).startswith("s3://"):
@@ -168,8 +183,7 @@ class Journal:
 
     def earliest_step(self) -> int:
         """The smallest `from_step` an amendment may have now."""
-        last = self.entries[-1].from_step if self.entries else 0
-        return max(self.watermark() + 1, last)
+        return earliest_step(self.watermark(), self.entries)
 
     # -- appending ------------------------------------------------------------------------
 
@@ -180,13 +194,7 @@ class Journal:
         a = amendment.stamped()
         with self.locked():
             self.refresh()
-            earliest = self.earliest_step()
-            if a.from_step < earliest:
-                wm = self.watermark()
-                why = (f"step {wm} has already been served or reported" if wm + 1 == earliest
-                       else f"the journal's last entry starts at step {earliest}")
-                raise AmendmentConflict(
-                    f"from_step {a.from_step} is too early: {why}; the earliest allowed from_step is {earliest}", earliest)
+            admissible(a, self.watermark(), self.entries)
             if check is not None:
                 check([*self.entries, a])
             line = (a.model_dump_json(exclude_none=True) + "\n").encode()

@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
-from curriculum.amend import Amendment, AmendmentConflict, AmendmentError, parse_amendment
+from curriculum.amend import Amendment, parse_amendment
 from curriculum.errors import CurriculumError
+from curriculum.journal import admissible, earliest_step
 
 CAS_ATTEMPTS = 64
 
@@ -140,9 +141,7 @@ class ObjectJournal:
         return self._watermark
 
     def earliest_step(self) -> int:
-        wm = self.watermark()
-        last = self.entries[-1].from_step if self.entries else 0
-        return max(wm + 1, last)
+        return earliest_step(self.watermark(), self.entries)
 
     def publish(self, step: int) -> bool:
         def raise_watermark(state: dict) -> bool:
@@ -158,20 +157,11 @@ class ObjectJournal:
 
         def add(state: dict) -> bool:
             entries = self.entries  # adopted from `state` by _cas just before
-            wm = int(state.get("watermark", -1))
-            earliest = max(wm + 1, entries[-1].from_step if entries else 0)
-            if a.from_step < earliest:
-                why = (f"step {wm} has already been served or reported" if wm + 1 == earliest
-                       else f"the journal's last entry starts at step {earliest}")
-                raise AmendmentConflict(
-                    f"from_step {a.from_step} is too early: {why}; the earliest allowed from_step is {earliest}", earliest)
+            admissible(a, int(state.get("watermark", -1)), entries)
             if check is not None:
                 check([*entries, a])
             state["entries"] = [*state.get("entries", []), json.loads(a.model_dump_json(exclude_none=True))]
             return True
 
-        try:
-            self._cas(add)
-        except AmendmentError:
-            raise
+        self._cas(add)
         return a
