@@ -1,5 +1,9 @@
-"""MLM masking throughput: our numba kernel vs HF's DataCollatorForLanguageModeling, plain numpy,
+"""MLM masking throughput: our numba kernels vs HF's DataCollatorForLanguageModeling, plain numpy,
 and memcpy bandwidth, all measured in this run on the same batch shapes.
+
+Two of ours: `mask_tokens` (masking a packed batch in place) and `assemble`, the kernel
+`Sampler.batch` runs: pack every row from a shard's documents (wrapped in [CLS] ... [SEP]),
+mask it, and write cu_seqlens, in one call.
 
     NUMBA_THREADING_LAYER=omp python benchmarks/bench_mask.py [--reps 50] [--big]
 
@@ -25,6 +29,7 @@ os.environ.setdefault("OMP_PROC_BIND", "spread")
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sampler_server.kernels.assemble import RUN_COLUMNS, RUN_SHARD, assemble  # noqa: E402
 from sampler_server.kernels.mask import IGNORE_INDEX, mask_tokens  # noqa: E402
 from sampler_server.kernels.rng import sequence_key  # noqa: E402
 
@@ -42,6 +47,19 @@ def make_batch(B: int, L: int, seed: int = 0) -> np.ndarray:
     ids[:, ::500] = BOS
     ids[:, 499::500] = EOS
     return ids
+
+
+def shard_runs(B: int, L: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """A shard of documents of 498 tokens (500 wrapped) and the runs that pack its stream into
+    B rows of L: (runs table, row_first, the arrays the table points into)."""
+    rng = np.random.default_rng(seed)
+    n_docs = B * L // 500 + 2
+    tokens = rng.integers(len(SPECIAL), VOCAB, size=n_docs * 498, dtype=np.uint32)
+    offsets = np.arange(0, n_docs * 498 + 1, 498, dtype=np.int64)
+    order = rng.permutation(n_docs).astype(np.int32)
+    rows = [(RUN_SHARD, tokens.ctypes.data, offsets.ctypes.data, order.ctypes.data, 0, r * L // 500, r * L % 500, L, 0, 0)
+            for r in range(B)]
+    return np.array(rows, np.uint64).reshape(-1, len(RUN_COLUMNS)), np.arange(B + 1, dtype=np.int64), [tokens, offsets, order]
 
 
 def timed(fn: Callable[[], None], setup: Callable[[], None], reps: int) -> float:
@@ -109,6 +127,15 @@ def bench_shape(B: int, L: int, reps: int, collator) -> dict[str, float]:
         t = timed(lambda: mask_tokens(ids, labels, keys, ratios, is_special, np.int32(MASK), pool), restore, reps)
         out[f"ours, numba, {threads} thread{'s' if threads > 1 else ''}"] = n / t
 
+    runs, row_first, keep = shard_runs(B, L)
+    asm = lambda: assemble(runs, row_first, np.int64(BOS), np.int64(EOS), ids, labels, keys, ratios, is_special, np.int32(MASK), pool)  # noqa: E731
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        asm()
+        t = timed(asm, restore, reps)
+        out[f"ours, pack + mask, {threads} thread{'s' if threads > 1 else ''}"] = n / t
+    del keep
+
     rng = np.random.default_rng(0)
     numpy_generator_mask(ids, is_special, pool, rng)
     t = timed(lambda: numpy_generator_mask(ids, is_special, pool, rng), restore, reps)
@@ -162,15 +189,17 @@ def main() -> None:
         print(f"{name:44s}" + "".join(f"{results[s][name] / 1e6:12.1f}" for s in shapes))
     print("-" * len(header))
     memcpy = "memcpy (np.copyto ids -> labels, int32)"
-    for threads in ("1 thread", "2 threads"):
-        ours = f"ours, numba, {threads}"
-        hf = f"HF torch_mask_tokens, {threads}"
-        for label, peer in (("HF", hf), ("numpy", "numpy (Generator draws)"), ("memcpy, tokens", memcpy)):
-            row = f"ratio ours ({threads}) / {label}"
-            print(f"{row:44s}" + "".join(f"{results[s][ours] / results[s][peer]:12.2f}" for s in shapes))
-        # Bandwidth: the kernel moves 12 bytes a token (read ids, write ids and labels), memcpy 8.
-        row = f"ratio ours ({threads}) / memcpy, bytes/s"
-        print(f"{row:44s}" + "".join(f"{1.5 * results[s][ours] / results[s][memcpy]:12.2f}" for s in shapes))
+    for kind, short in (("numba", "mask"), ("pack + mask", "pack+mask")):
+        for threads in ("1 thread", "2 threads"):
+            ours = f"ours, {kind}, {threads}"
+            hf = f"HF torch_mask_tokens, {threads}"
+            for label, peer in (("HF", hf), ("numpy", "numpy (Generator draws)"), ("memcpy, tokens", memcpy)):
+                row = f"ratio {short} ({threads}) / {label}"
+                print(f"{row:44s}" + "".join(f"{results[s][ours] / results[s][peer]:12.2f}" for s in shapes))
+            # Bandwidth: the kernels move 12 bytes a token (mask: read ids, write ids and labels;
+            # pack + mask: read the shard, write ids and labels), memcpy 8.
+            row = f"ratio {short} ({threads}) / memcpy, bytes/s"
+            print(f"{row:44s}" + "".join(f"{1.5 * results[s][ours] / results[s][memcpy]:12.2f}" for s in shapes))
 
 
 if __name__ == "__main__":

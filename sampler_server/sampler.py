@@ -33,9 +33,9 @@ from curriculum.schedule import StepInfo, Timeline
 from curriculum.shards import open_shard
 from sampler_server.cache import DEFAULT_CACHE_BYTES, ShardCache
 from sampler_server.kernels.blend import BlendIndex, adaptive_chunk
-from sampler_server.kernels.mask import mask_tokens
+from sampler_server.kernels.assemble import RUN_COLUMNS, assemble_runs
 from sampler_server.kernels.rng import sequence_keys
-from sampler_server.streams import DEFAULT_BLOCK_TOKENS, LanguageStream
+from sampler_server.streams import DEFAULT_BLOCK_TOKENS, LanguageStream, Runs
 
 
 @dataclass(frozen=True)
@@ -467,34 +467,32 @@ class Sampler:
         g0, g1 = reg.timeline.rank_slice(info, rank, world_size)
         p, L, n = info.phase_index, info.seq_len, g1 - g0
         langs, starts = self._assign(st, p, g0, g1)
-        input_ids = np.empty((n, L), np.int32)
-        doc_starts = np.empty(L, np.int32)
-        bounds = []
         tok = self.tokenizer
-        for r in range(n):
-            stream = self._streams[langs[r]]
-            m = stream.fill(int(starts[r]), input_ids[r], doc_starts, tok.cls_id, tok.sep_id)
-            row = doc_starts[:m]
-            if m == 0 or row[0] != 0:
-                row = np.concatenate(([0], row))
-            bounds.append(row.astype(np.int64) + r * L)
-        bounds.append(np.array([n * L], np.int64))
-        cu = np.concatenate(bounds).astype(np.int32)
+        runs = Runs()
+        streams = self._streams
+        for r in range(n):  # where each row's tokens live; the kernel copies them
+            streams[langs[r]].add_runs(int(starts[r]), L, runs)
+            runs.end_row()
+        table = np.array(runs.rows, np.uint64).reshape(-1, len(RUN_COLUMNS))
+        row_first = np.array(runs.row_first, np.int64)
 
         phase = reg.recipe.phases[p]
         gs = np.arange(g0, g1, dtype=np.int64)
         keys = np.empty(n, np.uint64)
         sequence_keys(np.uint64(self.seed & 0xFFFFFFFFFFFFFFFF), np.uint64(p), gs, keys)
-        frac = gs / info.phase_sequences
         if isinstance(phase.mask_ratio, float):
             ratios = np.full(n, phase.mask_ratio, np.float64)
         else:  # annealed linearly in the phase, per sequence
+            frac = gs / info.phase_sequences
             ratios = phase.mask_ratio.start + (phase.mask_ratio.end - phase.mask_ratio.start) * frac
+        input_ids = np.empty((n, L), np.int32)
         labels = np.empty((n, L), np.int32)
         prev = numba.get_num_threads()
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # this thread only
         try:
-            mask_tokens(input_ids, labels, keys, ratios, self._is_special, np.int32(tok.mask_id), self._random_pool)
+            cu = assemble_runs(table, row_first, tok.cls_id, tok.sep_id, input_ids, labels, keys,
+                               ratios, self._is_special, tok.mask_id, self._random_pool)
         finally:
             numba.set_num_threads(prev)
+        del runs  # the arrays the runs pointed into may go now
         return Batch(input_ids, labels, cu, langs, info, rank, world_size, st.build_ids[k], len(st.amendments))

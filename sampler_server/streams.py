@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from curriculum.shards import ShardView, open_shard
+from sampler_server.kernels.assemble import RUN_SHARD
 from sampler_server.kernels.pack import copy_run, keyed_permutation
 from sampler_server.kernels.rng import mix64
 
@@ -45,18 +46,41 @@ def _mix(*parts: int) -> np.uint64:
 class _LRU:
     def __init__(self, size: int):
         self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
+        self.last: tuple = (None, None)  # (key, value), one reference: read without the lock
 
     def get(self, key, make):
+        last = self.last
+        if last[0] == key:  # consecutive sequences of a language mostly stay in one block
+            return last[1]
         with self.lock:
             if key in self.data:
                 self.data.move_to_end(key)
-                return self.data[key]
+                value = self.data[key]
+                self.last = (key, value)
+                return value
         value = make()  # pure: computing twice under a race gives the same value
         with self.lock:
             self.data[key] = value
             while len(self.data) > self.size:
                 self.data.popitem(last=False)
+        self.last = (key, value)
         return value
+
+
+class Runs:
+    """Run descriptors of one batch for `assemble` (kernels/assemble.py): one uint64 row per run
+    (columns RUN_COLUMNS), `row_first` the first run of each sequence, and `keep` the arrays the
+    descriptors point into, held until the kernel has returned."""
+
+    __slots__ = ("rows", "row_first", "keep")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, ...]] = []
+        self.row_first: list[int] = [0]
+        self.keep: list[np.ndarray] = []
+
+    def end_row(self) -> None:
+        self.row_first.append(len(self.rows))
 
 
 def cut_blocks(wrapped: np.ndarray, target: int) -> np.ndarray:
@@ -103,6 +127,8 @@ class LanguageStream:
         self._hash = language_key_hash(key)
         self._shards: list[ShardView] | None = None
         self._table: BlockTable | None = None
+        self._stream_len: int | None = None
+        self._addrs: list[tuple[int, int]] = []  # per shard slot: addresses of (tokens, offsets)
         self._lock = threading.Lock()
         self._epochs = _LRU(cache)
         self._blocks = _LRU(cache * 8)
@@ -121,6 +147,12 @@ class LanguageStream:
             table = BlockTable(*(np.concatenate([p[k] for p in parts]) for k in range(4)))
             if table.stream_len == 0:
                 raise ValueError(f"language {self.key}: its shards hold no documents")
+            for view in shards:  # the assembly kernel reads shards through these addresses
+                if view.tokens.dtype != np.uint32 or view.offsets.dtype != np.int64 or not (
+                    view.tokens.flags.c_contiguous and view.offsets.flags.c_contiguous
+                ):
+                    raise ValueError(f"language {self.key}: a shard's arrays are not contiguous uint32 tokens / int64 offsets")
+            self._addrs = [(v.tokens.ctypes.data, v.offsets.ctypes.data) for v in shards]
             self._shards, self._table = shards, table
 
     @property
@@ -131,7 +163,9 @@ class LanguageStream:
 
     @property
     def stream_len(self) -> int:
-        return self.table.stream_len
+        if self._stream_len is None:
+            self._stream_len = self.table.stream_len
+        return self._stream_len
 
     def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(block permutation, cumulative wrapped tokens in that order, length n+1)."""
@@ -146,16 +180,23 @@ class LanguageStream:
 
     def block_order(self, epoch: int, block: int) -> tuple[np.ndarray, np.ndarray]:
         """(shard-local document ids in shuffled order, cumulative wrapped tokens, length n+1)."""
+        docs, dcum, _ = self._block_entry(epoch, block)
+        return docs, dcum
 
+    def _block_entry(self, epoch: int, block: int) -> tuple[np.ndarray, np.ndarray, int]:
         def make():
-            t = self.table
-            n = int(t.ndocs[block])
-            perm = np.empty(n, np.int32)
-            keyed_permutation(n, _mix(self.seed, self._hash, epoch, block + 1), perm)
-            wrapped = self._doc_lengths(block)[perm] + 2
-            return (t.doc0[block] + perm).astype(np.int32), np.concatenate(([0], np.cumsum(wrapped)))
+            docs, dcum = self._make_block_order(epoch, block)
+            return docs, dcum, docs.ctypes.data
 
         return self._blocks.get((epoch, block), make)
+
+    def _make_block_order(self, epoch: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+        t = self.table
+        n = int(t.ndocs[block])
+        perm = np.empty(n, np.int32)
+        keyed_permutation(n, _mix(self.seed, self._hash, epoch, block + 1), perm)
+        wrapped = self._doc_lengths(block)[perm] + 2
+        return (t.doc0[block] + perm).astype(np.int32), np.concatenate(([0], np.cumsum(wrapped)))
 
     def _doc_lengths(self, block: int) -> np.ndarray:
         """Token counts of the block's documents in storage order."""
@@ -168,6 +209,29 @@ class LanguageStream:
               starts: np.ndarray, n_starts: int, cls_id: int, sep_id: int) -> int:
         view = self._shards[self.table.shard[block]]
         return copy_run(view.tokens, view.offsets, docs, d, od, n, cls_id, sep_id, out, pos, starts, n_starts)
+
+    def add_runs(self, start: int, n_tokens: int, runs: Runs) -> None:
+        """Append to `runs` the runs that make stream tokens [start, start + n_tokens): the same
+        walk as `fill`, leaving the copying to the batch kernel (kernels/assemble.py)."""
+        S = self.stream_len
+        pos, T = 0, int(start)
+        while pos < n_tokens:
+            e, o = divmod(T, S)
+            perm, cum = self.epoch_order(e)
+            j = int(cum.searchsorted(o, "right")) - 1
+            b = int(perm[j])
+            docs, dcum, addr = self._block_entry(e, b)
+            ob = o - int(cum[j])
+            d = int(dcum.searchsorted(ob, "right")) - 1
+            n = min(n_tokens - pos, int(cum[j + 1]) - o)
+            self._add_run(b, docs, addr, d, ob - int(dcum[d]), n, runs)
+            pos += n
+            T += n
+
+    def _add_run(self, block: int, docs: np.ndarray, docs_addr: int, d: int, od: int, n: int, runs: Runs) -> None:
+        tok, off = self._addrs[self.table.shard[block]]
+        runs.rows.append((RUN_SHARD, tok, off, docs_addr, 0, d, od, n, 0, 0))
+        runs.keep.append(docs)  # the LRU may drop it while the kernel reads it
 
     def fill(self, start: int, out: np.ndarray, starts: np.ndarray, cls_id: int, sep_id: int) -> int:
         """Write stream tokens [start, start+len(out)) into `out`; document starts into `starts`.

@@ -16,8 +16,10 @@ import math
 import numpy as np
 from numba import njit
 
+from sampler_server.kernels.assemble import RUN_VIRTUAL
+from sampler_server.kernels.pack import copy_run_virtual, keyed_permutation
 from sampler_server.kernels.rng import mix64
-from sampler_server.streams import DEFAULT_BLOCK_TOKENS, BlockTable, LanguageStream, _mix
+from sampler_server.streams import DEFAULT_BLOCK_TOKENS, BlockTable, LanguageStream, Runs, _mix
 
 MAX_BLOCKS = 1 << 16  # per language: bounds the epoch permutation arrays of the largest languages
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -45,47 +47,6 @@ def virtual_doc_lengths(key: np.uint64, target: np.int64, mean: np.float64, out:
         out[n] = length
         used += length + 2
         n += 1
-
-
-@njit(cache=True, nogil=True)
-def copy_run_virtual(
-    key: np.uint64,  # the block's key
-    lens: np.ndarray,  # int64 document lengths of the block, storage order
-    order: np.ndarray,  # int32 shuffled document ids
-    d: int,
-    od: int,
-    n: int,
-    cls_id: int,
-    sep_id: int,
-    lo: int,  # token ids are drawn from [lo, hi)
-    hi: int,
-    out: np.ndarray,
-    pos: int,
-    starts: np.ndarray,
-    n_starts: int,
-) -> int:
-    """`copy_run` for generated documents: token t of document k is lo + hash(key, k, t) mod (hi - lo)."""
-    span = np.uint64(hi - lo)
-    written = 0
-    while written < n:
-        doc = order[d]
-        m = lens[doc]
-        dkey = mix64(key ^ (np.uint64(doc + 1) * _GOLDEN))
-        while od < m + 2 and written < n:
-            if od == 0:
-                out[pos + written] = cls_id
-                starts[n_starts] = pos + written
-                n_starts += 1
-            elif od <= m:
-                out[pos + written] = lo + np.int64(mix64(dkey + np.uint64(od)) % span)
-            else:
-                out[pos + written] = sep_id
-            od += 1
-            written += 1
-        if od >= m + 2:
-            d += 1
-            od = 0
-    return n_starts
 
 
 class VirtualLanguageStream(LanguageStream):
@@ -127,16 +88,17 @@ class VirtualLanguageStream(LanguageStream):
 
         return self._blocks.get(("lengths", block), make)
 
-    def block_order(self, epoch: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-        def make():
-            lens = self._doc_lengths(block)
-            perm = np.empty(lens.size, np.int32)
-            from sampler_server.kernels.pack import keyed_permutation
+    def _make_block_order(self, epoch: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+        lens = self._doc_lengths(block)
+        perm = np.empty(lens.size, np.int32)
+        keyed_permutation(lens.size, _mix(self.seed, self._hash, epoch, block + 1), perm)
+        return perm, np.concatenate(([0], np.cumsum(lens[perm] + 2)))
 
-            keyed_permutation(lens.size, _mix(self.seed, self._hash, epoch, block + 1), perm)
-            return perm, np.concatenate(([0], np.cumsum(lens[perm] + 2)))
-
-        return self._blocks.get((epoch, block), make)
+    def _add_run(self, block: int, docs: np.ndarray, docs_addr: int, d: int, od: int, n: int, runs: Runs) -> None:
+        lens = self._doc_lengths(block)
+        lo, hi = self.vocab
+        runs.rows.append((RUN_VIRTUAL, lens.ctypes.data, 0, docs_addr, int(self._block_key(block)), d, od, n, lo, hi))
+        runs.keep += (docs, lens)
 
     def _copy(self, block, docs, d, od, n, out, pos, starts, n_starts, cls_id, sep_id) -> int:
         lo, hi = self.vocab

@@ -4,11 +4,40 @@ wrapped documents ([CLS] tokens [SEP]) into a sequence row."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
 
 from sampler_server.kernels.rng import mix64
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _data_pointer(context, builder, ty, value):
+    return value if isinstance(ty, types.CPointer) else context.make_array(ty)(context, builder, value).data
+
+
+@intrinsic
+def _copy32(typingctx, dst, at, src, frm, count):
+    """dst[at : at + count] = src[frm : frm + count] as one memcpy of 4-byte items (uint32 token
+    ids into int32 rows: ids < 2**31, so the bits are the value). `src` is a C-contiguous array
+    or a pointer (kernels/assemble.py); no bounds checks, like the loop this replaces."""
+    for name, ty in (("dst", dst), ("src", src)):
+        if isinstance(ty, types.Array) and (ty.ndim != 1 or ty.layout != "C" or ty.dtype.bitwidth != 32):
+            raise TypingError(f"_copy32: {name} must be a 1-D C-contiguous array of 4-byte items, got {ty}")
+    if not isinstance(dst, types.Array) or not (isinstance(src, types.Array) or isinstance(src, types.CPointer) and src.dtype.bitwidth == 32):
+        raise TypingError(f"_copy32: expected (array, int, array or pointer, int, int), got {dst}, {src}")
+
+    def codegen(context, builder, sig, args):
+        dst_v, at_v, src_v, frm_v, count_v = args
+        at_v, frm_v, count_v = (context.cast(builder, v, t, types.int64) for v, t in zip((at_v, frm_v, count_v), (sig.args[1], sig.args[3], sig.args[4])))
+        d = builder.gep(_data_pointer(context, builder, sig.args[0], dst_v), [at_v])
+        s_ = builder.gep(_data_pointer(context, builder, sig.args[2], src_v), [frm_v])
+        cgutils.raw_memcpy(builder, d, s_, count_v, context.get_constant(types.int64, 4), align=4)
+        return context.get_dummy_value()
+
+    return types.void(dst, at, src, frm, count), codegen
 
 
 @njit(cache=True, nogil=True)
@@ -60,8 +89,7 @@ def copy_run(
                 written += 1
             elif od <= m:
                 k = min(m - (od - 1), n - written)
-                for t in range(k):
-                    out[pos + written + t] = tokens[lo + od - 1 + t]
+                _copy32(out, pos + written, tokens, lo + od - 1, k)
                 od += k
                 written += k
             else:
@@ -69,6 +97,47 @@ def copy_run(
                 od += 1
                 written += 1
         if od >= wrapped:
+            d += 1
+            od = 0
+    return n_starts
+
+
+@njit(cache=True, nogil=True)
+def copy_run_virtual(
+    key: np.uint64,  # the block's key
+    lens: np.ndarray,  # int64 document lengths of the block, storage order
+    order: np.ndarray,  # int32 shuffled document ids
+    d: int,
+    od: int,
+    n: int,
+    cls_id: int,
+    sep_id: int,
+    lo: int,  # token ids are drawn from [lo, hi)
+    hi: int,
+    out: np.ndarray,
+    pos: int,
+    starts: np.ndarray,
+    n_starts: int,
+) -> int:
+    """`copy_run` for generated documents: token t of document k is lo + hash(key, k, t) mod (hi - lo)."""
+    span = np.uint64(hi - lo)
+    written = 0
+    while written < n:
+        doc = order[d]
+        m = lens[doc]
+        dkey = mix64(key ^ (np.uint64(doc + 1) * _GOLDEN))
+        while od < m + 2 and written < n:
+            if od == 0:
+                out[pos + written] = cls_id
+                starts[n_starts] = pos + written
+                n_starts += 1
+            elif od <= m:
+                out[pos + written] = lo + np.int64(mix64(dkey + np.uint64(od)) % span)
+            else:
+                out[pos + written] = sep_id
+            od += 1
+            written += 1
+        if od >= m + 2:
             d += 1
             od = 0
     return n_starts

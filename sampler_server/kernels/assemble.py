@@ -1,0 +1,196 @@
+"""Batch assembly in one kernel call: pack every row from its runs of wrapped documents, mask it
+while it is still in cache, and write the batch's cu_seqlens.
+
+The Python side (`LanguageStream.add_runs`) resolves where each row's tokens live — epoch and
+block orders, binary searches — and describes each run as one uint64 row of RUN_COLUMNS:
+
+  kind   RUN_SHARD: a run of a memory-mapped shard; RUN_VIRTUAL: generated tokens (virtual.py)
+  src    address of the shard's uint32 tokens | of the block's int64 document lengths
+  off    address of the shard's int64 document offsets | unused
+  order  address of the block's int32 shuffled document ids
+  key    unused | the block's key
+  d, od  the run starts at offset od of the d-th document in `order` (0 = its [CLS])
+  n      tokens in the run
+  lo, hi unused | generated ids are drawn from [lo, hi)
+
+Arrays are passed by address because a batch reads from dozens of shards and block orders, and
+one call with a table of runs costs less than a call per run (numba's dispatch of a 12-argument
+kernel, ~7 µs, was a third of a 1,024-token row). The caller keeps every array a row points into
+alive until the call returns (`Runs.keep`). The copy and the masking are exactly `copy_run` /
+`copy_run_virtual` and `_mask_row`, so a batch is byte-identical to packing row by row with
+`LanguageStream.fill` and masking with `mask_tokens` (tests/sampler_server/test_assemble.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from sampler_server.kernels.mask import _WORKERS, _mask_row, special_free_range
+from sampler_server.kernels.pack import copy_run, copy_run_virtual
+
+RUN_SHARD, RUN_VIRTUAL = 0, 1
+RUN_COLUMNS = ("kind", "src", "off", "order", "key", "d", "od", "n", "lo", "hi")
+_KIND, _SRC, _OFF, _ORDER, _KEY, _D, _OD, _N, _LO, _HI = range(len(RUN_COLUMNS))
+
+
+def _pointer_to(dtype: types.Type):
+    @intrinsic
+    def as_pointer(typingctx, addr):
+        """An integer address as a typed pointer (indexing it reads memory there: no bounds)."""
+        if not isinstance(addr, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+
+        return types.CPointer(dtype)(addr), codegen
+
+    return as_pointer
+
+
+_u32_at = _pointer_to(types.uint32)
+_i32_at = _pointer_to(types.int32)
+_i64_at = _pointer_to(types.int64)
+
+
+@njit(cache=True, nogil=True)
+def _shard_run(runs: np.ndarray, r: np.int64, n: np.int64, cls_id: np.int64, sep_id: np.int64, out: np.ndarray,
+               pos: np.int64, starts: np.ndarray, ns: np.int64) -> np.int64:
+    return copy_run(_u32_at(runs[r, _SRC]), _i64_at(runs[r, _OFF]), _i32_at(runs[r, _ORDER]), np.int64(runs[r, _D]),
+                    np.int64(runs[r, _OD]), n, cls_id, sep_id, out, pos, starts, ns)
+
+
+@njit(cache=True, nogil=True)
+def _virtual_run(runs: np.ndarray, r: np.int64, n: np.int64, cls_id: np.int64, sep_id: np.int64, out: np.ndarray,
+                 pos: np.int64, starts: np.ndarray, ns: np.int64) -> np.int64:
+    return copy_run_virtual(runs[r, _KEY], _i64_at(runs[r, _SRC]), _i32_at(runs[r, _ORDER]), np.int64(runs[r, _D]),
+                            np.int64(runs[r, _OD]), n, cls_id, sep_id, np.int64(runs[r, _LO]), np.int64(runs[r, _HI]),
+                            out, pos, starts, ns)
+
+
+def _assemble_kernel(copy_one, kind: int):
+    """The batch kernel for runs of one kind: `assemble` (shards) and `assemble_virtual`. One
+    kind per compiled kernel: with both copies in one function, the virtual one's hashing loop
+    made the shard path 4x slower."""
+
+    @njit(cache=True, nogil=True)
+    def pack_row(runs, r0, r1, cls_id, sep_id, out, starts):
+        # Runs r0..r1-1 back to back into `out`, document starts into `starts`; returns how many
+        # starts, or -1 if the runs do not fill the row exactly.
+        pos = np.int64(0)
+        ns = np.int64(0)
+        for r in range(r0, r1):
+            n = np.int64(runs[r, _N])
+            if pos + n > out.shape[0]:
+                return -1
+            ns = copy_one(runs, r, n, cls_id, sep_id, out, pos, starts, ns)
+            pos += n
+        return ns if pos == out.shape[0] else -1
+
+    @njit(cache=True, nogil=True)
+    def rows(first, step, runs, row_first, cls_id, sep_id, input_ids, labels, starts, n_starts, seq_keys, mask_ratio,
+             is_special, mid, random_pool, lo, span, hbuf):
+        # Rows first, first + step, ...: pack, then mask while the row is in cache. Returns 1 if
+        # a row's runs were malformed, 2 if it holds an id outside [0, V), else 0.
+        err = np.int64(0)
+        for b in range(first, input_ids.shape[0], step):
+            ns = pack_row(runs, row_first[b], row_first[b + 1], cls_id, sep_id, input_ids[b], starts[b])
+            if ns < 0:
+                return 1
+            n_starts[b] = ns
+            if not _mask_row(input_ids[b], labels[b], hbuf, seq_keys[b], mask_ratio[b], is_special, mid, random_pool, lo, span):
+                err = 2
+        return err
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def kernel(runs, row_first, cls_id, sep_id, input_ids, labels, seq_keys, mask_ratio, is_special, mask_id, random_pool):
+        B, L = input_ids.shape
+        _check(runs, row_first, kind, input_ids, labels, seq_keys, mask_ratio, is_special, random_pool)
+        lo, hi = special_free_range(is_special)
+        ulo = np.uint32(lo)
+        span = np.uint32(hi - lo)
+        mid = np.int32(mask_id)
+        # A wrapped document is at least [CLS][SEP], so a row holds at most L // 2 + 1 starts.
+        starts = np.empty((B, L // 2 + 1), np.int32)
+        n_starts = np.empty(B, np.int64)
+        n_work = min(B, _WORKERS)  # fixed, not the thread count: the bytes never depend on threads
+        scratch = np.empty((n_work, (L + 1) >> 1), np.uint64)
+        errs = np.zeros(max(n_work, 1), np.int64)
+        for c in prange(n_work):
+            errs[c] = rows(c, n_work, runs, row_first, cls_id, sep_id, input_ids, labels, starts, n_starts, seq_keys,
+                           mask_ratio, is_special, mid, random_pool, ulo, span, scratch[c])
+        if errs.max() == 1:
+            raise ValueError("assemble: a row's runs do not add up to its length")
+        if errs.max() == 2:
+            raise ValueError("assemble: a token id lies outside [0, len(is_special)); size is_special to the vocabulary")
+        return _cu_seqlens(starts, n_starts, L)
+
+    return kernel
+
+
+@njit(cache=True, nogil=True)
+def _check(runs, row_first, kind, input_ids, labels, seq_keys, mask_ratio, is_special, random_pool) -> None:
+    B, L = input_ids.shape
+    if labels.shape[0] != B or labels.shape[1] != L:
+        raise ValueError("assemble: labels must have the shape of input_ids")
+    if row_first.shape[0] != B + 1 or seq_keys.shape[0] != B or mask_ratio.shape[0] != B:
+        raise ValueError("assemble: row_first needs B + 1 entries, seq_keys and mask_ratio one per row")
+    if runs.shape[1] != 10 or row_first[0] != 0 or row_first[B] != runs.shape[0]:
+        raise ValueError("assemble: runs must be uint64[R, 10] and row_first span them")
+    if is_special.shape[0] == 0 or random_pool.shape[0] == 0:
+        raise ValueError("assemble: is_special and random_pool must be non-empty")
+    for b in range(B):
+        if not (0.0 <= mask_ratio[b] <= 1.0):
+            raise ValueError("assemble: mask_ratio must lie in [0, 1]")
+        if row_first[b + 1] < row_first[b]:
+            raise ValueError("assemble: row_first must be non-decreasing")
+    for r in range(runs.shape[0]):
+        if runs[r, _KIND] != kind:
+            raise ValueError("assemble: a run of the other kind (shard vs virtual); use assemble_runs")
+
+
+@njit(cache=True, nogil=True)
+def _cu_seqlens(starts: np.ndarray, n_starts: np.ndarray, L: np.int64) -> np.ndarray:
+    """Every row start (a row that begins inside a document gets one at 0) and every [CLS]
+    position of the flattened [B·L] tokens, then B·L."""
+    B = n_starts.shape[0]
+    total = 1
+    for b in range(B):
+        total += n_starts[b] + (n_starts[b] == 0 or starts[b, 0] != 0)
+    cu = np.empty(total, np.int32)
+    k = 0
+    for b in range(B):
+        base = b * L
+        if n_starts[b] == 0 or starts[b, 0] != 0:
+            cu[k] = base
+            k += 1
+        for i in range(n_starts[b]):
+            cu[k] = base + starts[b, i]
+            k += 1
+    cu[k] = B * L
+    return cu
+
+
+assemble = _assemble_kernel(_shard_run, RUN_SHARD)
+assemble_virtual = _assemble_kernel(_virtual_run, RUN_VIRTUAL)
+
+
+def assemble_runs(
+    runs: np.ndarray,  # uint64[R, len(RUN_COLUMNS)] run descriptors, rows in order, all of one kind
+    row_first: np.ndarray,  # int64[B + 1]: row b is made of runs row_first[b] .. row_first[b+1]-1
+    cls_id: int,
+    sep_id: int,
+    input_ids: np.ndarray,  # int32[B, L] C-contiguous, fully written (packed, then masked)
+    labels: np.ndarray,  # int32[B, L] C-contiguous, fully written
+    seq_keys: np.ndarray,  # uint64[B]
+    mask_ratio: np.ndarray,  # float64[B], in [0, 1]
+    is_special: np.ndarray,  # bool[V]
+    mask_id: int,
+    random_pool: np.ndarray,  # int32[R]
+) -> np.ndarray:
+    """Pack and mask every row; returns cu_seqlens (int32). Raises ValueError on malformed runs."""
+    kernel = assemble_virtual if runs.shape[0] and runs[0, _KIND] == RUN_VIRTUAL else assemble
+    return kernel(runs, row_first, np.int64(cls_id), np.int64(sep_id), input_ids, labels, seq_keys, mask_ratio,
+                  is_special, np.int32(mask_id), random_pool)
