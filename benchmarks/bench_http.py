@@ -1,8 +1,9 @@
 """Tokens/s delivered over loopback HTTP vs a raw loopback socket, measured in the same run.
 
-    NUMBA_THREADING_LAYER=omp python benchmarks/bench_http.py [--seconds 2] [--quick]
+    NUMBA_THREADING_LAYER=omp python benchmarks/bench_http.py [--seconds 2] [--quick] [--stacks fast,h11]
 
-Starts `sampler-server serve` (a separate process, uvicorn, 127.0.0.1) on a random-token corpus
+Starts `sampler-server serve` (a separate process, uvicorn, 127.0.0.1; one per `--stacks` entry:
+httptools + uvloop and h11 + asyncio by default) on a random-token corpus
 and a one-phase recipe of 8 x 8,192-token batches, and a plain socket server (another process)
 that answers each 1-byte request with a buffer of one batch's size (8 x 8,192 x 4 bytes). Clients
 (threads of this process) fetch and decode consecutive batches for a fixed time:
@@ -230,7 +231,7 @@ async def blob():
     return Response(body, media_type="application/octet-stream")
 sock = socket.socket(); sock.bind(("127.0.0.1", 0))
 print(sock.getsockname()[1], flush=True)
-uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, http=sys.argv[2], loop=sys.argv[3])).run(sockets=[sock])
 """
 
 
@@ -280,19 +281,27 @@ def small_latency(url: str, raw_port: int, n: int) -> list[tuple[str, float]]:
     return out
 
 
+# uvicorn stacks the server can run on (`sampler-server serve --http/--loop`).
+STACKS = {"fast": ("httptools", "uvloop"), "h11": ("h11", "asyncio")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=2.0, help="duration of each measurement")
-    ap.add_argument("--quick", action="store_true", help="only sparse/none and sparse/zstd")
+    ap.add_argument("--quick", action="store_true", help="only sparse/none and sparse/zstd, one stack's small requests")
+    ap.add_argument("--stacks", default="fast,h11", help="uvicorn stacks to measure, in this order: fast "
+                    "(httptools + uvloop, the default when installed) and/or h11 (h11 + asyncio)")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "bench"))
     args = ap.parse_args()
+    stacks = [x.strip() for x in args.stacks.split(",") if x.strip()]
+    if not stacks or any(x not in STACKS for x in stacks):
+        raise SystemExit(f"--stacks: a comma list of {', '.join(STACKS)}; got {args.stacks!r}")
     manifest, recipe = bench_inputs(Path(args.cache))
     n_bytes = B * L * 4
 
     raw = subprocess.Popen([sys.executable, "-c", RAW_SERVER, str(n_bytes)], stdout=subprocess.PIPE, text=True)
     raw_port = int(raw.stdout.readline())
-    server, url = start_server(manifest, recipe)
-    blob = None
+    procs: list[subprocess.Popen] = []
     try:
         print(f"cores: {os.cpu_count()}, batch {B} x {L} tokens, {args.seconds:g} s per measurement, 127.0.0.1\n")
         limits = {}
@@ -303,37 +312,52 @@ def main() -> None:
         for t in (1, 2):
             r = sampler_rate(manifest, recipe, args.seconds, t)
             print(f"Sampler.batch in process, {t} thread(s): {r / 1e6:.0f}M tokens/s ({r / limits[1]:.2f}x the 1-client limit)")
-        # Warm the server (kernels, shard maps), then size the blob peer like a sparse batch.
-        http_clients(url, 2, 1.0, mode="batches")
-        size = len(_get(http.client.HTTPConnection(*url.removeprefix("http://").split(":")), "/v1/batches/1"))
-        blob = subprocess.Popen([sys.executable, "-c", BLOB_SERVER, str(size)], stdout=subprocess.PIPE, text=True)
-        blob_url = f"http://127.0.0.1:{int(blob.stdout.readline())}"
-        time.sleep(1.0)
-        for c in (1, 4):
-            r = http_clients(blob_url, c, args.seconds, mode="blob")
-            print(f"uvicorn + FastAPI, constant {size / 1e3:.0f} KB body (no work), {c} client(s): "
-                  f"{r['tokens_per_s'] / 1e6:.0f}M tokens/s ({r['tokens_per_s'] / limits[c]:.2f}x)")
+        servers = {}
+        for name in stacks:
+            http_impl, loop_impl = STACKS[name]
+            server, url = start_server(manifest, recipe, "--http", http_impl, "--loop", loop_impl)
+            procs.append(server)
+            servers[name] = url
+            http_clients(url, 2, 1.0, mode="batches")  # warm: kernels, shard maps
+        # Size the blob peer like a sparse batch.
+        size = len(_get(http.client.HTTPConnection(*servers[stacks[0]].removeprefix("http://").split(":")), "/v1/batches/1"))
+        for name in stacks:
+            blob = subprocess.Popen([sys.executable, "-c", BLOB_SERVER, str(size), *STACKS[name]], stdout=subprocess.PIPE,
+                                    text=True)
+            procs.append(blob)
+            blob_url = f"http://127.0.0.1:{int(blob.stdout.readline())}"
+            time.sleep(1.0)
+            for c in (1, 4):
+                r = http_clients(blob_url, c, args.seconds, mode="blob")
+                print(f"uvicorn ({' + '.join(STACKS[name])}) + FastAPI, constant {size / 1e3:.0f} KB body (no work), "
+                      f"{c} client(s): {r['tokens_per_s'] / 1e6:.0f}M tokens/s ({r['tokens_per_s'] / limits[c]:.2f}x)")
+            blob.kill()
         print()
-        print("| endpoint | labels | compression | client | clients | tokens/s | bytes/token | ms/batch (p50) | vs raw limit |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| stack | endpoint | labels | compression | client | clients | tokens/s | bytes/token | ms/batch (p50) "
+              "| vs raw limit |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         choices = [("sparse", "none"), ("sparse", "zstd")] if args.quick else \
             [("sparse", "none"), ("dense", "none"), ("sparse", "zstd"), ("dense", "zstd")]
         runs = [(m, lab, comp, "http.client", c) for m in ("batches", "stream") for lab, comp in choices for c in (1, 4)]
         runs += [("batches", "sparse", "none", "httpx", 1), ("stream", "sparse", "none", "httpx", 1)]
+        # Stacks alternate run by run, so that a change in the machine's load hits both alike.
         for mode, labels, comp, client, c in runs:
-            r = http_clients(url, c, args.seconds, mode=mode, labels=labels, compression=comp, client=client)
-            print(f"| {'/v1/batches' if mode == 'batches' else '/v1/stream (16)'} | {labels} | {comp} | {client} | {c} "
-                  f"| {r['tokens_per_s'] / 1e6:.1f}M | {r['bytes_per_token']:.2f} | {r['ms_per_batch']:.2f} "
-                  f"| {r['tokens_per_s'] / limits[c]:.3f}x |")
-        print("\nper-request latency, small requests (median of 300, one client):")
-        for name, us in small_latency(url, raw_port, 300):
-            print(f"  {name}: {us:.0f} us")
+            for name in stacks:
+                r = http_clients(servers[name], c, args.seconds, mode=mode, labels=labels, compression=comp,
+                                 client=client)
+                print(f"| {name} | {'/v1/batches' if mode == 'batches' else '/v1/stream (16)'} | {labels} | {comp} "
+                      f"| {client} | {c} | {r['tokens_per_s'] / 1e6:.1f}M | {r['bytes_per_token']:.2f} "
+                      f"| {r['ms_per_batch']:.2f} | {r['tokens_per_s'] / limits[c]:.3f}x |")
+        for name in stacks[:1] if args.quick else stacks:
+            print(f"\nper-request latency, small requests, {name} stack (median of 300, one client):")
+            for what, us in small_latency(servers[name], raw_port, 300):
+                print(f"  {what}: {us:.0f} us")
     finally:
-        server.terminate()
+        for p in procs:
+            p.terminate()
         raw.kill()
-        if blob is not None:
-            blob.kill()
-        server.wait(15)
+        for p in procs:
+            p.wait(15)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ until the file is back. No request parameter is ever used to build a filesystem 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import os
@@ -17,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -37,6 +39,7 @@ from curriculum.plan import EPOCH_WARNING, PhasePlan, phase_summary, plan_all_va
 from curriculum.recipe import Recipe, load_recipe
 from curriculum.schedule import ScheduleError, StepInfo
 from curriculum.shards import ShardError, open_shard
+from sampler_server.lane import BatchLane
 from sampler_server.live import Behind, JournalBroken, Live, open_journal
 from sampler_server.metrics import TOP_GROUP, Metrics, MetricsMiddleware, PROMETHEUS_CONTENT_TYPE
 from sampler_server.progress import ProgressReport, ProgressStore, consumed_per_phase, progress_json, progress_summary
@@ -49,7 +52,7 @@ log = logging.getLogger("sampler_server")
 STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "index.html": "text/html"}
 MIXTURE_BARS = 10  # the dashboard's mixture chart: top languages, then the rest as one bar
 SERIES_POINTS = 400  # progress points sent to the dashboard (older history is thinned)
-COALESCE_BYTES = 8 << 20  # /v1/stream joins ready batches into writes of up to this size
+BATCH_THREADS = min(32, (os.cpu_count() or 1) + 4)  # threads assembling batches (the stdlib pool's default)
 
 
 # Query parameters shared by the batch routes (module level: FastAPI resolves them by name).
@@ -237,6 +240,7 @@ class Service:
         self.amend_token = settings.amend_token_value.encode() if settings.amend_token_value else None
         self.live = Live(getattr(sampler, "journal", None), self.samplers, self.refresh_builds)
         self.policy = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def refresh_builds(self) -> None:
         for b in list(self._builds.values()):
@@ -356,6 +360,31 @@ class Service:
         self.metrics.observe_batch(build.labels[p], build.top_masks[p], b.lang, b.info.seq_len, time.perf_counter() - t0)
         return enc
 
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The threads that assemble batches, awaited with `run_in_executor`: half the event-loop
+        cost of anyio's thread hop, and a bound on batches in flight (each holds its arrays)
+        however many clients wait; the kernels release the GIL, so the threads overlap."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=BATCH_THREADS, thread_name_prefix="batch")
+        return self._pool
+
+    def close_pool(self) -> None:
+        """Let the batch threads end (the app's shutdown; a later request starts a new pool)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def encode_future(self, variant: str | None, step: int, rank: int, world_size: int, labels: str,
+                      compression: str | None) -> asyncio.Future[wire.EncodedBatch]:
+        """`encode` started in the batch pool (call on the event loop); await or cancel the future."""
+        return asyncio.get_running_loop().run_in_executor(self.pool, self.encode, variant, step, rank, world_size,
+                                                          labels, compression)
+
+    async def encode_async(self, variant: str | None, step: int, rank: int, world_size: int, labels: str,
+                           compression: str | None) -> wire.EncodedBatch:
+        return await self.encode_future(variant, step, rank, world_size, labels, compression)
+
     # -- progress --------------------------------------------------------------------------
 
     def progress_summary(self, limit: int = SERIES_POINTS) -> dict:
@@ -422,21 +451,22 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("sampler ready: build %s, recipe %r, %d steps, %d languages, journal %s (version %d)",
+        log.info("sampler ready: build %s, recipe %r, %d steps, %d languages, journal %s (version %d), event loop %s",
                  sampler.build_id, sampler.recipe.name, sampler.total_steps, len(sampler.languages),
-                 svc.live.journal.path if svc.live.enabled else "off", svc.live.version)
+                 svc.live.journal.path if svc.live.enabled else "off", svc.live.version,
+                 type(asyncio.get_running_loop()).__module__.partition(".")[0])
         poller = asyncio.create_task(_poll_journal(svc)) if svc.live.enabled else None
         try:
             yield
         finally:
             if poller is not None:
                 poller.cancel()
+            svc.close_pool()
 
     docs = svc.token is None  # with a token the OpenAPI schema is not served unauthenticated
     app = FastAPI(title="language-curriculum sampler", version=wire.WIRE_VERSION, lifespan=lifespan,
                   docs_url="/docs" if docs else None, redoc_url=None, openapi_url="/openapi.json" if docs else None)
     app.state.service = svc
-    app.add_middleware(MetricsMiddleware, metrics=svc.metrics)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -458,7 +488,9 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     def _token_ok(presented: str | None) -> bool:
         return presented is not None and hmac.compare_digest(presented.encode(), svc.token)
 
-    def require_token(request: Request) -> None:
+    # Dependencies are coroutines: FastAPI runs a plain `def` dependency in a worker thread, a
+    # thread hop per request for a header check.
+    async def require_token(request: Request) -> None:
         if svc.token is None:
             return
         auth = request.headers.get("authorization", "")
@@ -489,7 +521,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     async def index(request: Request, token: str | None = None) -> Response:
         if svc.token is not None and not _token_ok(token):
             try:
-                require_token(request)
+                await require_token(request)
             except ApiError:
                 return _error(401, "unauthorized", "this dashboard needs the server's token: open /?token=<token>")
         body, media = static["index.html"]
@@ -513,8 +545,9 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
                     compression: Comp = "none", variant: Variant = None) -> Response:
         """One rank's batch at a global step, as an Arrow IPC stream (see trainer_client.wire)."""
         comp = None if compression == "none" else compression
-        enc = await anyio.to_thread.run_sync(svc.encode, variant, step, rank, world_size, labels, comp)
+        enc = await svc.encode_async(variant, step, rank, world_size, labels, comp)
         build = svc.build(variant)  # made by now
+        # The body is a view of the encoder's buffer: not copied on its way to the socket.
         return Response(enc.standalone(), media_type=wire.MEDIA_TYPE, headers={
             "X-Build-Id": enc.build_id, "X-Run-Id": build.sampler.run_id,
             "X-Journal-Version": str(svc.live.version), "Cache-Control": "no-store"})
@@ -531,17 +564,16 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         svc.check_range(build, start, count, rank, world_size)
         comp = None if compression == "none" else compression
         # Batches are assembled and encoded `prefetch` ahead in worker threads, in parallel; the
-        # event loop only joins the encoded messages in order and sends them.
+        # event loop only frames the encoded messages in order and sends them.
         joiner = wire.StreamJoiner()
         depth = svc.settings.prefetch + 1
-        pending: deque[asyncio.Task] = deque()
+        pending: deque[asyncio.Future[wire.EncodedBatch]] = deque()
         steps = iter(range(start, start + count))
 
         def submit() -> None:
             s = next(steps, None)
             if s is not None:
-                pending.append(asyncio.ensure_future(
-                    anyio.to_thread.run_sync(svc.encode, variant, s, rank, world_size, labels, comp)))
+                pending.append(svc.encode_future(variant, s, rank, world_size, labels, comp))
 
         for _ in range(depth):
             submit()
@@ -552,21 +584,23 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
                 t.cancel()
             raise
 
-        async def body() -> AsyncIterator[bytes]:
+        def framed(enc: wire.EncodedBatch) -> list[bytes | memoryview]:
+            # The joiner decides the framing (EOS + schema header when the schema changes) from a
+            # copy of the batch without its body; the body goes out as a view of the encoder's
+            # buffer, so the event loop copies no batch bytes (uvicorn's chunk framing copies once).
+            head = joiner.add(dataclasses.replace(enc, body_size=0))
+            return [head, enc.body] if head else [enc.body]
+
+        async def body() -> AsyncIterator[bytes | memoryview]:
             try:
                 while pending:
                     enc = await pending.popleft()
                     submit()
-                    parts = [joiner.add(enc)]
-                    size = len(parts[0])
-                    # Batches already assembled go out in the same write: fewer, larger socket
-                    # writes cost the event loop much less than one write per batch.
-                    while pending and pending[0].done() and size < COALESCE_BYTES:
-                        parts.append(joiner.add(pending.popleft().result()))
-                        submit()
-                        size += len(parts[-1])
-                    yield parts[0] if len(parts) == 1 else b"".join(parts)
-                yield joiner.close()
+                    for part in framed(enc):
+                        yield part
+                tail = joiner.close()
+                if tail:
+                    yield tail
             except ApiError as exc:
                 # Headers are out: abort the body so the client sees a failed transfer, not a short stream.
                 log.error("stream rank=%d start=%d aborted: %s", rank, start, exc.message)
@@ -641,7 +675,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         return {"stored": progress_json([rec])[0], "reports": len(svc.progress),
                 **({"amendment": proposed.model_dump(mode="json", exclude_none=True)} if proposed else {})}
 
-    def require_amend_token(request: Request) -> None:
+    async def require_amend_token(request: Request) -> None:
         if svc.amend_token is None:
             raise ApiError(403, "amendments_disabled", "this server takes no amendments: start it with --amend-token "
                            "(or --token) to allow POST /v1/amendments")
@@ -695,6 +729,21 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         }
 
     app.include_router(api)
+
+    async def plain_batch(request: Request, step: int, rank: int, world_size: int, labels: str, compression: str,
+                          variant: str | None) -> Response:
+        # The route's own dependency and endpoint, minus FastAPI's parameter solving.
+        try:
+            await require_token(request)
+            return await batch(step, rank, world_size, labels, compression, variant)  # type: ignore[arg-type]
+        except ApiError as exc:
+            return await _api_error(request, exc)
+
+    route = next(r for r in api.routes if getattr(r, "path", None) == "/v1/batches/{step}")
+    # Middleware: last added runs first. The lane runs inside the metrics, which label its
+    # requests with the route it sets in the scope.
+    app.add_middleware(BatchLane, route=route, handle=plain_batch)
+    app.add_middleware(MetricsMiddleware, metrics=svc.metrics)
     return app
 
 

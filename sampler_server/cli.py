@@ -25,6 +25,28 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+# The C implementations that `uvicorn[standard]` brings (this package's `server` extra pins them):
+# per request they cost the event loop a fraction of h11 + asyncio (see the README's benchmarks).
+FAST_STACK = {"http": "httptools", "loop": "uvloop"}
+FALLBACK_STACK = {"http": "h11", "loop": "asyncio"}
+
+
+def resolve_stack(http: str, loop: str) -> tuple[str, str]:
+    """(HTTP implementation, event loop) uvicorn runs: "auto" picks httptools / uvloop when they
+    can be imported, h11 / asyncio otherwise; a C implementation asked for by name must be there."""
+    import importlib.util
+
+    chosen = {}
+    for kind, want in (("http", http), ("loop", loop)):
+        fast = FAST_STACK[kind]
+        present = importlib.util.find_spec(fast) is not None
+        if want == fast and not present:
+            _fail(f"--{kind} {fast}: the {fast} package is not installed; install it (pip install "
+                  f"'language-curriculum[server]' or 'uvicorn[standard]') or pass --{kind} {FALLBACK_STACK[kind]}")
+        chosen[kind] = want if want != "auto" else fast if present else FALLBACK_STACK[kind]
+    return chosen["http"], chosen["loop"]
+
+
 @app.command()
 def serve(
     manifest: Optional[str] = typer.Option(None, "--manifest", help="Built manifest directory or URI, e.g. s3://bucket/m (env SAMPLER_MANIFEST)."),
@@ -39,6 +61,10 @@ def serve(
     progress_log: Optional[Path] = typer.Option(None, "--progress-log", help="JSONL file keeping trainer progress across restarts."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Phase variant served by default (requests may name another)."),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log", help="uvicorn access log (default on)."),
+    http: Optional[str] = typer.Option(None, "--http", help="HTTP parser: auto (default: httptools when installed), "
+                                       "httptools or h11 (env SAMPLER_HTTP)."),
+    loop: Optional[str] = typer.Option(None, "--loop", help="Event loop: auto (default: uvloop when installed), uvloop "
+                                       "or asyncio (env SAMPLER_LOOP)."),
     journal: Optional[str] = typer.Option(None, "--journal", help="Amendment journal shared by the replicas: a file "
                                           "(default: <recipe>.amendments.jsonl) or s3://bucket/key (default for a "
                                           "remote manifest) (env SAMPLER_JOURNAL)."),
@@ -53,8 +79,8 @@ def serve(
     """Check the manifest and recipe, then serve batches, the control plane and the dashboard."""
     given = {k: v for k, v in dict(manifest=manifest, recipe=recipe, seed=seed, host=host, port=port, workers=workers,
                                    token=token, verify=verify, progress_log=progress_log, variant=variant,
-                                   access_log=access_log, journal=journal, amend_token=amend_token, policy=policy,
-                                   policy_every=policy_every, policy_lookahead=policy_lookahead).items()
+                                   access_log=access_log, http=http, loop=loop, journal=journal, amend_token=amend_token,
+                                   policy=policy, policy_every=policy_every, policy_lookahead=policy_lookahead).items()
              if v is not None}
     from sampler_server.settings import ServerSettings
 
@@ -88,10 +114,12 @@ def serve(
         if _state["debug"]:
             raise
         _fail(str(exc))
+    http_impl, loop_impl = resolve_stack(settings.http, settings.loop)
     url = f"http://{settings.host}:{settings.port}/"
     typer.echo(f"sampler-server: serving {settings.recipe} on {url} (dashboard: {url}"
-               f"{'?token=…' if settings.token_value else ''})", err=True)
-    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, access_log=settings.access_log)
+               f"{'?token=…' if settings.token_value else ''}; HTTP {http_impl}, event loop {loop_impl})", err=True)
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, access_log=settings.access_log,
+                  http=http_impl, loop=loop_impl)
     if application is not None:
         uvicorn.run(application, **common)
         return

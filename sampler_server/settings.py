@@ -55,6 +55,10 @@ class ServerSettings(BaseSettings):
     policy_max_change: Annotated[float, Field(gt=0, le=1, description="largest relative change of a language's "
                                               "multiplier per amendment")] = 0.2
     policy_bounds: tuple[float, float] = Field(default=(0.5, 2.0), description="range of a language's multiplier")
+    http: Literal["auto", "httptools", "h11"] = Field(default="auto", description="HTTP/1.1 parser: httptools "
+                                                       "(C, from uvicorn[standard]) when installed, else h11 (pure Python)")
+    loop: Literal["auto", "uvloop", "asyncio"] = Field(default="auto", description="event loop: uvloop (libuv) when "
+                                                       "installed, else the standard asyncio loop")
     access_log: bool = True
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
