@@ -134,9 +134,15 @@ def test_two_replicas_never_serve_pre_amendment_bytes(manifest, recipe):
         # A replica busy applying a journal change answers 503 (retryable) past its watermark.
         live = b.app.state.service.live
         with live._lock:
+            live.applying = True
             r = b.get("/v1/batches/40")
             assert r.status_code == 503 and r.json()["error"] == "journal_behind" and r.headers["retry-after"] == "1"
             assert b.get("/v1/batches/39").status_code == 200  # at or below its watermark: fine
+            live.applying = False
+        # A holder that only publishes a step (not applying) is waited for: no 503.
+        live._lock.acquire()
+        threading.Timer(0.6, live._lock.release).start()
+        assert b.get("/v1/batches/41").status_code == 200
 
 
 def test_loss_balance_policy_amends_within_its_bounds_and_replays(manifest, recipe):
@@ -217,7 +223,13 @@ def test_trainer_client_retries_a_replica_that_is_applying_the_journal(manifest,
         client = SamplerClient([url], retry=RetryPolicy(attempts=20, base_delay=0.05, max_delay=0.2))
         client.get_batch(5)
         live._lock.acquire()  # as if a journal change were being applied
-        threading.Timer(0.8, live._lock.release).start()
+        live.applying = True
+
+        def done() -> None:
+            live.applying = False
+            live._lock.release()
+
+        threading.Timer(0.8, done).start()
         w = client.get_batch(9)  # past the watermark: 503 journal_behind until the lock is free
         assert same(w, reference(manifest).batch(9))
         assert client.stats.requests >= 3  # 503s were answered, and retried
