@@ -7,7 +7,9 @@ bench_http.py, then `--clients` threads each send `--requests` `GET /v1/batches/
 steps, ranks and world sizes (1, 2, 4, 8) over their own keep-alive connection, and decode every
 response. An error is a non-200, a transport failure, or a decoded batch that differs from
 `Sampler.batch` in this process (checked for every `--check`-th response). Prints errors, p50 /
-p99 / max latency, throughput and the server's RSS before and after. Bounded by `--timeout`.
+p99 / max latency, throughput and the server's RSS before the load and after each of `--rounds`
+rounds (new random steps each round: the caches fill in the first, then RSS stays flat). Bounded
+by `--timeout`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--requests", type=int, default=20, help="requests per client")
     ap.add_argument("--check", type=int, default=5, help="compare every N-th response with Sampler.batch")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the whole load; RSS is read after each")
     ap.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "bench"))
     args = ap.parse_args()
@@ -57,8 +60,8 @@ def main() -> None:
     deadline = time.monotonic() + args.timeout
     total_steps = BIG_STEPS + SMALL_STEPS
 
-    def client(i: int) -> None:
-        rng = random.Random(i)
+    def client(i: int, rnd: int) -> None:
+        rng = random.Random(i + 1000 * rnd)
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         for k in range(args.requests):
             if time.monotonic() > deadline:
@@ -93,20 +96,24 @@ def main() -> None:
             with lock:
                 lat.append(dt)
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    after = proc.memory_info()
+    wall = 0.0
+    after = []
+    for rnd in range(args.rounds):  # new random steps each round: caches fill, then RSS stays flat
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(i, rnd)) for i in range(args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall += time.perf_counter() - t0
+        after.append(proc.memory_info())
     server.terminate()
     server.wait(15)
 
     ms = np.array(lat) * 1e3
-    n = args.clients * args.requests
-    print(f"{args.clients} clients x {args.requests} requests = {n} GET /v1/batches (random step, rank, world size 1-8), "
+    n = args.clients * args.requests * args.rounds
+    print(f"{args.rounds} rounds of {args.clients} clients x {args.requests} requests = {n} GET /v1/batches "
+          f"(random step, rank, world size 1-8), "
           f"{os.cpu_count()} cores, 127.0.0.1")
     print(f"errors: {len(errors)} (checked {checked[0]} responses byte for byte against Sampler.batch)")
     for e in errors[:10]:
@@ -117,7 +124,7 @@ def main() -> None:
     print(f"throughput: {len(lat) / wall:.0f} requests/s over {wall:.1f} s")
     # `shared` is file-backed resident memory: mostly pages of the memory-mapped shards, which the
     # kernel can drop at will; the rest is the process's own (anonymous) memory.
-    for name, m in (("before", before), ("after", after)):
+    for name, m in (("before", before), *((f"after round {k + 1}", m) for k, m in enumerate(after))):
         print(f"server RSS {name}: {m.rss / 2**20:.0f} MB ({m.shared / 2**20:.0f} MB file-backed, "
               f"{(m.rss - m.shared) / 2**20:.0f} MB anonymous)")
     if errors:

@@ -33,7 +33,7 @@ from curriculum.schedule import StepInfo, Timeline
 from curriculum.shards import open_shard
 from sampler_server.cache import DEFAULT_CACHE_BYTES, ShardCache
 from sampler_server.kernels.blend import BlendIndex, adaptive_chunk
-from sampler_server.kernels.assemble import RUN_COLUMNS, assemble_runs
+from sampler_server.kernels.assemble import RUN_COLUMNS, assemble
 from sampler_server.kernels.rng import sequence_keys
 from sampler_server.streams import DEFAULT_BLOCK_TOKENS, LanguageStream, Runs
 
@@ -490,8 +490,8 @@ class Sampler:
         prev = numba.get_num_threads()
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # this thread only
         try:
-            cu = assemble_runs(table, row_first, tok.cls_id, tok.sep_id, input_ids, labels, keys,
-                               ratios, self._is_special, tok.mask_id, self._random_pool)
+            cu = assemble(table, row_first, np.int64(tok.cls_id), np.int64(tok.sep_id), input_ids, labels, keys,
+                          ratios, self._is_special, np.int32(tok.mask_id), self._random_pool)
         finally:
             numba.set_num_threads(prev)
         del runs  # the arrays the runs pointed into may go now

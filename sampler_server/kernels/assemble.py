@@ -13,9 +13,9 @@ block orders, binary searches — and describes each run as one uint64 row of RU
   n      tokens in the run
   lo, hi unused | generated ids are drawn from [lo, hi)
 
-Arrays are passed by address because a batch reads from dozens of shards and block orders, and
-one call with a table of runs costs less than a call per run (numba's dispatch of a 12-argument
-kernel, ~7 µs, was a third of a 1,024-token row). The caller keeps every array a row points into
+Arrays are passed by address because a batch reads from dozens of shards and block orders: one
+call over a table of runs replaces a kernel call per row (with its dispatch and the Python around
+it, ~20 µs a row: most of a 64 x 1,024 batch). The caller keeps every array a row points into
 alive until the call returns (`Runs.keep`). The copy and the masking are exactly `copy_run` /
 `copy_run_virtual` and `_mask_row`, so a batch is byte-identical to packing row by row with
 `LanguageStream.fill` and masking with `mask_tokens` (tests/sampler_server/test_assemble.py).
@@ -70,64 +70,83 @@ def _virtual_run(runs: np.ndarray, r: np.int64, n: np.int64, cls_id: np.int64, s
                             out, pos, starts, ns)
 
 
-def _assemble_kernel(copy_one, kind: int):
-    """The batch kernel for runs of one kind: `assemble` (shards) and `assemble_virtual`. One
-    kind per compiled kernel: with both copies in one function, the virtual one's hashing loop
-    made the shard path 4x slower."""
+@njit(cache=True, nogil=True)
+def _pack_row(runs: np.ndarray, r0: np.int64, r1: np.int64, kind: np.int64, cls_id: np.int64, sep_id: np.int64,
+              out: np.ndarray, starts: np.ndarray) -> np.int64:
+    """Runs r0..r1-1 (all of `kind`) back to back into `out`, document starts into `starts`;
+    returns how many starts, or -1 if the runs do not fill the row exactly. (The branch is on the
+    batch's kind, not on each run's column: branching on the column made the shard copy 4x slower.)"""
+    pos = np.int64(0)
+    ns = np.int64(0)
+    for r in range(r0, r1):
+        n = np.int64(runs[r, _N])
+        if pos + n > out.shape[0]:
+            return -1
+        if kind == RUN_SHARD:
+            ns = _shard_run(runs, r, n, cls_id, sep_id, out, pos, starts, ns)
+        else:
+            ns = _virtual_run(runs, r, n, cls_id, sep_id, out, pos, starts, ns)
+        pos += n
+    return ns if pos == out.shape[0] else -1
 
-    @njit(cache=True, nogil=True)
-    def pack_row(runs, r0, r1, cls_id, sep_id, out, starts):
-        # Runs r0..r1-1 back to back into `out`, document starts into `starts`; returns how many
-        # starts, or -1 if the runs do not fill the row exactly.
-        pos = np.int64(0)
-        ns = np.int64(0)
-        for r in range(r0, r1):
-            n = np.int64(runs[r, _N])
-            if pos + n > out.shape[0]:
-                return -1
-            ns = copy_one(runs, r, n, cls_id, sep_id, out, pos, starts, ns)
-            pos += n
-        return ns if pos == out.shape[0] else -1
 
-    @njit(cache=True, nogil=True)
-    def rows(first, step, runs, row_first, cls_id, sep_id, input_ids, labels, starts, n_starts, seq_keys, mask_ratio,
-             is_special, mid, random_pool, lo, span, hbuf):
-        # Rows first, first + step, ...: pack, then mask while the row is in cache. Returns 1 if
-        # a row's runs were malformed, 2 if it holds an id outside [0, V), else 0.
-        err = np.int64(0)
-        for b in range(first, input_ids.shape[0], step):
-            ns = pack_row(runs, row_first[b], row_first[b + 1], cls_id, sep_id, input_ids[b], starts[b])
-            if ns < 0:
-                return 1
-            n_starts[b] = ns
-            if not _mask_row(input_ids[b], labels[b], hbuf, seq_keys[b], mask_ratio[b], is_special, mid, random_pool, lo, span):
-                err = 2
-        return err
+@njit(cache=True, nogil=True)
+def _assemble_rows(
+    first: np.int64, step: np.int64, runs: np.ndarray, row_first: np.ndarray, kind: np.int64, cls_id: np.int64,
+    sep_id: np.int64, input_ids: np.ndarray, labels: np.ndarray, starts: np.ndarray, n_starts: np.ndarray,
+    seq_keys: np.ndarray, mask_ratio: np.ndarray, is_special: np.ndarray, mid: np.int32, random_pool: np.ndarray,
+    lo: np.uint32, span: np.uint32, hbuf: np.ndarray,
+) -> np.int64:
+    """Rows first, first + step, ...: pack, then mask while the row is in cache. Returns 1 if a
+    row's runs were malformed, 2 if it holds an id outside [0, V), else 0."""
+    err = np.int64(0)
+    for b in range(first, input_ids.shape[0], step):
+        ns = _pack_row(runs, row_first[b], row_first[b + 1], kind, cls_id, sep_id, input_ids[b], starts[b])
+        if ns < 0:
+            return 1
+        n_starts[b] = ns
+        if not _mask_row(input_ids[b], labels[b], hbuf, seq_keys[b], mask_ratio[b], is_special, mid, random_pool, lo, span):
+            err = 2
+    return err
 
-    @njit(cache=True, nogil=True, parallel=True)
-    def kernel(runs, row_first, cls_id, sep_id, input_ids, labels, seq_keys, mask_ratio, is_special, mask_id, random_pool):
-        B, L = input_ids.shape
-        _check(runs, row_first, kind, input_ids, labels, seq_keys, mask_ratio, is_special, random_pool)
-        lo, hi = special_free_range(is_special)
-        ulo = np.uint32(lo)
-        span = np.uint32(hi - lo)
-        mid = np.int32(mask_id)
-        # A wrapped document is at least [CLS][SEP], so a row holds at most L // 2 + 1 starts.
-        starts = np.empty((B, L // 2 + 1), np.int32)
-        n_starts = np.empty(B, np.int64)
-        n_work = min(B, _WORKERS)  # fixed, not the thread count: the bytes never depend on threads
-        scratch = np.empty((n_work, (L + 1) >> 1), np.uint64)
-        errs = np.zeros(max(n_work, 1), np.int64)
-        for c in prange(n_work):
-            errs[c] = rows(c, n_work, runs, row_first, cls_id, sep_id, input_ids, labels, starts, n_starts, seq_keys,
-                           mask_ratio, is_special, mid, random_pool, ulo, span, scratch[c])
-        if errs.max() == 1:
-            raise ValueError("assemble: a row's runs do not add up to its length")
-        if errs.max() == 2:
-            raise ValueError("assemble: a token id lies outside [0, len(is_special)); size is_special to the vocabulary")
-        return _cu_seqlens(starts, n_starts, L)
 
-    return kernel
+@njit(cache=True, nogil=True, parallel=True)
+def assemble(
+    runs: np.ndarray,  # uint64[R, len(RUN_COLUMNS)] run descriptors, rows in order, all of one kind
+    row_first: np.ndarray,  # int64[B + 1]: row b is made of runs row_first[b] .. row_first[b+1]-1
+    cls_id: np.int64,
+    sep_id: np.int64,
+    input_ids: np.ndarray,  # int32[B, L] C-contiguous, fully written (packed, then masked)
+    labels: np.ndarray,  # int32[B, L] C-contiguous, fully written
+    seq_keys: np.ndarray,  # uint64[B]
+    mask_ratio: np.ndarray,  # float64[B], in [0, 1]
+    is_special: np.ndarray,  # bool[V]
+    mask_id: np.int32,
+    random_pool: np.ndarray,  # int32[R]
+) -> np.ndarray:
+    """Pack and mask every row; returns cu_seqlens (int32): every row start and every [CLS]
+    position of the flattened [B·L] tokens, then B·L. Raises ValueError on malformed input."""
+    B, L = input_ids.shape
+    kind = np.int64(runs[0, _KIND]) if runs.shape[0] > 0 else np.int64(RUN_SHARD)
+    _check(runs, row_first, kind, input_ids, labels, seq_keys, mask_ratio, is_special, random_pool)
+    lo, hi = special_free_range(is_special)
+    ulo = np.uint32(lo)
+    span = np.uint32(hi - lo)
+    mid = np.int32(mask_id)
+    # A wrapped document is at least [CLS][SEP], so a row holds at most L // 2 + 1 starts.
+    starts = np.empty((B, L // 2 + 1), np.int32)
+    n_starts = np.empty(B, np.int64)
+    n_work = min(B, _WORKERS)  # fixed, not the thread count: the bytes never depend on threads
+    scratch = np.empty((n_work, (L + 1) >> 1), np.uint64)
+    errs = np.zeros(max(n_work, 1), np.int64)
+    for c in prange(n_work):
+        errs[c] = _assemble_rows(c, n_work, runs, row_first, kind, cls_id, sep_id, input_ids, labels, starts, n_starts,
+                                 seq_keys, mask_ratio, is_special, mid, random_pool, ulo, span, scratch[c])
+    if errs.max() == 1:
+        raise ValueError("assemble: a row's runs do not add up to its length")
+    if errs.max() == 2:
+        raise ValueError("assemble: a token id lies outside [0, len(is_special)); size is_special to the vocabulary")
+    return _cu_seqlens(starts, n_starts, L)
 
 
 @njit(cache=True, nogil=True)
@@ -148,7 +167,7 @@ def _check(runs, row_first, kind, input_ids, labels, seq_keys, mask_ratio, is_sp
             raise ValueError("assemble: row_first must be non-decreasing")
     for r in range(runs.shape[0]):
         if runs[r, _KIND] != kind:
-            raise ValueError("assemble: a run of the other kind (shard vs virtual); use assemble_runs")
+            raise ValueError("assemble: runs of both kinds (shard and virtual) in one batch")
 
 
 @njit(cache=True, nogil=True)
@@ -171,26 +190,3 @@ def _cu_seqlens(starts: np.ndarray, n_starts: np.ndarray, L: np.int64) -> np.nda
             k += 1
     cu[k] = B * L
     return cu
-
-
-assemble = _assemble_kernel(_shard_run, RUN_SHARD)
-assemble_virtual = _assemble_kernel(_virtual_run, RUN_VIRTUAL)
-
-
-def assemble_runs(
-    runs: np.ndarray,  # uint64[R, len(RUN_COLUMNS)] run descriptors, rows in order, all of one kind
-    row_first: np.ndarray,  # int64[B + 1]: row b is made of runs row_first[b] .. row_first[b+1]-1
-    cls_id: int,
-    sep_id: int,
-    input_ids: np.ndarray,  # int32[B, L] C-contiguous, fully written (packed, then masked)
-    labels: np.ndarray,  # int32[B, L] C-contiguous, fully written
-    seq_keys: np.ndarray,  # uint64[B]
-    mask_ratio: np.ndarray,  # float64[B], in [0, 1]
-    is_special: np.ndarray,  # bool[V]
-    mask_id: int,
-    random_pool: np.ndarray,  # int32[R]
-) -> np.ndarray:
-    """Pack and mask every row; returns cu_seqlens (int32). Raises ValueError on malformed runs."""
-    kernel = assemble_virtual if runs.shape[0] and runs[0, _KIND] == RUN_VIRTUAL else assemble
-    return kernel(runs, row_first, np.int64(cls_id), np.int64(sep_id), input_ids, labels, seq_keys, mask_ratio,
-                  is_special, np.int32(mask_id), random_pool)

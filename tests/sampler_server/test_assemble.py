@@ -110,3 +110,24 @@ def test_runs_that_do_not_fill_a_row_are_refused(corpus):
         call(60, 64)
     with pytest.raises(ValueError, match="do not add up"):
         call(70, 64)
+
+
+def test_the_batch_kernel_loads_from_the_on_disk_cache(corpus, tmp_path):
+    # A kernel whose cache key changes from process to process (e.g. a closure over a dispatcher)
+    # recompiles in every server and trainer process: seconds before the first batch.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from curriculum.recipe import parse_recipe; from conftest import SCALED_MMBERT\n"
+        "from sampler_server.sampler import Sampler; from sampler_server.kernels.assemble import assemble\n"
+        f"Sampler({str(corpus)!r}, parse_recipe(SCALED_MMBERT), seed=3, chunk=64).batch(1)\n"
+        "print(sum(assemble.stats.cache_misses.values()), sum(assemble.stats.cache_hits.values()))\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=300)
+            for _ in range(2)]
+    first, second = (tuple(map(int, r.stdout.split()[-2:])) for r in runs)
+    assert first == (1, 0)  # compiled and saved
+    assert second == (0, 1)  # loaded
