@@ -23,13 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from curriculum.errors import CurriculumError
 from curriculum.executors import make_executor
-from curriculum.manifest import DROP_PREFIX, ManifestMeta, TokenizerMeta, write_manifest
 
 WORK = ".work"
 SIG_IN_MEMORY_BYTES = 64 << 20  # a language's signatures up to this size are not memory-mapped
@@ -147,21 +146,25 @@ def extract_task(spec: ExtractSpec) -> dict:
                 drops[spec.language or ""][reason] += n
                 n_in += n
             issues.extend(asdict(i) for i in batch.issues)
-            # The normalized texts as Python strings (length filter, LID) and as one Arrow array
-            # (signatures and the parts take slices of it: no second UTF-8 encoding).
+            # The normalized texts as one Arrow array (signatures and the parts take slices of it:
+            # no second UTF-8 encoding) and as Python strings where they exist anyway (a list
+            # from JSONL / text; for Parquet, `ArrowTexts`: strings only where LID asks for them).
             norm, norm_arr = normalize_texts(batch.texts)
             langs: list = list(batch.languages)
             n_in += len(norm)
             # Length filter first, so language ID never runs on text that is dropped anyway.
-            for i, text in enumerate(norm):
-                if len(text) < cfg.min_chars:
-                    langs[i] = (langs[i] or "", "too_short")
-                elif len(text) > cfg.max_chars:
-                    langs[i] = (langs[i] or "", "too_long")
+            # (Characters are code points: Arrow's count over valid UTF-8 equals len(str).)
+            chars = pc.utf8_length(norm_arr).to_numpy()
+            for i in np.flatnonzero((chars < cfg.min_chars) | (chars > cfg.max_chars)).tolist():
+                langs[i] = (langs[i] or "", "too_short" if chars[i] < cfg.min_chars else "too_long")
             unlabeled = [i for i, l in enumerate(langs) if l is None]
             if unlabeled:
                 lid = lid or _identifier(cfg.lid_model, cfg.lid_threshold, cfg.lid_prefix_chars)
-                keys, probs = lid.predict([norm[i] for i in unlabeled])
+                if isinstance(norm, list):
+                    lid_texts = [norm[i] for i in unlabeled]
+                else:
+                    lid_texts = norm_arr.take(pa.array(unlabeled, pa.int64())).to_pylist()
+                keys, probs = lid.predict(lid_texts)
                 for i, key, prob in zip(unlabeled, keys, probs):
                     if key is None:
                         langs[i] = ("", "unknown_lid_label")
@@ -401,7 +404,7 @@ def tokenize_task(spec: TokenizeSpec) -> dict:
                     texts, ids = texts.filter(pa.array(keep)), ids[keep]
             for a in range(0, len(texts), TOKENIZE_BATCH):
                 chunk = texts.slice(a, TOKENIZE_BATCH)
-                flat, offs = tok.encode_batch(chunk.to_pylist())
+                flat, offs = tok.encode_arrow(chunk)
                 buf.add(flat, np.diff(offs), source, ids[a : a + TOKENIZE_BATCH] & ((1 << DOC_ID_FILE_SHIFT) - 1))
                 docs += len(chunk)
                 tokens += int(flat.size)
@@ -600,6 +603,10 @@ def _publish(staging: Path, uri: str, workers: int = 8) -> dict[str, int]:
 
 
 def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seconds) -> BuildReport:
+    import polars as pl  # here, not at the top: pool workers never need polars (~0.12 s to import)
+
+    from curriculum.manifest import DROP_PREFIX, ManifestMeta, TokenizerMeta, write_manifest
+
     lang_drops: dict[str, Counter] = defaultdict(Counter)
     unattributed: Counter = Counter()
     issues = [asdict(i) for i in file_issues]

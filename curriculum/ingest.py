@@ -5,7 +5,9 @@
   (`fra_Latn/train/000.parquet`, or any folder named like `fra_Latn`).
 - `read_documents(f)` yields `DocBatch`es of at most `batch_size` documents. Each document keeps
   its provenance: the source file and its row (Parquet, 0-based) or first line (JSONL and text,
-  1-based, as editors count).
+  1-based, as editors count). A Parquet record batch whose rows are all documents as they stand
+  (no null, valid UTF-8, none blank, no per-row language column: checked on the Arrow buffers)
+  is handed out as `ArrowTexts` without a Python string per row; the batches are the same.
 
 Bad input never stops the read and is never silent. A bad *document* (an undecodable or malformed
 line, a missing or non-string text) is dropped and counted under a reason, and its line is listed
@@ -27,11 +29,17 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal, get_args
+from typing import TYPE_CHECKING, BinaryIO, Literal, get_args
 
 import numpy as np
+from numba import njit
 
 from curriculum.languages import UnknownLanguageError, normalize_language
+from curriculum.normalize import ArrowTexts
+from curriculum.unicode_tables import SPACE, code_point_tables, decode_utf8
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # What a reader reports. Per document (counted in DocBatch.drops, the first lines listed as issues):
 DROP_REASONS = (
@@ -100,7 +108,7 @@ class DocBatch:
     """
 
     path: str
-    texts: list[str]
+    texts: list[str] | ArrowTexts  # ArrowTexts: the Parquet reader's batches that needed no per-row look
     languages: list[str | None]  # normalized keys; None: unlabeled, language ID decides
     rows: np.ndarray  # int64: Parquet row (0-based) or first line of the document (1-based)
     drops: Counter[str] = field(default_factory=Counter)
@@ -232,15 +240,51 @@ class _Collector:
         self.nbytes = 0
         self.drops: Counter[str] = Counter()
         self.issues: list[FileIssue] = []
+        # Documents pending as Arrow slices (`add_arrow`); never at the same time as `texts`.
+        self.arrow: list[tuple[pa.LargeStringArray, np.ndarray]] = []  # (slice, rows)
 
     def add(self, text: str, language: str | None, row: int, nbytes: int) -> bool:
         """Keep a document; True when the batch is full."""
+        if self.arrow:
+            self._arrow_to_python()
         self.seen += 1
         self.texts.append(text)
         self.languages.append(language)
         self.rows.append(row)
         self.nbytes += nbytes
         return len(self.texts) >= self.batch_size or self.nbytes >= self.batch_bytes
+
+    def add_arrow(self, texts: pa.LargeStringArray, chars: np.ndarray, language: str | None, rows: np.ndarray) -> Iterator[DocBatch]:
+        """Keep the documents of a large_string array, as `add` of each in turn would (`chars` is
+        each one's `nbytes`); yields the batches that fill up. No Python string is made."""
+        if self.texts:  # one kind of pending documents at a time
+            for i, text in enumerate(texts.to_pylist()):
+                if self.add(text, language, int(rows[i]), int(chars[i])):
+                    yield self.take()
+            return
+        n, start = len(chars), 0
+        cum = np.cumsum(chars)
+        while start < n:
+            # The first document at which `add` would report the batch full: by count or by size.
+            by_count = start + self.batch_size - len(self.languages) - 1
+            base = self.nbytes - (int(cum[start - 1]) if start else 0)
+            by_size = start + int(np.searchsorted(cum[start:], self.batch_bytes - base, side="left"))
+            end = min(by_count, by_size, n - 1) + 1
+            self.seen += end - start
+            self.arrow.append((texts.slice(start, end - start), rows[start:end]))
+            self.languages.extend([language] * (end - start))
+            self.nbytes = base + int(cum[end - 1])
+            full = min(by_count, by_size) == end - 1
+            start = end
+            if full:
+                yield self.take()
+
+    def _arrow_to_python(self) -> None:
+        import pyarrow as pa
+
+        self.texts = pa.concat_arrays([a for a, _ in self.arrow]).to_pylist()
+        self.rows = np.concatenate([r for _, r in self.arrow]).tolist()
+        self.arrow = []
 
     def drop(self, reason: str, line: int | None, message: str) -> None:
         """Count a dropped document; list its line while the reason is under the cap."""
@@ -255,10 +299,17 @@ class _Collector:
         self.issues.append(FileIssue(self.f.path, None, reason, message))
 
     def pending(self) -> bool:
-        return bool(self.texts or self.drops or self.issues)
+        return bool(self.texts or self.arrow or self.drops or self.issues)
 
     def take(self) -> DocBatch:
-        b = DocBatch(self.f.path, self.texts, self.languages, np.asarray(self.rows, dtype=np.int64), self.drops, self.issues)
+        if self.arrow:
+            import pyarrow as pa
+
+            arr = self.arrow[0][0] if len(self.arrow) == 1 else pa.concat_arrays([a for a, _ in self.arrow])
+            rows = np.concatenate([r for _, r in self.arrow]).astype(np.int64, copy=False)
+            b = DocBatch(self.f.path, ArrowTexts(arr), self.languages, rows, self.drops, self.issues)
+        else:
+            b = DocBatch(self.f.path, self.texts, self.languages, np.asarray(self.rows, dtype=np.int64), self.drops, self.issues)
         self._reset()
         return b
 
@@ -506,6 +557,54 @@ def _arrow_texts(arr: object, as_str: bool) -> list[object]:
     return arr.to_pylist()  # type: ignore[attr-defined]
 
 
+def _clean_arrow_texts(arr: pa.Array) -> tuple[pa.LargeStringArray, np.ndarray] | None:
+    """(large_string array, characters per document) when every row of a string column chunk is a
+    document as it stands (no null, valid UTF-8, not blank); None when some row needs a look."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) or arr.null_count:
+        return None
+    if pa.types.is_string(arr.type):
+        arr = arr.cast(pa.large_string())
+    try:
+        arr.validate(full=True)  # UTF-8 as strict as Python's decoder (Parquet reads do not check it)
+    except pa.ArrowInvalid:
+        return None
+    if len(arr) == 0:
+        return arr, np.zeros(0, dtype=np.int64)
+    _, off_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(off_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(1, dtype=np.uint8)
+    if _any_blank(data, offsets, _space_table()):
+        return None
+    return arr, pc.utf8_length(arr).to_numpy()
+
+
+@functools.cache
+def _space_table() -> np.ndarray:
+    """bool per code point below 0x40000: `str.isspace` (no whitespace lies above)."""
+    return (code_point_tables()[0] & SPACE) != 0
+
+
+@njit(cache=True, nogil=True)
+def _any_blank(data: np.ndarray, offsets: np.ndarray, space: np.ndarray) -> bool:
+    """True when some document data[offsets[d]:offsets[d+1]] (valid UTF-8) is empty or only
+    whitespace, the rule of `not text.strip()`; stops at each document's first other character."""
+    for d in range(offsets.shape[0] - 1):
+        i = offsets[d]
+        end = offsets[d + 1]
+        blank = True
+        while i < end:
+            cp, i = decode_utf8(data, i)
+            if cp >= space.shape[0] or not space[cp]:
+                blank = False
+                break
+        if blank:
+            return True
+    return False
+
+
 def _read_parquet(f: InputFile, col: _Collector, batch_size: int, text_field: str) -> Iterator[DocBatch]:
     """Rows of the `text_field` column (and `language` / `language_script` columns when present).
 
@@ -541,6 +640,13 @@ def _read_parquet(f: InputFile, col: _Collector, batch_size: int, text_field: st
     row = 0
     try:
         for rb in pf.iter_batches(batch_size=batch_size, columns=[text_field, *extra]):
+            if as_str and not extra:
+                fast = _clean_arrow_texts(rb.column(0))
+                if fast is not None:  # every row is a document: no Python string per row
+                    arr, chars = fast
+                    yield from col.add_arrow(arr, chars, f.language, np.arange(row, row + rb.num_rows, dtype=np.int64))
+                    row += rb.num_rows
+                    continue
             texts = _arrow_texts(rb.column(0), as_str)
             labels = rb.column(1).to_pylist() if "language" in extra else [None] * rb.num_rows
             if "language_script" in extra:  # FineWeb-2 splits the key: language=fra, language_script=Latn

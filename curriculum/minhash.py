@@ -74,16 +74,23 @@ def fold_char(ch: str) -> str:
 def fold_table() -> np.ndarray:
     """uint32[0x110000]: 0 for a non-word codepoint, else the codepoint of its lowercase form.
 
-    Built once per process (~0.3 s); codepoint 0 is never a word character, so 0 is free as the
-    "not a word character" mark.
+    Built once (~0.3 s), then read from disk (`curriculum.unicode_tables.cached_tables`); codepoint 0
+    is never a word character, so 0 is free as the "not a word character" mark.
     """
+    from curriculum.unicode_tables import cached_tables
+
+    (table,) = cached_tables("fold-table", __file__, _build_fold_table)
+    table.setflags(write=False)
+    return table
+
+
+def _build_fold_table() -> tuple[np.ndarray]:
     table = np.zeros(N_CODEPOINTS, dtype=np.uint32)
     for i in range(N_CODEPOINTS):
         ch = chr(i)
         if is_word_char(ch):
             table[i] = ord(fold_char(ch))
-    table.setflags(write=False)
-    return table
+    return (table,)
 
 
 def utf8_buffers(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

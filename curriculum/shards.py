@@ -75,15 +75,46 @@ def write_shard(path: str | Path, tokens: np.ndarray, offsets: np.ndarray, sourc
     batch = pa.record_batch([lists, pa.array(sources, pa.string()), pa.array(rows, pa.int64())], schema=SHARD_SCHEMA)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, SHARD_SCHEMA) as writer:
-            writer.write_batch(batch)
+        # The checksum is taken from the bytes as they are written (the IPC writer only appends),
+        # instead of reading the file back.
+        with os.fdopen(fd, "wb", buffering=0) as raw:
+            sink = _HashingSink(raw)
+            with pa.PythonFile(sink, mode="w") as out, pa.ipc.new_file(out, SHARD_SCHEMA) as writer:
+                writer.write_batch(batch)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return ShardInfo(path, n, int(tokens.size), path.stat().st_size, sha256_file(path))
+    return ShardInfo(path, n, int(tokens.size), sink.size, sink.sha256.hexdigest())
+
+
+class _HashingSink:
+    """A write-only file object that feeds sha256 with every byte it writes."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self.sha256.update(view)
+        while view.nbytes:  # an unbuffered write may be partial
+            k = self.raw.write(view)
+            view = view[k:]
+            self.size += k
+        return len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
 
 
 def open_shard(path: str | Path) -> ShardView:

@@ -148,10 +148,12 @@ def test_normalize_texts_matches_normalize_text():
     rng = random.Random(0)
     # Starters that compose with a following mark, marks in and out of canonical order, MAYBE
     # characters (Bengali/Tamil AA, Hangul jamo), precomposed letters whose decomposition ends
-    # in a mark (ǫ), composition exclusions (क़), controls, CR, whitespace, a plane-14 tag.
+    # in a mark (ǫ), composition exclusions (क़, য়) and their parts, controls, CR, whitespace, a plane-14 tag.
     pool = list("ae xक\t\n\r\x00\x85") + ["\u0301", "\u0328", "\u0316", "\u01eb", "\u09c7", "\u09be", "\u0bc6", "\u0bbe",
                                            "\u093c", "\u0958", "\u1100", "\u1161", "\uac00", "\u11a8", "\u0e48", "\u0e38",
-                                           "\u2003", "\u212b", "\u0344", "\U000e0067", "\u00e9", "\u0432"]
+                                           "\u2003", "\u212b", "\u0344", "\U000e0067", "\u00e9", "\u0432",
+                                           # excluded pairs: য + ◌় (য় 09DF), ক + ◌় (क़ 0958) next to न + ◌़ (ऩ 0929, primary)
+                                           "\u09af", "\u09bc", "\u09df", "\u0915", "\u0928", "\u0929"]
     texts = ["".join(rng.choice(pool) for _ in range(rng.randint(0, 12))) for _ in range(50_000)]
     texts += ["Caf\u00e9 d\u00e9j\u00e0", "Cafe\u0301", "  padded \n", "\u0dd9\u0dca", ""]
     want = [normalize_text(t) for t in texts]
@@ -159,3 +161,25 @@ def test_normalize_texts_matches_normalize_text():
     assert got == want
     assert arr.to_pylist() == want
     assert sum(w != t for w, t in zip(want, texts)) > 10_000  # the pool exercises both paths
+
+
+def test_normalize_texts_matches_normalize_text_on_every_triple():
+    """Every 3-character sequence over starters, MAYBE starters and marks of several classes,
+    precomposed and excluded letters (where the kernel settles a MAYBE code point itself)."""
+    import itertools
+
+    from curriculum.normalize import normalize_text, normalize_texts
+
+    alphabet = [
+        "a", "e", "\u0915", "\u0928", "\u09a1", "\u09af", "\u09c7", "\u0bc6", "\u0627",  # starters (some compose)
+        "\u09be", "\u0bbe", "\u09d7", "\u0cd5",  # MAYBE starters (vowel signs of two-part vowels)
+        "\u0301", "\u0328", "\u0316", "\u09bc", "\u093c", "\u0e48", "\u0e38", "\u0651", "\u064e", "\u0654",  # marks
+        "\u00e9", "\u01eb", "\u09cb", "\u09df", "\u0958", "\u0929", "\u0622",  # precomposed, excluded
+        "\u1100", "\u1161", "\uac00", " ",
+    ]
+    texts = ["x" + "".join(t) for t in itertools.product(alphabet, repeat=3)]
+    want = [normalize_text(t) for t in texts]
+    got, arr = normalize_texts(texts)
+    assert got == want
+    assert arr.to_pylist() == want
+    assert 0.2 < sum(w != t for w, t in zip(want, texts)) / len(texts) < 0.9
