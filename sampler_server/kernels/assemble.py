@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from sampler_server.kernels.mask import _WORKERS, _mask_row, special_free_range
+from sampler_server.kernels.mask import _WORKERS, _check_run, _mask_row, special_free_range
 from sampler_server.kernels.pack import copy_run, copy_run_virtual
 
 RUN_SHARD, RUN_VIRTUAL = 0, 1
@@ -95,7 +95,7 @@ def _assemble_rows(
     first: np.int64, step: np.int64, runs: np.ndarray, row_first: np.ndarray, kind: np.int64, cls_id: np.int64,
     sep_id: np.int64, input_ids: np.ndarray, labels: np.ndarray, starts: np.ndarray, n_starts: np.ndarray,
     seq_keys: np.ndarray, mask_ratio: np.ndarray, is_special: np.ndarray, mid: np.int32, random_pool: np.ndarray,
-    lo: np.uint32, span: np.uint32, hbuf: np.ndarray,
+    run: np.ndarray, lo: np.uint32, span: np.uint32, hbuf: np.ndarray,
 ) -> np.int64:
     """Rows first, first + step, ...: pack, then mask while the row is in cache. Returns 1 if a
     row's runs were malformed, 2 if it holds an id outside [0, V), else 0."""
@@ -105,7 +105,8 @@ def _assemble_rows(
         if ns < 0:
             return 1
         n_starts[b] = ns
-        if not _mask_row(input_ids[b], labels[b], hbuf, seq_keys[b], mask_ratio[b], is_special, mid, random_pool, lo, span):
+        if not _mask_row(input_ids[b], labels[b], hbuf, seq_keys[b], mask_ratio[b], is_special, mid, random_pool, run, lo,
+                         span):
             err = 2
     return err
 
@@ -123,12 +124,14 @@ def assemble(
     is_special: np.ndarray,  # bool[V]
     mask_id: np.int32,
     random_pool: np.ndarray,  # int32[R]
+    pool_run: np.ndarray,  # int64[3], mask.pool_run(random_pool)
 ) -> np.ndarray:
     """Pack and mask every row; returns cu_seqlens (int32): every row start and every [CLS]
     position of the flattened [B·L] tokens, then B·L. Raises ValueError on malformed input."""
     B, L = input_ids.shape
     kind = np.int64(runs[0, _KIND]) if runs.shape[0] > 0 else np.int64(RUN_SHARD)
     _check(runs, row_first, kind, input_ids, labels, seq_keys, mask_ratio, is_special, random_pool)
+    _check_run(random_pool, pool_run)
     lo, hi = special_free_range(is_special)
     ulo = np.uint32(lo)
     span = np.uint32(hi - lo)
@@ -141,7 +144,7 @@ def assemble(
     errs = np.zeros(max(n_work, 1), np.int64)
     for c in prange(n_work):
         errs[c] = _assemble_rows(c, n_work, runs, row_first, kind, cls_id, sep_id, input_ids, labels, starts, n_starts,
-                                 seq_keys, mask_ratio, is_special, mid, random_pool, ulo, span, scratch[c])
+                                 seq_keys, mask_ratio, is_special, mid, random_pool, pool_run, ulo, span, scratch[c])
     if errs.max() == 1:
         raise ValueError("assemble: a row's runs do not add up to its length")
     if errs.max() == 2:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sampler_server.kernels.mask import IGNORE_INDEX, PICK_TAG, mask_batch, mask_tokens, special_free_range
+from sampler_server.kernels.mask import IGNORE_INDEX, PICK_TAG, mask_batch, mask_tokens, pool_run, special_free_range
 from sampler_server.kernels.rng import sequence_key, sequence_keys, token_hash
 
 V = 5_000
@@ -80,11 +80,45 @@ def keys_for(seed: int, phase: int, gs) -> np.ndarray:
     return np.array([sequence_key(seed, phase, int(g)) for g in gs], np.uint64)
 
 
-def run_kernel(ids, keys, ratios, is_special, pool, mask_id=MASK_ID):
+def run_kernel(ids, keys, ratios, is_special, pool, mask_id=MASK_ID, run=None):
     out = np.array(ids, np.int32, copy=True)
     labels = np.full(out.shape, 12345, np.int32)  # garbage: the kernel must write every label
-    mask_tokens(out, labels, keys, np.asarray(ratios, np.float64), is_special, np.int32(mask_id), pool)
+    run = pool_run(pool) if run is None else run
+    mask_tokens(out, labels, keys, np.asarray(ratios, np.float64), is_special, np.int32(mask_id), pool, run)
     return out, labels
+
+
+def test_pool_run_is_the_longest_run_of_consecutive_ids():
+    assert pool_run(np.array([3, 4, 5, 9, 10, 11, 12, 20], np.int32)).tolist() == [3, 9, 4]
+    assert pool_run(np.array([7], np.int32)).tolist() == [0, 7, 1]
+    assert pool_run(np.array([5, 3, 1], np.int32)).tolist() == [0, 5, 1]  # decreasing: runs of one
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        pool = np.unique(rng.integers(0, 400, rng.integers(1, 300))).astype(np.int32)
+        if rng.random() < 0.5:
+            rng.shuffle(pool)
+        k0, first, n = pool_run(pool).tolist()
+        assert np.array_equal(pool[k0 : k0 + n], np.arange(first, first + n))
+        steps = np.flatnonzero(np.diff(pool) != 1)  # run boundaries
+        longest = np.diff(np.concatenate(([-1], steps, [pool.size - 1]))).max()
+        assert n == longest
+
+
+def test_the_computed_run_picks_what_the_pool_holds():
+    # Random ids come from the run arithmetic where it covers the pick, else from the pool: the
+    # same bytes as reading the pool for every pick (run length 0), for pools with gaps.
+    is_special, full = vocab_tables(specials=SPECIAL_SETS["scattered"])
+    B, L = 16, 300
+    ids = make_batch(B, L, seed=2)
+    keys = keys_for(1, 0, range(B))
+    for pool in (full, full[::2], np.concatenate((full[100:], full[:100]))):
+        pool = np.ascontiguousarray(pool)
+        with_run = run_kernel(ids, keys, np.full(B, 1.0), is_special, pool)
+        without = run_kernel(ids, keys, np.full(B, 1.0), is_special, pool, run=np.zeros(3, np.int64))
+        assert all(np.array_equal(a, b) for a, b in zip(with_run, without))
+        assert all(np.array_equal(a, b) for a, b in zip(with_run, reference_mask(ids, keys, np.full(B, 1.0), is_special, MASK_ID, pool)))
+    with pytest.raises(ValueError, match="pool_run does not match"):
+        run_kernel(ids, keys, np.full(B, 0.3), is_special, full, run=np.array([0, full[0] + 1, 5], np.int64))
 
 
 def test_token_hash_is_the_documented_formula() -> None:
