@@ -33,7 +33,7 @@ from curriculum.schedule import StepInfo, Timeline
 from curriculum.shards import open_shard
 from sampler_server.cache import DEFAULT_CACHE_BYTES, ShardCache
 from sampler_server.kernels.blend import BlendIndex, adaptive_chunk
-from sampler_server.kernels.assemble import RUN_COLUMNS, assemble
+from sampler_server.kernels.assemble import assemble
 from sampler_server.kernels.mask import pool_run
 from sampler_server.kernels.rng import sequence_keys
 from sampler_server.streams import DEFAULT_BLOCK_TOKENS, LanguageStream, Runs
@@ -475,7 +475,7 @@ class Sampler:
         for r in range(n):  # where each row's tokens live; the kernel copies them
             streams[langs[r]].add_runs(int(starts[r]), L, runs)
             runs.end_row()
-        table = np.array(runs.rows, np.uint64).reshape(-1, len(RUN_COLUMNS))
+        table = runs.table()
         row_first = np.array(runs.row_first, np.int64)
 
         phase = reg.recipe.phases[p]

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from curriculum.shards import ShardView, open_shard
-from sampler_server.kernels.assemble import RUN_SHARD
-from sampler_server.kernels.pack import copy_run, keyed_permutation
+from sampler_server.kernels.assemble import RUN_COLUMNS, RUN_SHARD, pack_row
+from sampler_server.kernels.pack import keyed_permutation
 from sampler_server.kernels.rng import mix64
 
 DEFAULT_BLOCK_TOKENS = 1 << 20
@@ -81,6 +81,10 @@ class Runs:
 
     def end_row(self) -> None:
         self.row_first.append(len(self.rows))
+
+    def table(self) -> np.ndarray:
+        """The runs as the kernels take them: uint64[R, len(RUN_COLUMNS)]."""
+        return np.array(self.rows, np.uint64).reshape(-1, len(RUN_COLUMNS))
 
 
 def cut_blocks(wrapped: np.ndarray, target: int) -> np.ndarray:
@@ -205,11 +209,6 @@ class LanguageStream:
         a = int(t.doc0[block])
         return np.diff(offs[a : a + int(t.ndocs[block]) + 1])
 
-    def _copy(self, block: int, docs: np.ndarray, d: int, od: int, n: int, out: np.ndarray, pos: int,
-              starts: np.ndarray, n_starts: int, cls_id: int, sep_id: int) -> int:
-        view = self._shards[self.table.shard[block]]
-        return copy_run(view.tokens, view.offsets, docs, d, od, n, cls_id, sep_id, out, pos, starts, n_starts)
-
     def add_runs(self, start: int, n_tokens: int, runs: Runs) -> None:
         """Append to `runs` the runs that make stream tokens [start, start + n_tokens): the same
         walk as `fill`, leaving the copying to the batch kernel (kernels/assemble.py)."""
@@ -234,22 +233,9 @@ class LanguageStream:
         runs.keep.append(docs)  # the LRU may drop it while the kernel reads it
 
     def fill(self, start: int, out: np.ndarray, starts: np.ndarray, cls_id: int, sep_id: int) -> int:
-        """Write stream tokens [start, start+len(out)) into `out`; document starts into `starts`.
-        Returns how many document starts were written."""
-        t = self.table
-        S = t.stream_len
-        L = out.size
-        pos, n_starts, T = 0, 0, int(start)
-        while pos < L:
-            e, o = divmod(T, S)
-            perm, cum = self.epoch_order(e)
-            j = int(np.searchsorted(cum, o, side="right")) - 1
-            b = int(perm[j])
-            docs, dcum = self.block_order(e, b)
-            ob = o - int(cum[j])
-            d = int(np.searchsorted(dcum, ob, side="right")) - 1
-            n = min(L - pos, int(cum[j + 1]) - o)
-            n_starts = self._copy(b, docs, d, ob - int(dcum[d]), n, out, pos, starts, n_starts, cls_id, sep_id)
-            pos += n
-            T += n
-        return n_starts
+        """Write stream tokens [start, start+len(out)) into `out` (int32, C-contiguous); document
+        starts into `starts`. Returns how many document starts were written. (`Sampler.batch`
+        does the same for a whole batch in one kernel call.)"""
+        runs = Runs()
+        self.add_runs(start, out.size, runs)
+        return int(pack_row(runs.table(), np.int64(cls_id), np.int64(sep_id), out, starts))

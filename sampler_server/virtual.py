@@ -5,8 +5,9 @@ shards. `VirtualLanguageStream` gives each language a stream of exactly that man
 [CLS]/[SEP] per document) cut into equal blocks; a block's document lengths are drawn from a
 counter-based hash (exponential around the language's mean document length) and its tokens are
 hashes of (language, block, document, position). Nothing of a 12 TB corpus is stored, yet the
-real index, blend, shuffle, pack and mask code runs on it: the same `LanguageStream.fill`, the
-same keyed permutations, only the two hooks that touch shard data differ.
+real index, blend, shuffle, pack and mask code runs on it: the same `LanguageStream.add_runs`
+walk and keyed permutations; only the hooks that touch shard data differ (document lengths, and
+runs of generated tokens for the batch kernel).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from sampler_server.kernels.assemble import RUN_VIRTUAL
-from sampler_server.kernels.pack import copy_run_virtual, keyed_permutation
+from sampler_server.kernels.pack import keyed_permutation
 from sampler_server.kernels.rng import mix64
 from sampler_server.streams import DEFAULT_BLOCK_TOKENS, BlockTable, LanguageStream, Runs, _mix
 
@@ -99,9 +100,3 @@ class VirtualLanguageStream(LanguageStream):
         lo, hi = self.vocab
         runs.rows.append((RUN_VIRTUAL, lens.ctypes.data, 0, docs_addr, int(self._block_key(block)), d, od, n, lo, hi))
         runs.keep += (docs, lens)
-
-    def _copy(self, block, docs, d, od, n, out, pos, starts, n_starts, cls_id, sep_id) -> int:
-        lo, hi = self.vocab
-        return copy_run_virtual(
-            self._block_key(block), self._doc_lengths(block), docs, d, od, n, cls_id, sep_id, lo, hi, out, pos, starts, n_starts
-        )

@@ -91,6 +91,22 @@ def _pack_row(runs: np.ndarray, r0: np.int64, r1: np.int64, kind: np.int64, cls_
 
 
 @njit(cache=True, nogil=True)
+def pack_row(runs: np.ndarray, cls_id: np.int64, sep_id: np.int64, out: np.ndarray, starts: np.ndarray) -> np.int64:
+    """One row from all of `runs` (one kind), unmasked: `LanguageStream.fill`. Returns how many
+    document starts it wrote into `starts`."""
+    if runs.shape[1] != len(RUN_COLUMNS):
+        raise ValueError("pack_row: runs must be uint64[R, 10]")
+    kind = np.int64(runs[0, _KIND]) if runs.shape[0] > 0 else np.int64(RUN_SHARD)
+    for r in range(runs.shape[0]):
+        if runs[r, _KIND] != kind:
+            raise ValueError("pack_row: runs of both kinds (shard and virtual)")
+    ns = _pack_row(runs, 0, runs.shape[0], kind, cls_id, sep_id, out, starts)
+    if ns < 0:
+        raise ValueError("pack_row: the runs do not add up to the row's length")
+    return ns
+
+
+@njit(cache=True, nogil=True)
 def _assemble_rows(
     first: np.int64, step: np.int64, runs: np.ndarray, row_first: np.ndarray, kind: np.int64, cls_id: np.int64,
     sep_id: np.int64, input_ids: np.ndarray, labels: np.ndarray, starts: np.ndarray, n_starts: np.ndarray,

@@ -1,6 +1,8 @@
 """The batch kernel (pack + mask in one call over a table of runs) equals the row-by-row path it
 replaced: `LanguageStream.fill` per row, then `mask_tokens` over the batch, then cu_seqlens from
-the rows' document starts. Shard corpora, virtual corpora, rows that cross blocks and epochs."""
+the rows' document starts. Shard corpora, virtual corpora, rows that cross blocks and epochs.
+(The copy itself, `copy_run`, is held to a numpy reference in test_pack.py, and `fill` to
+sequential reads of the stream in test_streams.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 from conftest import RECIPES, SCALED_MMBERT
 from curriculum.randomcorpus import write_random_corpus
 from curriculum.recipe import load_recipe, parse_recipe
-from sampler_server.kernels.assemble import RUN_COLUMNS, assemble
+from sampler_server.kernels.assemble import assemble
 from sampler_server.kernels.mask import mask_tokens
 from sampler_server.kernels.rng import sequence_keys
 from sampler_server.sampler import Sampler
@@ -100,7 +102,7 @@ def test_runs_that_do_not_fill_a_row_are_refused(corpus):
         runs = Runs()
         stream.add_runs(0, n_tokens, runs)
         runs.end_row()
-        table = np.array(runs.rows, np.uint64).reshape(-1, len(RUN_COLUMNS))
+        table = runs.table()
         ids, labels = np.empty((1, L), np.int32), np.empty((1, L), np.int32)
         return assemble(table, np.array(runs.row_first, np.int64), np.int64(tok.cls_id), np.int64(tok.sep_id), ids, labels,
                         np.zeros(1, np.uint64), np.full(1, 0.3), s._is_special, np.int32(tok.mask_id), s._random_pool,
