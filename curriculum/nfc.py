@@ -15,8 +15,7 @@ from curriculum.unicode_tables import DECOMPOSES, MAYBE, NOT_STABLE, SPACE, deco
 def changed_kernel(
     data: np.ndarray, offsets: np.ndarray, flags: np.ndarray, ccc: np.ndarray, pairs: np.ndarray, out: np.ndarray
 ) -> None:
-    """out[d] = -1 when `normalize_text` provably leaves document d unchanged, else the index
-    (in code points) of a normalization boundary before which it leaves the text unchanged.
+    """out[d] = True unless `normalize_text` provably leaves document d unchanged.
 
     data: valid UTF-8 (uint8); offsets: int64[n + 1] into data; tables from `code_point_tables`.
     Unchanged means UAX #15's NFC quick check holds (no NOT_STABLE code point; canonical
@@ -25,10 +24,7 @@ def changed_kernel(
     a starter that has no decomposition and is not listed as a pair with it, it stays; a MAYBE
     starter (Bengali ◌া) right after a mark stays too (blocked). A MAYBE mark after a mark, or
     anything MAYBE after a precomposed character (whose decomposition may end in marks the MAYBE
-    code point composes past: ǫ + ◌́ → ó + ◌̨), counts as a change and Python decides.
-    Boundary: the last starter before the first change that is stable and not MAYBE (nothing
-    composes across it, UAX #15 §9); 0 when there is none or the text starts with whitespace,
-    the length when only trailing whitespace changes.
+    code point composes past: ǫ + ◌́ → ó + ◌̨), counts as a change and the normalizer decides.
     """
     for d in prange(out.size):
         i = offsets[d]
@@ -37,8 +33,6 @@ def changed_kernel(
         prev_cp = np.int64(-1)  # -1: no code point yet
         prev_ccc = 0
         space = False
-        n_cp = 0  # code points read so far
-        boundary = 0
         while i < end:
             cp, i = decode_utf8(data, i)
             if cp >= flags.size:
@@ -66,17 +60,9 @@ def changed_kernel(
                 if k < pairs.size and pairs[k] == key:
                     changed = True
                     break
-            if c == 0 and (f & MAYBE) == 0:
-                boundary = n_cp
             prev_cp = cp
             prev_ccc = c
-            n_cp += 1
-        if changed:
-            out[d] = boundary
-        elif space:
-            out[d] = n_cp
-        else:
-            out[d] = -1
+        out[d] = changed or space  # trailing whitespace is stripped
 
 
 @njit(cache=True, nogil=True, inline="always")

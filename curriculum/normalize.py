@@ -108,7 +108,7 @@ def normalize_texts(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> tuple[
     arr = pa.array(out, type=pa.large_string())
     if not out:
         return out, arr
-    todo = np.flatnonzero(_boundaries(arr) >= 0)
+    todo = np.flatnonzero(_changed(arr))
     if todo.size:
         arr, new, new_off = _renormalized(arr, todo)
         raw = new.tobytes()
@@ -117,14 +117,14 @@ def normalize_texts(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> tuple[
     return out, arr
 
 
-def _boundaries(arr: pa.LargeStringArray) -> np.ndarray:
-    """`changed_kernel` over the documents of a large_string array (-1: unchanged)."""
+def _changed(arr: pa.LargeStringArray) -> np.ndarray:
+    """`changed_kernel` over the documents of a large_string array: bool per document."""
     _, off_buf, data_buf = arr.buffers()
     offsets = np.frombuffer(off_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(1, dtype=np.uint8)
-    boundary = np.empty(len(arr), dtype=np.int64)
-    changed_kernel(data, offsets, *code_point_tables(), boundary)
-    return boundary
+    changed = np.empty(len(arr), dtype=np.bool_)
+    changed_kernel(data, offsets, *code_point_tables(), changed)
+    return changed
 
 
 def _normalize_arrow(arr: pa.Array | pa.ChunkedArray) -> tuple[ArrowTexts, pa.LargeStringArray]:
@@ -137,7 +137,7 @@ def _normalize_arrow(arr: pa.Array | pa.ChunkedArray) -> tuple[ArrowTexts, pa.La
     if arr.null_count:
         raise ValueError(f"texts: {arr.null_count} null documents; drop them before normalizing")
     if len(arr):
-        todo = np.flatnonzero(_boundaries(arr) >= 0)
+        todo = np.flatnonzero(_changed(arr))
         if todo.size:
             arr = _renormalized(arr, todo)[0]
     return ArrowTexts(arr), arr

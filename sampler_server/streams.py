@@ -155,7 +155,8 @@ class LanguageStream:
                 if view.tokens.dtype != np.uint32 or view.offsets.dtype != np.int64 or not (
                     view.tokens.flags.c_contiguous and view.offsets.flags.c_contiguous
                 ):
-                    raise ValueError(f"language {self.key}: a shard's arrays are not contiguous uint32 tokens / int64 offsets")
+                    raise ValueError(f"language {self.key}: a shard's arrays are not contiguous uint32 tokens / "
+                                     "int64 offsets; rebuild it with `curriculum build`")
             self._addrs = [(v.tokens.ctypes.data, v.offsets.ctypes.data) for v in shards]
             self._shards, self._table = shards, table
 
@@ -210,8 +211,9 @@ class LanguageStream:
         return np.diff(offs[a : a + int(t.ndocs[block]) + 1])
 
     def add_runs(self, start: int, n_tokens: int, runs: Runs) -> None:
-        """Append to `runs` the runs that make stream tokens [start, start + n_tokens): the same
-        walk as `fill`, leaving the copying to the batch kernel (kernels/assemble.py)."""
+        """Append to `runs` the runs that make stream tokens [start, start + n_tokens): position T
+        is epoch e = T // S, then a binary search over the epoch's block order, then over the
+        block's document order. The kernels (kernels/assemble.py) do the copying."""
         S = self.stream_len
         pos, T = 0, int(start)
         while pos < n_tokens:

@@ -140,7 +140,8 @@ def test_resuming_into_a_work_dir_of_another_build_is_refused(corpus, small_toke
 
 
 def test_normalize_texts_matches_normalize_text():
-    """The batch normalizer (numba quick check + Python from a boundary) equals the reference per text."""
+    """The batch normalizer (numba quick check, then the numba normalizer for the documents it
+    flags) equals the reference per text."""
     import random
 
     from curriculum.normalize import normalize_text, normalize_texts
