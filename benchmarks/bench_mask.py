@@ -30,7 +30,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sampler_server.kernels.assemble import RUN_COLUMNS, RUN_SHARD, assemble  # noqa: E402
-from sampler_server.kernels.mask import IGNORE_INDEX, mask_tokens, pool_run  # noqa: E402
+from sampler_server.kernels.mask import IGNORE_INDEX, free_range, mask_tokens, pool_run  # noqa: E402
 from sampler_server.kernels.rng import sequence_key  # noqa: E402
 
 VOCAB = 256_000
@@ -111,7 +111,8 @@ def bench_shape(B: int, L: int, reps: int, collator) -> dict[str, float]:
     is_special = np.zeros(VOCAB, np.bool_)
     is_special[SPECIAL] = True
     pool = np.flatnonzero(~is_special).astype(np.int32)
-    run = pool_run(pool)  # once per pool, as the Sampler does
+    run = pool_run(pool)  # once per vocabulary, as the Sampler does
+    free = free_range(is_special)
     keys = np.array([sequence_key(0, 0, g) for g in range(B)], np.uint64)
     ratios = np.full(B, RATIO)
     ids = np.empty_like(base)
@@ -124,13 +125,13 @@ def bench_shape(B: int, L: int, reps: int, collator) -> dict[str, float]:
     for threads in (1, 2):
         numba.set_num_threads(threads)
         restore()
-        mask_tokens(ids, labels, keys, ratios, is_special, np.int32(MASK), pool, run)  # warm-up (compiled/cached)
-        t = timed(lambda: mask_tokens(ids, labels, keys, ratios, is_special, np.int32(MASK), pool, run), restore, reps)
+        mask_tokens(ids, labels, keys, ratios, is_special, np.int32(MASK), pool, run, free)  # warm-up (compiled/cached)
+        t = timed(lambda: mask_tokens(ids, labels, keys, ratios, is_special, np.int32(MASK), pool, run, free), restore, reps)
         out[f"ours, numba, {threads} thread{'s' if threads > 1 else ''}"] = n / t
 
     runs, row_first, keep = shard_runs(B, L)
     asm = lambda: assemble(runs, row_first, np.int64(BOS), np.int64(EOS), ids, labels, keys, ratios, is_special,  # noqa: E731
-                           np.int32(MASK), pool, run)
+                           np.int32(MASK), pool, run, free)
     for threads in (1, 2):
         numba.set_num_threads(threads)
         asm()

@@ -34,7 +34,7 @@ from curriculum.shards import open_shard
 from sampler_server.cache import DEFAULT_CACHE_BYTES, ShardCache
 from sampler_server.kernels.blend import BlendIndex, adaptive_chunk
 from sampler_server.kernels.assemble import assemble
-from sampler_server.kernels.mask import pool_run
+from sampler_server.kernels.mask import free_range, pool_run
 from sampler_server.kernels.rng import sequence_keys
 from sampler_server.streams import DEFAULT_BLOCK_TOKENS, LanguageStream, Runs
 
@@ -143,6 +143,7 @@ class Sampler:
         self._is_special[specials[specials < tok.vocab_size]] = True
         self._random_pool = np.flatnonzero(~self._is_special).astype(np.int32)
         self._pool_run = pool_run(self._random_pool)
+        self._free_range = free_range(self._is_special)
 
     # -- the run as amended ---------------------------------------------------------------
 
@@ -493,7 +494,8 @@ class Sampler:
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # this thread only
         try:
             cu = assemble(table, row_first, np.int64(tok.cls_id), np.int64(tok.sep_id), input_ids, labels, keys,
-                          ratios, self._is_special, np.int32(tok.mask_id), self._random_pool, self._pool_run)
+                          ratios, self._is_special, np.int32(tok.mask_id), self._random_pool, self._pool_run,
+                          self._free_range)
         finally:
             numba.set_num_threads(prev)
         del runs  # the arrays the runs pointed into may go now

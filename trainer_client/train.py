@@ -425,6 +425,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     else:
         _say(cfg, rank, f"nothing to do: the run is already at step {start} (stop at {stop})")
     client.close()
+    # Every rank finishes its last collective before any rank tears the process group down: a
+    # rank that destroys it (or exits, taking the store with it) while a peer is still inside
+    # gloo can abort that peer at exit ("terminate called without an active exception").
+    _barrier()
     return result
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from sampler_server.kernels.mask import _WORKERS, _check_run, _mask_row, special_free_range
+from sampler_server.kernels.mask import _WORKERS, _check_range, _check_run, _mask_row
 from sampler_server.kernels.pack import copy_run, copy_run_virtual
 
 RUN_SHARD, RUN_VIRTUAL = 0, 1
@@ -141,6 +141,7 @@ def assemble(
     mask_id: np.int32,
     random_pool: np.ndarray,  # int32[R]
     pool_run: np.ndarray,  # int64[3], mask.pool_run(random_pool)
+    special_range: np.ndarray,  # int64[2], mask.free_range(is_special)
 ) -> np.ndarray:
     """Pack and mask every row; returns cu_seqlens (int32): every row start and every [CLS]
     position of the flattened [B·L] tokens, then B·L. Raises ValueError on malformed input."""
@@ -148,7 +149,8 @@ def assemble(
     kind = np.int64(runs[0, _KIND]) if runs.shape[0] > 0 else np.int64(RUN_SHARD)
     _check(runs, row_first, kind, input_ids, labels, seq_keys, mask_ratio, is_special, random_pool)
     _check_run(random_pool, pool_run)
-    lo, hi = special_free_range(is_special)
+    _check_range(is_special, special_range)
+    lo, hi = special_range[0], special_range[1]
     ulo = np.uint32(lo)
     span = np.uint32(hi - lo)
     mid = np.int32(mask_id)

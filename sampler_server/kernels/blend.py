@@ -168,7 +168,13 @@ class BlendIndex:
 
     Checkpoints are built lazily and cached (memory O(K x checkpoints built)); building a far one
     walks from the nearest cached one below it, so after the first build any access costs
-    O(chunk log K). Thread-safe: the server calls it from a thread pool."""
+    O(chunk log K). The counts where the last few slices ended are kept too (`RECENT` of them):
+    a trainer asks for step after step, and each rank's slice starts where the previous rank's
+    ended, so a slice usually starts exactly at a known count vector and costs O(n log K), not a
+    walk of up to `chunk` positions from the checkpoint. Thread-safe: the server calls it from a
+    thread pool."""
+
+    RECENT = 32  # count vectors kept at recent slice ends (K int64 each)
 
     def __init__(self, weights: np.ndarray, chunk: int = 1 << 16):
         w = np.ascontiguousarray(weights, dtype=np.float64)
@@ -184,6 +190,7 @@ class BlendIndex:
         self.weights.flags.writeable = False
         self.chunk = int(chunk)
         self._checkpoints: dict[int, np.ndarray] = {0: np.zeros(w.size, np.int64)}
+        self._recent: dict[int, np.ndarray] = {}  # position -> counts there (read-only), oldest first
         self._matrix: np.ndarray | None = None  # checkpoints 0..J as rows (e.g. memory-mapped from disk)
         self._lock = threading.Lock()
 
@@ -234,41 +241,58 @@ class BlendIndex:
                 self._checkpoints[k] = snap
             return self._checkpoints[j]
 
+    def _nearest(self, g: int) -> tuple[int, np.ndarray]:
+        """(p, a fresh copy of the counts at p) for the known position p <= g nearest to g: the
+        checkpoint below g or a recent slice end between it and g."""
+        p = g - g % self.chunk
+        base = self._checkpoint(p // self.chunk)
+        for q, counts in list(self._recent.items()):  # a snapshot: other threads may add meanwhile
+            if p < q <= g:
+                p, base = q, counts
+        return p, base.copy()
+
+    def _remember(self, g: int, counts: np.ndarray) -> None:
+        if g % self.chunk == 0 or g in self._recent:
+            return
+        snap = counts.copy()
+        snap.flags.writeable = False
+        with self._lock:
+            self._recent[g] = snap
+            while len(self._recent) > self.RECENT:
+                del self._recent[next(iter(self._recent))]
+
+    def _walk_to(self, g: int) -> np.ndarray:
+        """Counts at g (a fresh array), walked from the nearest known position below it."""
+        p, counts = self._nearest(g)
+        if g > p:
+            blend_run(self.weights, counts, p, g - p, np.empty(g - p, np.int32))
+        return counts
+
     def counts_at(self, g: int) -> np.ndarray:
         """Count of each language among the first g positions (int64[K], a fresh array)."""
         g = int(g)
         if g < 0:
             raise ValueError(f"BlendIndex.counts_at: g must be >= 0, got {g}")
-        j, r = divmod(g, self.chunk)
-        counts = self._checkpoint(j).copy()
-        if r:
-            blend_run(self.weights, counts, j * self.chunk, r, np.empty(r, np.int32))
-        return counts
+        return self._walk_to(g)
 
     def languages(self, start: int, n: int) -> np.ndarray:
         """Languages (int32) of the 0-based positions start .. start + n - 1."""
         start, n = int(start), int(n)
         if start < 0 or n < 0:
             raise ValueError(f"BlendIndex.languages: start ({start}) and n ({n}) must be >= 0")
-        j, skip = divmod(start, self.chunk)
-        counts = self._checkpoint(j).copy()
-        out = np.empty(skip + n, np.int32)
-        blend_run(self.weights, counts, j * self.chunk, skip + n, out)
-        return out[skip:]
+        return self.slice(start, n)[1]
 
     def slice(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(counts before `start`, languages of positions start .. start + n - 1) in one walk
-        from the checkpoint below `start`."""
+        from the nearest known position below `start`."""
         start, n = int(start), int(n)
         if start < 0 or n < 0:
             raise ValueError(f"BlendIndex.slice: start ({start}) and n ({n}) must be >= 0")
-        j, skip = divmod(start, self.chunk)
-        counts = self._checkpoint(j).copy()
-        if skip:
-            blend_run(self.weights, counts, j * self.chunk, skip, np.empty(skip, np.int32))
+        counts = self._walk_to(start)
         before = counts.copy()
         out = np.empty(n, np.int32)
         blend_run(self.weights, counts, start, n, out)
+        self._remember(start + n, counts)
         return before, out
 
 

@@ -48,7 +48,7 @@ def rowwise(s: Sampler, step: int, rank: int = 0, world: int = 1):
     else:
         ratios = phase.mask_ratio.start + (phase.mask_ratio.end - phase.mask_ratio.start) * (gs / info.phase_sequences)
     labels = np.empty_like(ids)
-    mask_tokens(ids, labels, keys, ratios, s._is_special, np.int32(tok.mask_id), s._random_pool, s._pool_run)
+    mask_tokens(ids, labels, keys, ratios, s._is_special, np.int32(tok.mask_id), s._random_pool, s._pool_run, s._free_range)
     return ids, labels, cu
 
 
@@ -106,7 +106,7 @@ def test_runs_that_do_not_fill_a_row_are_refused(corpus):
         ids, labels = np.empty((1, L), np.int32), np.empty((1, L), np.int32)
         return assemble(table, np.array(runs.row_first, np.int64), np.int64(tok.cls_id), np.int64(tok.sep_id), ids, labels,
                         np.zeros(1, np.uint64), np.full(1, 0.3), s._is_special, np.int32(tok.mask_id), s._random_pool,
-                        s._pool_run)
+                        s._pool_run, s._free_range)
 
     assert call(64, 64)[-1] == 64
     with pytest.raises(ValueError, match="do not add up"):

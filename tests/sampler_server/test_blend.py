@@ -225,6 +225,28 @@ def test_checkpoints_are_built_lazily_from_the_nearest_below() -> None:
     assert sorted(idx._checkpoints) == [0, 1, 2, 3, 4, 5]
 
 
+def test_slices_continue_from_recent_ends_with_the_same_result() -> None:
+    # Consecutive slices (a trainer's steps, ranks of one step) start where an earlier one ended;
+    # the walk then starts from the remembered counts, and the answers must not change.
+    w = WEIGHTS["k17_sparse"]
+    full, _, _ = run(w, 60_000)
+    idx = BlendIndex(w, chunk=5_000)
+    start = 1_234
+    for n in [7, 300, 1, 4_096, 2_500, 9_000, 0, 33]:
+        before, got = idx.slice(start, n)
+        np.testing.assert_array_equal(got, full[start : start + n], err_msg=f"start={start} n={n}")
+        np.testing.assert_array_equal(before, np.bincount(full[:start], minlength=w.size))
+        assert start + n in idx._recent or (start + n) % idx.chunk == 0
+        start += n
+    # Bounded: older ends are forgotten; lookups between them still come out right.
+    for s in range(40_000, 40_000 + 3 * BlendIndex.RECENT):
+        idx.slice(s, 1)
+    assert len(idx._recent) == BlendIndex.RECENT
+    for g in [40_050, 40_000 + 3 * BlendIndex.RECENT, 1_241, 59_999]:
+        np.testing.assert_array_equal(idx.counts_at(g), np.bincount(full[:g], minlength=w.size))
+        np.testing.assert_array_equal(idx.languages(g, 1), full[g : g + 1])
+
+
 def test_concurrent_access_from_a_thread_pool() -> None:
     w = WEIGHTS["k17"]
     full, _, _ = run(w, 400_000)

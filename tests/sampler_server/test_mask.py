@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sampler_server.kernels.mask import IGNORE_INDEX, PICK_TAG, mask_batch, mask_tokens, pool_run, special_free_range
+from sampler_server.kernels.mask import IGNORE_INDEX, PICK_TAG, free_range, mask_batch, mask_tokens, pool_run, special_free_range
 from sampler_server.kernels.rng import sequence_key, sequence_keys, token_hash
 
 V = 5_000
@@ -80,11 +80,12 @@ def keys_for(seed: int, phase: int, gs) -> np.ndarray:
     return np.array([sequence_key(seed, phase, int(g)) for g in gs], np.uint64)
 
 
-def run_kernel(ids, keys, ratios, is_special, pool, mask_id=MASK_ID, run=None):
+def run_kernel(ids, keys, ratios, is_special, pool, mask_id=MASK_ID, run=None, free=None):
     out = np.array(ids, np.int32, copy=True)
     labels = np.full(out.shape, 12345, np.int32)  # garbage: the kernel must write every label
     run = pool_run(pool) if run is None else run
-    mask_tokens(out, labels, keys, np.asarray(ratios, np.float64), is_special, np.int32(mask_id), pool, run)
+    free = free_range(is_special) if free is None else free
+    mask_tokens(out, labels, keys, np.asarray(ratios, np.float64), is_special, np.int32(mask_id), pool, run, free)
     return out, labels
 
 
@@ -263,6 +264,20 @@ def test_special_free_range(V_: int) -> None:
                 best = (a, b)
         assert (lo, hi) == best or (best == (0, 0) and hi == lo)
         assert not is_special[lo:hi].any()
+
+
+def test_a_range_that_is_not_the_vocabularys_is_refused() -> None:
+    # free_range(is_special) is passed in (computed once per vocabulary); a range from another
+    # vocabulary would let special ids be masked, so the kernel checks its ends.
+    is_special, pool = vocab_tables(specials=SPECIAL_SETS["scattered"])
+    ids = make_batch(4, 64, seed=1)
+    keys = keys_for(0, 0, range(4))
+    good = free_range(is_special)
+    assert tuple(good) == special_free_range(is_special)
+    lo, hi = good.tolist()
+    for bad in ([lo, hi + 1], [lo - 1, hi], [lo + 1, hi], [lo, hi - 1], [hi, lo], [0, is_special.size + 1]):
+        with pytest.raises(ValueError, match="free_range does not match"):
+            run_kernel(ids, keys, np.full(4, 0.3), is_special, pool, free=np.array(bad, np.int64))
 
 
 def test_ratio_zero_masks_nothing() -> None:
