@@ -134,14 +134,18 @@ def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int32()))
 
 
-def to_record_batch(batch: BatchArrays, dictionary: pa.Array, labels: LabelMode = "sparse") -> pa.RecordBatch:
-    """The Arrow record batch of one batch; `input_ids` (and dense labels) are not copied."""
-    ids = np.ascontiguousarray(batch.input_ids, dtype=np.int32)
-    lab = np.ascontiguousarray(batch.labels, dtype=np.int32)
-    cu = np.asarray(batch.cu_seqlens)
-    if ids.ndim != 2 or lab.shape != ids.shape:
-        raise ValueError(f"input_ids and labels must both be [B, L]; got {ids.shape} and {lab.shape}")
-    B, L = ids.shape
+def wire_parts(labels: np.ndarray, cu_seqlens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The variable-length columns of a batch: (doc_off, doc_pos, mask_off, mask_pos, mask_label),
+    all int32. Row b's document starts (positions in the row) are doc_pos[doc_off[b]:doc_off[b+1]],
+    its masked positions mask_pos[mask_off[b]:mask_off[b+1]] with original ids mask_label[...].
+
+    The numpy reference; the server computes the same arrays in one numba kernel
+    (`sampler_server.kernels.wire_parts`) and passes them to `to_record_batch` as `parts`."""
+    doc_off, doc_pos = _doc_parts(np.asarray(cu_seqlens), *labels.shape)
+    return (doc_off, doc_pos, *_sparse_parts(labels))
+
+
+def _doc_parts(cu: np.ndarray, B: int, L: int) -> tuple[np.ndarray, np.ndarray]:
     if cu.ndim != 1 or cu.size < 2 or cu[0] != 0 or cu[-1] != B * L or np.any(np.diff(cu) <= 0):
         raise ValueError(f"cu_seqlens must rise strictly from 0 to B*L={B * L}")
     starts = cu[:-1].astype(np.int64)
@@ -150,25 +154,46 @@ def to_record_batch(batch: BatchArrays, dictionary: pa.Array, labels: LabelMode 
     if per_row.min() < 1 or np.any(starts[np.concatenate(([0], np.cumsum(per_row)[:-1]))] != np.arange(B) * L):
         raise ValueError("cu_seqlens must hold every row start (r * L): documents never span rows")
     doc_off = np.concatenate(([0], np.cumsum(per_row))).astype(np.int32)
-    doc_starts = _list_array(doc_off, (starts - row_of * L).astype(np.int32))
+    return doc_off, (starts - row_of * L).astype(np.int32)
 
-    flat_ids = pa.array(ids.reshape(-1), pa.int32())
-    cols = [pa.FixedSizeListArray.from_arrays(flat_ids, L)]
-    if labels == "sparse":
-        flat = lab.reshape(-1)
-        where = np.flatnonzero(flat != IGNORE_INDEX)  # ascending flat positions
-        row_starts = np.arange(B + 1, dtype=np.int64) * L
-        off = np.searchsorted(where, row_starts)
-        pos = (where - np.repeat(row_starts[:-1], np.diff(off))).astype(np.int32)
-        cols += [_list_array(off.astype(np.int32), pos), _list_array(off.astype(np.int32), flat[where])]
-    elif labels == "dense":
-        cols.append(pa.FixedSizeListArray.from_arrays(pa.array(lab.reshape(-1), pa.int32()), L))
-    else:
+
+def _sparse_parts(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    B, L = lab.shape
+    flat = lab.reshape(-1)
+    where = np.flatnonzero(flat != IGNORE_INDEX)  # ascending flat positions
+    row_starts = np.arange(B + 1, dtype=np.int64) * L
+    off = np.searchsorted(where, row_starts)
+    pos = (where - np.repeat(row_starts[:-1], np.diff(off))).astype(np.int32)
+    return off.astype(np.int32), pos, flat[where]
+
+
+def to_record_batch(batch: BatchArrays, dictionary: pa.Array, labels: LabelMode = "sparse",
+                    parts: tuple[np.ndarray, ...] | None = None) -> pa.RecordBatch:
+    """The Arrow record batch of one batch; `input_ids` (and dense labels) are not copied.
+    `parts`: `wire_parts(batch.labels, batch.cu_seqlens)` when the caller has it already (the
+    server's kernel); it is trusted, not re-checked."""
+    ids = np.ascontiguousarray(batch.input_ids, dtype=np.int32)
+    lab = np.ascontiguousarray(batch.labels, dtype=np.int32)
+    if ids.ndim != 2 or lab.shape != ids.shape:
+        raise ValueError(f"input_ids and labels must both be [B, L]; got {ids.shape} and {lab.shape}")
+    B, L = ids.shape
+    if labels not in LABEL_MODES:
         raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
+    if parts is not None:
+        doc_off, doc_pos, mask_off, mask_pos, mask_label = parts
+    else:
+        doc_off, doc_pos = _doc_parts(np.asarray(batch.cu_seqlens), B, L)
+        if labels == "sparse":
+            mask_off, mask_pos, mask_label = _sparse_parts(lab)
+    cols = [pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1), pa.int32()), L)]
+    if labels == "sparse":
+        cols += [_list_array(mask_off, mask_pos), _list_array(mask_off, mask_label)]
+    else:
+        cols.append(pa.FixedSizeListArray.from_arrays(pa.array(lab.reshape(-1), pa.int32()), L))
     lang = np.ascontiguousarray(batch.lang, dtype=np.int32)
     if lang.shape != (B,) or (B and (lang.min() < 0 or lang.max() >= len(dictionary))):
         raise ValueError(f"lang must be int32[{B}] indexing a dictionary of {len(dictionary)} languages")
-    cols += [doc_starts, pa.DictionaryArray.from_arrays(pa.array(lang, pa.int32()), dictionary)]
+    cols += [_list_array(doc_off, doc_pos), pa.DictionaryArray.from_arrays(pa.array(lang, pa.int32()), dictionary)]
     return pa.RecordBatch.from_arrays(cols, schema=batch_schema(L, labels))
 
 
@@ -204,13 +229,15 @@ class EncodedBatch:
 
 
 def encode_batch(batch: BatchArrays, metadata: Mapping[str, str], dictionary: Sequence[str] | pa.Array, *,
-                 labels: LabelMode = "sparse", compression: Compression = None) -> EncodedBatch:
-    """Encode one batch (with its custom metadata) as a one-batch IPC stream."""
+                 labels: LabelMode = "sparse", compression: Compression = None,
+                 parts: tuple[np.ndarray, ...] | None = None) -> EncodedBatch:
+    """Encode one batch (with its custom metadata) as a one-batch IPC stream (`parts`: see
+    `to_record_batch`)."""
     if compression not in (None, "zstd"):
         raise ValueError(f"compression must be None or 'zstd', got {compression!r}")
     if not isinstance(dictionary, pa.Array):
         dictionary = pa.array(list(dictionary), pa.string())
-    rb = to_record_batch(batch, dictionary, labels)
+    rb = to_record_batch(batch, dictionary, labels, parts)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, rb.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
         w.write_batch(rb, custom_metadata={k: str(v) for k, v in metadata.items()})
