@@ -122,8 +122,30 @@ class DedupConfig(BaseModel):
         return _permutations(self.num_perm, self.seed, self.scheme)
 
 
+# datasketch's optimum (bands, rows) for common (threshold, num_perm), so that the usual settings
+# do not import datasketch and scipy (~0.6 s, in every pool worker) just to pick them; the tests
+# hold every entry equal to what the installed datasketch computes.
+KNOWN_OPTIMA: dict[tuple[float, int], tuple[int, int]] = {
+    (0.5, 64): (14, 4), (0.55, 64): (12, 5), (0.6, 64): (10, 6), (0.65, 64): (9, 7), (0.7, 64): (8, 8),
+    (0.75, 64): (7, 9), (0.8, 64): (5, 11), (0.85, 64): (4, 15), (0.9, 64): (3, 21), (0.95, 64): (2, 32),
+    (0.5, 128): (25, 5), (0.55, 128): (21, 6), (0.6, 128): (18, 7), (0.65, 128): (16, 8), (0.7, 128): (14, 9),
+    (0.75, 128): (11, 11), (0.8, 128): (9, 13), (0.85, 128): (8, 16), (0.9, 128): (5, 25), (0.95, 128): (3, 42),
+    (0.5, 256): (42, 6), (0.55, 256): (36, 7), (0.6, 256): (32, 8), (0.65, 256): (28, 9), (0.7, 256): (25, 10),
+    (0.75, 256): (21, 12), (0.8, 256): (17, 15), (0.85, 256): (13, 19), (0.9, 256): (9, 28), (0.95, 256): (5, 51),
+}
+
+
 @functools.cache
 def _optimal_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    known = KNOWN_OPTIMA.get((threshold, num_perm))
+    if known is not None:
+        return known
+    return datasketch_optimal_params(threshold, num_perm)
+
+
+def datasketch_optimal_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) as `datasketch.MinHashLSH(threshold, num_perm)` picks them (equal weights
+    of false positives and negatives)."""
     from datasketch import MinHashLSH  # with scipy under it: loaded only when used
 
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
@@ -236,12 +258,9 @@ def find_duplicates(
 def _datasketch_drops(
     sig: np.ndarray, ranked: np.ndarray, cfg: DedupConfig, bands: int, rows: int, min_equal: int
 ) -> np.ndarray:
-    from datasketch import LeanMinHash, MinHashLSH  # with scipy under it: loaded only when used
-
     drop = np.zeros(sig.shape[0], dtype=bool)
     if ranked.size == 0:
         return drop
-    lsh = MinHashLSH(num_perm=cfg.num_perm, params=(bands, rows))
     # datasketch's buckets are exact equality of a band's slots, so a document that shares no
     # band's slots with an earlier-ranked one gets nothing from a query, and one that shares none
     # with a later one is in no later query's result: provably (one 64-bit key per band from the
@@ -251,13 +270,20 @@ def _datasketch_drops(
     # documents of a corpus are not near-copies; each skipped call saves ~10 µs (query) or
     # ~20 µs (insert).
     query, insert = _band_matches(sig, ranked, bands, rows)
+    busy = np.flatnonzero(query | insert)
+    if busy.size == 0:  # no document shares a band: nothing to ask the index (nor to import it for)
+        return drop
+    # Imported here, with scipy under it (~0.6 s): a pool worker pays it only for a language
+    # that has candidate pairs.
+    from datasketch import LeanMinHash, MinHashLSH
+
+    lsh = MinHashLSH(num_perm=cfg.num_perm, params=(bands, rows))
     # One LeanMinHash, built and checked by datasketch from the first row, then pointed at each
     # row's slots in turn (in datasketch's dtype for the scheme): MinHashLSH reads `hashvalues`
     # during a call and keeps only band keys, and a new object per row (range checks: two
     # reductions) cost ~20% of an insert.
     m = LeanMinHash(seed=cfg.seed, hashvalues=sig[ranked[0]], scheme=cfg.scheme)
     same_dtype = m.hashvalues.dtype == sig.dtype
-    busy = np.flatnonzero(query | insert)
     for row, ask, put in zip(ranked[busy].tolist(), query[busy].tolist(), insert[busy].tolist()):
         m.hashvalues = sig[row] if same_dtype else sig[row].astype(m.hashvalues.dtype)
         if ask:

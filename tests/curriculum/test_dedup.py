@@ -5,6 +5,9 @@ recall/precision on generated near-duplicates."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -17,11 +20,13 @@ from scipy.stats import binom
 
 from curriculum import minhash as mh
 from curriculum.dedup import (
+    KNOWN_OPTIMA,
     NEAR_DUPLICATE,
     DedupConfig,
     DedupError,
     band_hashes,
     choose_method,
+    datasketch_optimal_params,
     dedup_language,
     doc_ids_for_file,
     estimated_jaccard,
@@ -369,6 +374,31 @@ def test_band_hash_kernel_matches_python_twin():
 
 
 # ---- configuration and scripts ---------------------------------------------------------------
+
+def test_the_table_of_known_optima_is_what_datasketch_picks():
+    # The table spares workers the datasketch + scipy import; it must never disagree with it.
+    for (t, p), params in KNOWN_OPTIMA.items():
+        lsh = MinHashLSH(threshold=t, num_perm=p)
+        assert params == (lsh.b, lsh.r) == datasketch_optimal_params(t, p), (t, p)
+
+
+def test_the_default_settings_do_not_import_datasketch(tmp_path):
+    # A fresh interpreter: deriving the LSH params and deduplicating a language whose documents
+    # share no band needs neither datasketch nor scipy.integrate under it (~0.6 s of imports).
+    code = (
+        "import sys, numpy as np\n"
+        "from curriculum.dedup import DedupConfig, find_duplicates\n"
+        "cfg = DedupConfig()\n"
+        "assert cfg.lsh_params() == (9, 13)\n"
+        "rng = np.random.default_rng(0)\n"
+        "sig = rng.integers(0, 2**32 - 2, (50, cfg.num_perm), dtype=np.uint32)\n"
+        "assert not find_duplicates(sig, np.arange(50), cfg, method='datasketch').any()\n"
+        "print(sorted(m for m in ('datasketch', 'scipy.integrate') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(tmp_path / "nc"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
 
 def test_config_derives_datasketch_params_and_validates():
     for t, p in [(0.8, 128), (0.7, 112), (0.9, 128), (0.5, 64)]:
