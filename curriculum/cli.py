@@ -403,6 +403,9 @@ def demo_corpus(out: Path = typer.Argument(..., help="Directory to write the cor
 
 def main() -> None:
     """Console-script entry: CurriculumError → one line on stderr and exit 2 (traceback with --debug)."""
+    from curriculum.executors import fast_exit
+
+    fast_exit()  # a build leaves numba loaded: skip the ~0.25 s final collection at exit
     try:
         rc = app(standalone_mode=False)
         # With standalone_mode=False, click returns a command's typer.Exit code instead of raising.

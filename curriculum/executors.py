@@ -4,6 +4,8 @@ atomically and returns a small stats dict."""
 
 from __future__ import annotations
 
+import atexit
+import gc
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -32,12 +34,22 @@ class InlineExecutor:
         pass
 
 
+def fast_exit() -> None:
+    """Make this process's exit skip the final garbage collection (`gc.freeze` at exit).
+
+    A process that has loaded numba kernels spends ~0.25 s at exit collecting numba's objects,
+    which the OS reclaims anyway; in a pool worker that was ~0.3 s of every multi-worker build,
+    waiting in `close`. Objects are still released by reference counting; only the collector's
+    walk is skipped. Every task closes its files before it returns."""
+    atexit.register(gc.freeze)
+
+
 class LocalExecutor:
     """A process pool with the spawn start method: numba's OpenMP layer is not fork-safe."""
 
     def __init__(self, workers: int):
         self.workers = max(1, workers)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"), initializer=fast_exit)
 
     def map_unordered(self, fn: Task, specs: Sequence[Any]) -> Iterator[tuple[Any, dict]]:
         pending = {self._pool.submit(fn, s): s for s in specs}
