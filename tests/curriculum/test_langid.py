@@ -101,10 +101,41 @@ def test_prefix_is_bounded_cut_at_a_space_and_one_line():
 def test_prefix_agrees_with_full_text_on_long_documents(samples):
     """Documents of a language's paragraphs repeated past the prefix: the prefix key equals the full one."""
     docs = [" ".join([samples[l].specimen_16] * 4) for l in LANGUAGES]
-    full, _ = LanguageIdentifier(prefix_chars=0).predict(docs)
-    pre, _ = LanguageIdentifier(prefix_chars=DEFAULT_PREFIX_CHARS).predict(docs)
+    full, _ = LanguageIdentifier(prefix_chars=0, quick_chars=0).predict(docs)
+    pre, _ = LanguageIdentifier(prefix_chars=DEFAULT_PREFIX_CHARS, quick_chars=0).predict(docs)
     assert all(len(d) > 2 * DEFAULT_PREFIX_CHARS for d in docs)
     assert sum(a == b for a, b in zip(full, pre)) >= len(docs) - 1
+
+
+def test_two_stage_reads_the_long_prefix_only_when_unsure(samples):
+    """Default: 200 characters, then 600 where the first answer is under 0.9. On documents long
+    enough for both cuts it gives the one-pass 600 answers (and probabilities), and the documents
+    read twice are exactly the ones whose 200-character answer was unsure."""
+    docs = [" ".join([samples[l].specimen_16] * 4) for l in LANGUAGES]
+    docs += ["Ein kurzer Satz.", "x" * 10, " " * 300 + "Questo è un testo italiano abbastanza lungo " * 10]
+    one = LanguageIdentifier(quick_chars=0)
+    two = LanguageIdentifier()
+    assert (two.prefix_chars, two.quick_chars, two.sure) == (600, 200, 0.9) and one.quick_chars == 0
+    k1, p1 = one.predict(docs)
+    k2, p2 = two.predict(docs)
+    quick_k, quick_p = LanguageIdentifier(prefix_chars=200, quick_chars=0).predict(docs)
+    unsure = [i for i, d in enumerate(docs) if len(d) > 200 and (quick_k[i] is None or quick_p[i] < 0.9)]
+    assert two.second_reads == len(unsure) and 0 < len(unsure) < len(docs)  # the blank-prefix one is unsure
+    for i in range(len(docs)):
+        if i in unsure:  # read again: exactly the one-pass answer
+            assert (k2[i], p2[i]) == (k1[i], p1[i])
+        else:  # sure (or short enough that 200 characters were the whole text)
+            assert (k2[i], p2[i]) == (quick_k[i], quick_p[i])
+    assert sum(a == b for a, b in zip(k1, k2)) >= len(docs) - 1
+
+
+def test_two_stage_is_one_pass_when_the_quick_read_is_not_shorter():
+    assert LanguageIdentifier(prefix_chars=150).quick_chars == 0  # 200 >= 150: one read of 150
+    assert LanguageIdentifier(prefix_chars=0).quick_chars == 200  # 0 = the whole text: two stages
+    with pytest.raises(ValueError, match="quick_chars"):
+        LanguageIdentifier(quick_chars=-1)
+    with pytest.raises(ValueError, match="sure"):
+        LanguageIdentifier(sure=1.5)
 
 
 def test_model_hash_labels_and_custom_path(tmp_path, lid):
