@@ -53,7 +53,7 @@ log = logging.getLogger("sampler_server")
 STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "index.html": "text/html"}
 MIXTURE_BARS = 10  # the dashboard's mixture chart: top languages, then the rest as one bar
 SERIES_POINTS = 400  # progress points sent to the dashboard (older history is thinned)
-BATCH_THREADS = min(32, (os.cpu_count() or 1) + 4)  # threads assembling batches (the stdlib pool's default)
+STREAM_PUBLISH_WINDOW = 16  # /v1/stream raises the amendment watermark this many of its steps at a time
 
 
 # Query parameters shared by the batch routes (module level: FastAPI resolves them by name).
@@ -335,7 +335,7 @@ class Service:
             sampler.timeline.rank_slice(sampler.schedule(step), rank, world_size)
 
     def encode(self, variant: str | None, step: int, rank: int, world_size: int, labels: str,
-               compression: str | None) -> wire.EncodedBatch:
+               compression: str | None, publish_to: int | None = None) -> wire.EncodedBatch:
         """Assemble and encode one batch (worker thread); counted in the metrics. ScheduleError
         becomes a 400, ShardError a 503 (and /readyz false), a journal this replica has not
         applied yet a 503 to retry."""
@@ -344,7 +344,7 @@ class Service:
         try:
             # Validate before publishing the step: a bad request must not raise the watermark.
             self._check_step(build.sampler, step, rank, world_size)
-            self.live.ensure(step)
+            self.live.ensure(step, publish_to)
             b = build.sampler.batch(step, rank, world_size)
         except ScheduleError as exc:
             raise ApiError(400, "invalid_step", str(exc)) from None
@@ -365,11 +365,12 @@ class Service:
 
     @property
     def pool(self) -> ThreadPoolExecutor:
-        """The threads that assemble batches, awaited with `run_in_executor`: half the event-loop
-        cost of anyio's thread hop, and a bound on batches in flight (each holds its arrays)
-        however many clients wait; the kernels release the GIL, so the threads overlap."""
+        """The threads that assemble batches (`batch_threads`), awaited with `run_in_executor`:
+        half the event-loop cost of anyio's thread hop, and a bound on batches in flight (each
+        holds its arrays) however many clients wait. Few: most of a batch's CPU time is Python
+        (GIL held), and three threads took twice the CPU per batch of one (GIL hand-offs)."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=BATCH_THREADS, thread_name_prefix="batch")
+            self._pool = ThreadPoolExecutor(max_workers=self.settings.batch_threads, thread_name_prefix="batch")
         return self._pool
 
     def close_pool(self) -> None:
@@ -379,10 +380,10 @@ class Service:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def encode_future(self, variant: str | None, step: int, rank: int, world_size: int, labels: str,
-                      compression: str | None) -> asyncio.Future[wire.EncodedBatch]:
+                      compression: str | None, publish_to: int | None = None) -> asyncio.Future[wire.EncodedBatch]:
         """`encode` started in the batch pool (call on the event loop); await or cancel the future."""
         return asyncio.get_running_loop().run_in_executor(self.pool, self.encode, variant, step, rank, world_size,
-                                                          labels, compression)
+                                                          labels, compression, publish_to)
 
     async def encode_async(self, variant: str | None, step: int, rank: int, world_size: int, labels: str,
                            compression: str | None) -> wire.EncodedBatch:
@@ -573,10 +574,15 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         pending: deque[asyncio.Future[wire.EncodedBatch]] = deque()
         steps = iter(range(start, start + count))
 
+        last = start + count - 1
+
         def submit() -> None:
             s = next(steps, None)
             if s is not None:
-                pending.append(svc.encode_future(variant, s, rank, world_size, labels, comp))
+                # The watermark goes up a window of the stream's steps at a time (one journal
+                # round trip per window instead of per step); amendments then start after it.
+                window_end = min(last, s - (s - start) % STREAM_PUBLISH_WINDOW + STREAM_PUBLISH_WINDOW - 1)
+                pending.append(svc.encode_future(variant, s, rank, world_size, labels, comp, window_end))
 
         for _ in range(depth):
             submit()

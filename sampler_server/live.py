@@ -154,8 +154,11 @@ class Live:
                 return True
             return False
 
-    def ensure(self, step: int) -> None:
-        """Make serving `step` safe (see the module docstring). Raises Behind or JournalBroken."""
+    def ensure(self, step: int, upto: int | None = None) -> None:
+        """Make serving `step` safe (see the module docstring). Raises Behind or JournalBroken.
+
+        `upto` (>= step): publish up to that step at once, when the caller is about to serve the
+        steps in between too (a /v1/stream window): one journal round trip for all of them."""
         if self.journal is None or step <= self.served:
             if self.error is not None and step > self.served:
                 raise JournalBroken(self.error)
@@ -169,10 +172,11 @@ class Live:
         try:
             if step <= self.served:
                 return
-            changed = self.journal.publish(step)
+            top = max(step, upto if upto is not None else step)
+            changed = self.journal.publish(top)
             if changed or self.error is not None or any(s.journal_version != self.journal.version for s in self._samplers()):
                 self._apply()
-            self.served = max(self.served, step)
+            self.served = max(self.served, top)
             if self.version:
                 self.warm(step, self._samplers()[0].timeline)
         finally:

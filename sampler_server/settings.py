@@ -36,8 +36,10 @@ class ServerSettings(BaseSettings):
     chunk: int | None = Field(default=None, ge=1, description="blend checkpoint interval in sequences "
                               "(default: the sampler's choice per segment)")
     block_tokens: Annotated[int, Field(ge=1, description="shuffle block size (tokens)")] = DEFAULT_BLOCK_TOKENS
-    kernel_threads: Annotated[int, Field(ge=1, le=256, description="numba threads per batch (requests run in "
-                                         "parallel anyway)")] = 1
+    kernel_threads: Annotated[int, Field(ge=1, le=256, description="numba threads per batch")] = 1
+    batch_threads: Annotated[int, Field(ge=1, le=64, description="threads assembling and encoding batches: two, so "
+                                        "one slow batch (a cold remote shard) does not hold up the rest; more "
+                                        "mostly contend for the GIL")] = 2
     index_dir: Path | None = Field(default=None, description="directory of persisted blend indexes (`Sampler.index_dir`)")
     prefetch: Annotated[int, Field(ge=0, le=16, description="batches /v1/stream assembles ahead of the one it sends")] = 2
     warmup: bool = Field(default=True, description="assemble step 0 at start-up (loads kernels, opens its shards)")

@@ -246,6 +246,35 @@ def test_invalid_requests_do_not_raise_the_watermark(manifest, recipe):
         assert r.status_code == 201, r.text
 
 
+def test_a_stream_publishes_its_steps_a_window_at_a_time(manifest, recipe, monkeypatch):
+    # /v1/stream raises the watermark STREAM_PUBLISH_WINDOW of its steps at a time (one journal
+    # round trip a window, not a step); amendments then start after the window, and the bytes are
+    # those of the amended run from from_step on.
+    from sampler_server.app import STREAM_PUBLISH_WINDOW as W
+
+    published: list[int] = []
+    real = Journal.publish
+    monkeypatch.setattr(Journal, "publish", lambda self, step: published.append(step) or real(self, step))
+    base = reference(manifest)
+    with client(manifest, recipe) as c:
+        r = c.get("/v1/stream", params={"start": 3, "count": W + 5})
+        assert r.status_code == 200, r.text
+        got = list(wire.decode_stream(r.content))
+        assert [w.metadata["step"] for w in got] == list(range(3, 3 + W + 5))
+        assert all(same(w, base.batch(3 + i)) for i, w in enumerate(got))
+        assert published == [3 + W - 1, 3 + W + 4]  # two windows, the second cut at the stream's end
+        assert c.get("/v1/amendments").json()["earliest_from_step"] == 3 + W + 5
+        refused = c.post("/v1/amendments", json={"from_step": 3 + W + 4, "changes": {"pretrain": {"tau": 0.3}}}, headers=AUTH)
+        assert refused.status_code == 409
+        body = {"from_step": 3 + W + 5, "changes": {"pretrain": {"tau": 0.3}}}
+        assert c.post("/v1/amendments", json=body, headers=AUTH).status_code == 201
+        amended = reference(manifest, Journal(journal_beside(recipe)).entries)
+        r = c.get("/v1/stream", params={"start": 3 + W + 3, "count": 4})
+        steps = list(range(3 + W + 3, 3 + W + 7))
+        for step, w in zip(steps, wire.decode_stream(r.content), strict=True):
+            assert same(w, (base if step < 3 + W + 5 else amended).batch(step))
+
+
 def test_nearing_a_phase_boundary_warms_the_next_phase_in_the_background(manifest, recipe):
     with client(manifest, recipe) as c:
         assert c.post("/v1/amendments", json={"from_step": 20, "changes": {"pretrain": {"tau": 0.2}}},

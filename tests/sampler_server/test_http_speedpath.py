@@ -165,3 +165,17 @@ def test_live_server_with_the_lane_under_uvicorn(inputs, reference):
             r = c.get(f"/v1/batches/{step}")
             assert r.status_code == 200 and same(wire.decode(r.content), reference.batch(step))
             assert r.headers["x-build-id"] == reference.build_id
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batch_threads_bound_the_pool_and_bytes_do_not_depend_on_it(inputs, reference, threads):
+    import threading
+
+    app = create_app(settings_for(*inputs, warmup=False, batch_threads=threads))
+    with TestClient(app) as c:
+        r = c.get("/v1/stream", params={"start": 5, "count": 6})
+        assert r.status_code == 200
+        for i, w in enumerate(wire.decode_stream(r.content)):
+            assert same(w, reference.batch(5 + i))
+        names = {t.name for t in threading.enumerate() if t.name.startswith("batch")}
+        assert 1 <= len(names) <= threads
