@@ -102,7 +102,8 @@ def serve(
 
     from curriculum.errors import CurriculumError
     from curriculum.shards import ShardError
-    from sampler_server.app import create_app, open_sampler
+    from sampler_server.app import create_app
+    from sampler_server.service import open_sampler
 
     try:
         if settings.workers == 1:

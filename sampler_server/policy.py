@@ -28,7 +28,7 @@ import numpy as np
 from curriculum.amend import Amendment, AmendmentConflict, AmendmentError
 
 if TYPE_CHECKING:
-    from sampler_server.app import Service
+    from sampler_server.service import Service
 
 log = logging.getLogger("sampler_server.policy")
 

@@ -1,0 +1,367 @@
+"""The service behind the HTTP routes: the samplers of every phase variant, their derived plans,
+batch assembly and encoding in a bounded thread pool, readiness, the live journal and progress.
+
+`sampler_server.app` turns requests into calls on `Service` and results into responses; this
+module knows nothing of HTTP beyond the status an `ApiError` carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import anyio
+import numpy as np
+import pyarrow as pa
+
+from curriculum import storage
+from curriculum.amend import Amendment, AmendmentError
+from curriculum.errors import CurriculumError
+from curriculum.plan import PhasePlan, phase_summary
+from curriculum.recipe import Recipe, load_recipe
+from curriculum.schedule import ScheduleError
+from curriculum.shards import ShardError, open_shard
+from sampler_server.kernels.wire_parts import wire_parts
+from sampler_server.live import Behind, JournalBroken, Live, open_journal
+from sampler_server.metrics import TOP_GROUP, Metrics
+from sampler_server.progress import ProgressStore, consumed_per_phase, progress_summary
+from sampler_server.sampler import Sampler
+from sampler_server.settings import ServerSettings
+from trainer_client import wire
+
+log = logging.getLogger("sampler_server")
+
+MIXTURE_BARS = 10  # the dashboard's mixture chart: top languages, then the rest as one bar
+SERIES_POINTS = 400  # progress points sent to the dashboard (older history is thinned)
+
+
+class StartupError(CurriculumError):
+    """The server cannot start on these inputs; the message lists what to fix."""
+
+
+class ApiError(Exception):
+    """A request the server refuses: becomes `{"error": code, "message": ...}` with `status`."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: object):
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+# -- start-up ---------------------------------------------------------------------------------
+
+def make_sampler(settings: ServerSettings, manifest: object, recipe: Recipe, variant: str | None,
+                 amendments: list[Amendment] | tuple[Amendment, ...] = ()) -> Sampler:
+    """A Sampler of `variant` with the server's settings (manifest: a path or a read Manifest)."""
+    return Sampler(manifest, recipe, settings.seed, variant=variant, chunk=settings.chunk,
+                   block_tokens=settings.block_tokens, threads=settings.kernel_threads, index_dir=settings.index_dir,
+                   cache_dir=settings.cache_dir, cache_bytes=settings.cache_bytes, amendments=amendments)
+
+
+def open_sampler(settings: ServerSettings) -> Sampler:
+    """Build the Sampler of the default variant, amended by the journal, and check the manifest
+    (every shard present with its recorded size; every checksum with `verify`); raise
+    StartupError listing the problems."""
+    try:
+        journal = open_journal(settings.journal, settings.recipe, required=settings.journal is not None,
+                               manifest=settings.manifest)
+        entries = journal.entries if journal is not None else []
+        sampler = make_sampler(settings, settings.manifest, load_recipe(settings.recipe), settings.variant, entries)
+    except AmendmentError as exc:
+        raise StartupError(f"{exc}; fix the journal or move it aside to serve the recipe unamended") from None
+    except (ValueError, OSError, CurriculumError) as exc:  # e.g. a manifest without tokenizer metadata
+        raise StartupError(str(exc)) from None
+    sampler.journal = journal
+    m = sampler.manifest
+    if m.meta.kind != "built":
+        log.warning("manifest %s is %r: serving generated random tokens of its sizes (for scale tests, not training)",
+                    m.root, m.meta.kind)
+        return sampler
+    problems = []
+    for r in m.shards.iter_rows(named=True):
+        size = storage.file_size(m.shard_location(r["path"]))  # local file or object store
+        if size is None:
+            problems.append(f"shard {r['path']} ({r['language']}): missing; rerun `curriculum build` with the same settings")
+            continue
+        if size != r["bytes"]:
+            problems.append(f"shard {r['path']} ({r['language']}): {size} bytes, the manifest says {r['bytes']}; "
+                            "rebuild that language or run `curriculum verify`")
+    if settings.verify and not problems:
+        from curriculum.verify import verify_manifest
+
+        _, problems = verify_manifest(m.root)
+    if problems:
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise StartupError(f"{len(problems)} problem(s) in manifest {storage.display(m.root)}:\n  " + "\n  ".join(problems[:20]) + more)
+    return sampler
+
+
+def phase_plan_json(plan: PhasePlan, planned_tokens: int) -> dict:
+    s = phase_summary(plan)
+    t = plan.table.sort("weight", descending=True)
+    top, rest = t.head(MIXTURE_BARS), t.slice(MIXTURE_BARS)
+    by_size = t.sort(["available_tokens", "language"], descending=[True, False])
+    return {
+        **{k: s[k] for k in ("name", "tokens", "start_step", "steps", "batch_tokens", "batch_sequences", "seq_len",
+                             "tau", "mask_ratio", "max_epochs", "n_languages", "top10_share", "max_epochs_used",
+                             "capped_languages", "warnings")},
+        "index": plan.index,
+        "phase": plan.phase.name,
+        "variant": plan.phase.variant,
+        "planned_tokens": planned_tokens,  # what the schedule serves: whole batches, warm-up included
+        "top": [{k: (float(v) if isinstance(v, float) else v) for k, v in r.items() if k != "source"}
+                for r in top.iter_rows(named=True)],
+        "tail": None if rest.height == 0 else {
+            "languages": rest.height, "weight": float(rest["weight"].sum()),
+            "allotted_tokens": float(rest["allotted_tokens"].sum()),
+        },
+        # Columnar, largest language first: the epochs chart plots thousands of points.
+        "epochs": {
+            "language": by_size["language"].to_list(),
+            "available_tokens": by_size["available_tokens"].to_list(),
+            "epochs": [float(x) for x in by_size["epochs"].to_list()],
+            "capped": by_size["capped"].to_list(),
+        },
+    }
+
+
+def phase_mixture_json(plan: PhasePlan) -> dict:
+    p, summary = plan.phase, phase_summary(plan)
+    return {
+        "phase": p.name, "variant": p.variant, "index": plan.index, "tokens": p.tokens, "seq_len": p.seq_len,
+        "tau": summary["tau"], "mask_ratio": summary["mask_ratio"],
+        "max_epochs": p.max_epochs, "n_languages": len(plan.languages),
+        "segments": [{"tau": seg.tau, "tokens": seg.tokens} for seg in plan.segments],
+        "languages": [
+            {"language": r["language"], "source": r["source"], "available_tokens": int(r["available_tokens"]),
+             "weight": float(r["weight"]), "allotted_tokens": float(r["allotted_tokens"]),
+             "epochs": float(r["epochs"]), "capped": bool(r["capped"])}
+            for r in plan.table.iter_rows(named=True)
+        ],
+        "warnings": plan.warnings,
+    }
+
+
+class Build:
+    """One variant of the recipe as served: its Sampler and what the routes derive from its plan."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.original_plans = sampler.regime_plans()[0]  # the recipe's own plans, for comparison
+        self._derive()
+
+    def refresh(self) -> Build:
+        """Recompute what derives from the plans when the sampler was amended since."""
+        if self.version != self.sampler.journal_version:
+            self._derive()
+        return self
+
+    def _derive(self) -> None:
+        # Built in locals and assigned at the end: request threads read these while a background
+        # thread re-derives them after an amendment.
+        sampler = self.sampler
+        st = sampler._state  # one consistent state for everything below
+        version, plans, recipe, tl = len(st.amendments), st.plans[-1], st.regimes[-1].recipe, st.regimes[-1].timeline
+        index = {k: i for i, k in enumerate(sampler.languages)}
+        top_masks = []  # per phase: the TOP_GROUP heaviest languages (metrics' "top" group)
+        for plan in plans:
+            mask = np.zeros(len(sampler.languages), np.bool_)
+            heavy = plan.table.sort("weight", descending=True)["language"].head(TOP_GROUP).to_list()
+            mask[[index[k] for k in heavy]] = True
+            top_masks.append(mask)
+        ends = list(tl.tokens_start[1:]) + [tl.total_tokens]
+        plans_json = [phase_plan_json(p, int(b - a)) for p, a, b in zip(plans, tl.tokens_start, ends)]
+        mixture_json = {p.phase.name: phase_mixture_json(p) for p in plans}
+        t0 = st.regimes[0].timeline  # the recipe's own timeline: what each phase would have served
+        ends0 = list(t0.tokens_start[1:]) + [t0.total_tokens]
+        original_json = ([phase_plan_json(p, int(b - a)) for p, a, b in zip(self.original_plans, t0.tokens_start, ends0)]
+                         if version else None)
+        self.top_masks, self.labels = top_masks, [p.label for p in recipe.phases]
+        self.plans_json, self.mixture_json, self.original_json = plans_json, mixture_json, original_json
+        self.version = version
+
+    def consumed(self, step: int) -> list[int]:
+        """Tokens of each phase served through global `step` (the schedule's own token count)."""
+        tl = self.sampler.timeline
+        info = self.sampler.schedule(min(step, self.sampler.total_steps - 1))
+        return consumed_per_phase(info.tokens_before + info.global_batch * info.seq_len, list(tl.tokens_start),
+                                  tl.total_tokens)
+
+
+class Service:
+    """Per-app state: the builds (default variant first), metrics, progress, readiness."""
+
+    def __init__(self, settings: ServerSettings, sampler: Sampler, recipe: Recipe):
+        self.settings = settings
+        self.recipe = recipe  # with its variants; each Sampler holds a resolved copy
+        self.default = Build(sampler)
+        self.sampler = sampler
+        self.variants = sorted({v for vs in recipe.variant_names().values() for v in vs})
+        self._builds: dict[str | None, Build] = {None: self.default, sampler.variant: self.default}
+        self._builds_lock = threading.Lock()
+        self.token = settings.token_value.encode() if settings.token_value else None
+        self.dictionary = pa.array(sampler.languages, pa.string())
+        self.language_set = frozenset(sampler.languages)
+        self.metrics = Metrics(sampler.build_id, sampler.recipe.name)
+        self.progress = ProgressStore(sampler.build_id, settings.progress_history, settings.progress_log)
+        self.failed_shards: dict[str, str] = {}
+        self.started = time.time()
+        self.amend_token = settings.amend_token_value.encode() if settings.amend_token_value else None
+        self.live = Live(getattr(sampler, "journal", None), self.samplers, self.refresh_builds)
+        self.policy = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def refresh_builds(self) -> None:
+        for b in list(self._builds.values()):
+            b.refresh()
+
+    def samplers(self) -> list[Sampler]:
+        """Every Sampler this process serves (the default and the variants built so far)."""
+        seen: dict[int, Sampler] = {}
+        for b in list(self._builds.values()):
+            seen.setdefault(id(b.sampler), b.sampler)
+        return list(seen.values())
+
+    def build(self, variant: str | None) -> Build:
+        """The build of `variant` (made on first use: call from a worker thread)."""
+        hit = self._builds.get(variant)
+        if hit is not None:
+            return hit
+        if variant not in self.variants:
+            raise ApiError(404, "unknown_variant", f"no variant {variant!r}; variants: "
+                           + (", ".join(self.variants) or "none (the recipe's phases have no variants)"))
+        with self._builds_lock:
+            if variant not in self._builds:
+                try:
+                    s = make_sampler(self.settings, self.sampler.manifest, self.recipe, variant, self.sampler.amendments)
+                except (CurriculumError, ValueError) as exc:  # start-up planned every variant: rare
+                    raise ApiError(409, "variant_unavailable", f"variant {variant!r} cannot be served: {exc}") from None
+                self._builds[variant] = Build(s)
+                log.info("variant %r: build %s", variant, s.build_id)
+        return self._builds[variant]
+
+    async def build_async(self, variant: str | None) -> Build:
+        hit = self._builds.get(variant)
+        return hit if hit is not None else await anyio.to_thread.run_sync(self.build, variant)
+
+    # -- readiness -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return not self.failed_shards
+
+    def shard_failed(self, exc: ShardError) -> ApiError:
+        """Record a shard problem (the server stays up, /readyz false) and make the 503."""
+        msg = str(exc)
+        shard = next((r for r in self.sampler.manifest.shards["path"].to_list() if r in msg), None)
+        self.failed_shards[shard or msg] = msg
+        self.metrics.shard_errors.inc()
+        self.metrics.ready.set(0)
+        log.error("serving failed on a shard: %s", msg)
+        return ApiError(503, "shard_unavailable", f"{msg}; the server stays up and /readyz is false until it is fixed",
+                        shard=shard)
+
+    def recheck(self) -> None:
+        """Clear shard failures whose file opens again (rebuilt or restored)."""
+        m = self.sampler.manifest
+        for key in list(self.failed_shards):
+            loc = m.shard_location(key)
+            try:
+                if m.is_remote:
+                    if storage.file_size(loc) is None:  # the cache re-downloads and re-checks it on use
+                        continue
+                else:
+                    open_shard(loc)
+            except (ShardError, OSError, storage.StorageError):
+                continue
+            self.failed_shards.pop(key, None)
+        if self.ready:
+            self.metrics.ready.set(1)
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def check_range(self, build: Build, start: int, count: int, rank: int, world_size: int) -> None:
+        """Raise ApiError(400) unless the range's first and last steps, and the first step of each
+        phase it enters, can be served (a later step that cannot aborts the stream)."""
+        s = build.sampler
+        try:
+            s.timeline.rank_slice(s.schedule(start), rank, world_size)
+            s.schedule(start + count - 1)
+            for p0 in s.timeline.phase_start:
+                if start < p0 < start + count:
+                    s.timeline.rank_slice(s.schedule(p0), rank, world_size)
+        except ScheduleError as exc:
+            raise ApiError(400, "invalid_step", str(exc)) from None
+
+    def _check_step(self, sampler: Sampler, step: int, rank: int, world_size: int) -> None:
+        try:
+            sampler.timeline.rank_slice(sampler.schedule(step), rank, world_size)
+        except ScheduleError:
+            # A journal change this replica has not seen may have lengthened the run.
+            if not self.live.enabled or not self.live.sync():
+                raise
+            sampler.timeline.rank_slice(sampler.schedule(step), rank, world_size)
+
+    def encode(self, variant: str | None, step: int, rank: int, world_size: int, labels: str,
+               compression: str | None, publish_to: int | None = None) -> wire.EncodedBatch:
+        """Assemble and encode one batch (worker thread); counted in the metrics. ScheduleError
+        becomes a 400, ShardError a 503 (and /readyz false), a journal this replica has not
+        applied yet a 503 to retry."""
+        build = self.build(variant)
+        t0 = time.perf_counter()
+        try:
+            # Validate before publishing the step: a bad request must not raise the watermark.
+            self._check_step(build.sampler, step, rank, world_size)
+            self.live.ensure(step, publish_to)
+            b = build.sampler.batch(step, rank, world_size)
+        except ScheduleError as exc:
+            raise ApiError(400, "invalid_step", str(exc)) from None
+        except ShardError as exc:
+            raise self.shard_failed(exc) from None
+        except Behind as exc:
+            raise ApiError(503, "journal_behind", str(exc), journal_version=exc.version) from None
+        except JournalBroken as exc:
+            raise ApiError(503, "journal_broken", str(exc)) from None
+        md = wire.batch_metadata(b.build_id, b.info, b.rank, b.world_size, run_id=build.sampler.run_id,
+                                 journal_version=b.journal_version)
+        # The variable-length columns in one kernel call (numpy took ~0.1 ms a batch, GIL held).
+        parts = wire_parts(b.labels, b.cu_seqlens)
+        enc = wire.encode_batch(b, md, self.dictionary, labels=labels, compression=compression, parts=parts)
+        p = b.info.phase_index
+        self.metrics.observe_batch(build.labels[p], build.top_masks[p], b.lang, b.info.seq_len, time.perf_counter() - t0)
+        return enc
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The threads that assemble batches (`batch_threads`), awaited with `run_in_executor`:
+        half the event-loop cost of anyio's thread hop, and a bound on batches in flight (each
+        holds its arrays) however many clients wait. Few: most of a batch's CPU time is Python
+        (GIL held), and three threads took twice the CPU per batch of one (GIL hand-offs)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.settings.batch_threads, thread_name_prefix="batch")
+        return self._pool
+
+    def close_pool(self) -> None:
+        """Let the batch threads end (the app's shutdown; a later request starts a new pool)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def encode_future(self, variant: str | None, step: int, rank: int, world_size: int, labels: str,
+                      compression: str | None, publish_to: int | None = None) -> asyncio.Future[wire.EncodedBatch]:
+        """`encode` started in the batch pool (call on the event loop); await or cancel the future."""
+        return asyncio.get_running_loop().run_in_executor(self.pool, self.encode, variant, step, rank, world_size,
+                                                          labels, compression, publish_to)
+
+    async def encode_async(self, variant: str | None, step: int, rank: int, world_size: int, labels: str,
+                           compression: str | None) -> wire.EncodedBatch:
+        return await self.encode_future(variant, step, rank, world_size, labels, compression)
+
+    # -- progress --------------------------------------------------------------------------
+
+    def progress_summary(self, limit: int = SERIES_POINTS) -> dict:
+        recs = self.progress.records()
+        consumed = self.default.refresh().consumed(recs[-1].step) if recs else [0] * len(self.sampler.plans)
+        return {**progress_summary(recs, limit), "consumed_tokens": consumed, "ready": self.ready}
