@@ -262,8 +262,9 @@ def build(
     lid_threshold: float = typer.Option(0.5, "--lid-threshold", help="Drop unlabeled documents below this LID confidence."),
     lid_prefix_chars: int = typer.Option(600, "--lid-prefix-chars", help="Characters of each document LID reads (0 = all)."),
     lid_quick_chars: int = typer.Option(200, "--lid-quick-chars", help="LID reads this many characters first and the "
-                                        "--lid-prefix-chars prefix only when unsure (0: one read)."),
-    lid_sure: float = typer.Option(0.9, "--lid-sure", help="A first LID read at or above this probability is final."),
+                                        "--lid-prefix-chars prefix only when unsure (0, or --lid-prefix-chars 0: one read)."),
+    lid_sure: float = typer.Option(0.9, "--lid-sure", help="A first LID read at or above this probability (and "
+                                   "--lid-threshold) is final."),
     min_chars: int = typer.Option(20, "--min-chars"),
     max_chars: int = typer.Option(1_000_000, "--max-chars"),
     dedup_threshold: float = typer.Option(0.8, "--dedup-threshold", help="MinHash Jaccard threshold for near-duplicates."),

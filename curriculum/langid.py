@@ -66,10 +66,10 @@ def lid_prefix(text: str, prefix_chars: int) -> str:
 class LanguageIdentifier:
     """A loaded fastText LID model with its threshold and prefix length.
 
-    Two stages when 0 < `quick_chars` < `prefix_chars` (the default: 200 then 600): a document is
-    first read up to `quick_chars` characters;
-    only when that answer's probability is under `sure` (and the quick prefix cut the text) is it
-    read again up to `prefix_chars`, and the second answer counts. fastText's cost is linear in
+    Two stages when 0 < `quick_chars` < `prefix_chars` (the default: 200 then 600; never with
+    prefix_chars=0, whole-text LID): a document is first read up to `quick_chars` characters;
+    only when that answer's probability is under max(`sure`, `threshold`) (and the quick prefix
+    cut the text) is it read again up to `prefix_chars`, and the second answer counts. fastText's cost is linear in
     the characters it reads, and most documents are labeled confidently from their first few
     hundred (`benchmarks/bench_lid_prefix.py` measures both the agreement with one
     `prefix_chars` pass and the speed)."""
@@ -103,9 +103,12 @@ class LanguageIdentifier:
         self.model_name = DEFAULT_MODEL_NAME if model_path is None else str(path)
         self.threshold = float(threshold)
         self.prefix_chars = int(prefix_chars)
-        # Two stages only when the quick read is shorter than the full one.
-        self.quick_chars = int(quick_chars) if quick_chars and (prefix_chars == 0 or quick_chars < prefix_chars) else 0
+        # Two stages only when the quick read is shorter than a bounded full one: prefix_chars=0
+        # asks for whole-text LID, which a 200-character answer must not stand in for.
+        self.quick_chars = int(quick_chars) if 0 < quick_chars < prefix_chars else 0
+        # A quick answer under the drop threshold is read again too: the long read may keep it.
         self.sure = float(sure)
+        self._reread_below = max(self.sure, self.threshold)
         self.second_reads = 0  # documents read twice (quick answer under `sure`), for reports
         # The pybind predict, not the Python wrapper: same result, ~15% less overhead a call.
         # It takes one line (with its "\n", as fastText's own wrapper sends it: the newline is the
@@ -140,7 +143,7 @@ class LanguageIdentifier:
         """Top key per text (None: a label that is not a language, or no text) and its probability (float32)."""
         keys: list[str | None] = [None] * len(texts)
         probs = [0.0] * len(texts)
-        n, q, sure, cache = self.prefix_chars, self.quick_chars, self.sure, self._keys
+        n, q, sure, cache = self.prefix_chars, self.quick_chars, self._reread_below, self._keys
         for i, text in enumerate(texts):
             top = self._top(lid_prefix(text, q or n))
             if q and len(text) > q and (not top or top[0][0] < sure):

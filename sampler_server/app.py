@@ -1,7 +1,7 @@
 """The sampler's HTTP service: batches as Arrow IPC, the control plane, metrics and the dashboard.
 
-Routes parse, call the `Sampler` (in a worker thread: the numba kernels release the GIL, so
-concurrent requests use every core) and format; the wire format lives in `trainer_client.wire`.
+Routes parse, call the `Service` (batches are assembled and encoded in its few batch threads, off
+the event loop) and format; the wire format lives in `trainer_client.wire`.
 Every invalid request is a 4xx with a JSON body {"error", "message"} that says what to fix; a
 shard that goes missing or corrupt while serving is a 503 naming it, and `/readyz` turns false
 until the file is back. No request parameter is ever used to build a filesystem path.
@@ -213,8 +213,10 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
                     compression: Comp = "none", variant: Variant = None) -> Response:
         """One rank's batch at a global step, as an Arrow IPC stream (see trainer_client.wire)."""
         comp = None if compression == "none" else compression
+        # A variant's first build (planning: can take seconds) runs on anyio's threads, not on
+        # the few batch threads that every other request waits for.
+        build = await svc.build_async(variant)
         enc = await svc.encode_async(variant, step, rank, world_size, labels, comp)
-        build = svc.build(variant)  # made by now
         # The body is a view of the encoder's buffer: not copied on its way to the socket.
         return Response(enc.standalone(), media_type=wire.MEDIA_TYPE, headers={
             "X-Build-Id": enc.build_id, "X-Run-Id": build.sampler.run_id,

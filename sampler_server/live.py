@@ -3,9 +3,10 @@ amended state kept in step with both.
 
 Guarantee (with `curriculum.journal`'s protocol): this replica never serves a step >= an
 amendment's `from_step` with the bytes of the run without it.
-- `ensure(step)`: before the first request for a step above this replica's watermark, publish
-  that step to the shared watermark under the journal lock and apply any journal change. Steps
-  at or below it need nothing: amendments admitted since start above it.
+- `ensure(step, upto)`: before the first request for a step above this replica's watermark,
+  publish that step (or `upto`, the end of a /v1/stream window the replica is about to serve) to
+  the shared watermark under the journal lock and apply any journal change. Steps at or below
+  it need nothing: amendments admitted since start above it.
 - If another thread is applying a journal change and the step needs the new state, the request
   gets `Behind` (HTTP 503, retryable) instead of queueing behind it.
 - A poller (`sync`, every `poll` seconds) applies journal changes made by other replicas or by

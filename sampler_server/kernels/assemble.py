@@ -141,7 +141,7 @@ def assemble(
     mask_id: np.int32,
     random_pool: np.ndarray,  # int32[R]
     pool_run: np.ndarray,  # int64[3], mask.pool_run(random_pool)
-    special_range: np.ndarray,  # int64[2], mask.free_range(is_special)
+    special_range: np.ndarray,  # int64[2], mask.free_range(is_special): trusted (ends checked only)
 ) -> np.ndarray:
     """Pack and mask every row; returns cu_seqlens (int32): every row start and every [CLS]
     position of the flattened [B·L] tokens, then B·L. Raises ValueError on malformed input."""

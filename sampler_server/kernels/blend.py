@@ -246,7 +246,7 @@ class BlendIndex:
         checkpoint below g or a recent slice end between it and g."""
         p = g - g % self.chunk
         base = self._checkpoint(p // self.chunk)
-        for q, counts in list(self._recent.items()):  # a snapshot: other threads may add meanwhile
+        for q, counts in self._recent.items():  # never mutated: writers swap in a new dict
             if p < q <= g:
                 p, base = q, counts
         return p, base.copy()
@@ -256,10 +256,12 @@ class BlendIndex:
             return
         snap = counts.copy()
         snap.flags.writeable = False
-        with self._lock:
-            self._recent[g] = snap
-            while len(self._recent) > self.RECENT:
-                del self._recent[next(iter(self._recent))]
+        with self._lock:  # copy-on-write: readers iterate the dict they found, unlocked
+            recent = dict(self._recent)
+            recent[g] = snap
+            while len(recent) > self.RECENT:
+                del recent[next(iter(recent))]
+            self._recent = recent
 
     def _walk_to(self, g: int) -> np.ndarray:
         """Counts at g (a fresh array), walked from the nearest known position below it."""

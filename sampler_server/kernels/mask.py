@@ -149,7 +149,9 @@ def special_free_range(is_special: np.ndarray) -> tuple[np.int64, np.int64]:
 def free_range(is_special: np.ndarray) -> np.ndarray:
     """special_free_range(is_special) as int64[2] (lo, hi): computed once per vocabulary and
     passed to `mask_tokens` / `assemble` — scanning a 256k-id is_special costs ~4 µs, a tenth of
-    masking an 8 x 8,192 batch."""
+    masking an 8 x 8,192 batch. The kernels trust it: ids inside it are never looked up in
+    is_special, so it must come from this function on the same is_special (they check only its
+    ends, which catches a stale or shifted range but not one spanning a special id inside)."""
     lo, hi = special_free_range(is_special)
     out = np.empty(2, np.int64)
     out[0], out[1] = lo, hi
@@ -158,13 +160,13 @@ def free_range(is_special: np.ndarray) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _check_range(is_special: np.ndarray, rng: np.ndarray) -> None:
-    """A range that is not a maximal special-free run of is_special (O(1): its ends only;
-    free_range makes it right)."""
+    """Refuse a range whose ends do not bound a special-free run of is_special (O(1), so only
+    the ends: a range spanning a special id inside passes; free_range makes it right)."""
     V = is_special.shape[0]
     if rng.shape[0] != 2 or not (0 <= rng[0] <= rng[1] <= V) or (rng[0] > 0 and not is_special[rng[0] - 1]) or (
         rng[1] < V and not is_special[rng[1]]
     ) or (rng[1] > rng[0] and (is_special[rng[0]] or is_special[rng[1] - 1])):
-        raise ValueError("free_range does not match is_special: pass free_range(is_special)")
+        raise ValueError("special_range does not match is_special: pass free_range(is_special) of the same is_special")
 
 
 @njit(cache=True, nogil=True)
@@ -314,7 +316,7 @@ def mask_tokens(
     mask_id: np.int32,
     random_pool: np.ndarray,  # int32[R], the non-special ids a random replacement draws from
     pool_run: np.ndarray,  # int64[3], pool_run(random_pool)
-    special_range: np.ndarray,  # int64[2], free_range(is_special)
+    special_range: np.ndarray,  # int64[2], free_range(is_special): trusted (ends checked only)
 ) -> None:
     """Apply MLM masking to every row of input_ids in place and write the labels.
 

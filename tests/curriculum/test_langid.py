@@ -69,8 +69,9 @@ def test_newlines_do_not_cut_the_input(lid, samples):
 def test_threshold_drops_are_counted(samples):
     texts = [getattr(samples[l], f) for l in LANGUAGES for f in ("specimen_16", "styles")]
     texts += ["ok", "12345 67890", "", "   \n ", "zzkq xvvw prrt"]
-    keys, probs = LanguageIdentifier(threshold=0.0).predict(texts)
     for threshold in (0.0, 0.5, 0.9, 0.99):
+        # The answers themselves depend on the threshold a little: a quick read under it is read again.
+        keys, probs = LanguageIdentifier(threshold=threshold).predict(texts)
         got, drops = LanguageIdentifier(threshold=threshold).assign(texts)
         low = [k is not None and p < threshold for k, p in zip(keys, probs)]
         unknown = [k is None for k in keys]
@@ -131,11 +132,25 @@ def test_two_stage_reads_the_long_prefix_only_when_unsure(samples):
 
 def test_two_stage_is_one_pass_when_the_quick_read_is_not_shorter():
     assert LanguageIdentifier(prefix_chars=150).quick_chars == 0  # 200 >= 150: one read of 150
-    assert LanguageIdentifier(prefix_chars=0).quick_chars == 200  # 0 = the whole text: two stages
+    assert LanguageIdentifier(prefix_chars=0).quick_chars == 0  # 0 = whole-text LID, asked for: one read
     with pytest.raises(ValueError, match="quick_chars"):
         LanguageIdentifier(quick_chars=-1)
     with pytest.raises(ValueError, match="sure"):
         LanguageIdentifier(sure=1.5)
+
+
+def test_a_quick_answer_under_the_drop_threshold_is_read_again(samples):
+    # sure (0.3) below threshold (0.95): a quick answer between them would be dropped although
+    # the long read might keep it, so it is read again too.
+    docs = [" ".join([samples[l].specimen_16] * 4) for l in LANGUAGES]
+    quick_k, quick_p = LanguageIdentifier(prefix_chars=200, quick_chars=0).predict(docs)
+    lid = LanguageIdentifier(threshold=0.95, sure=0.3)
+    keys, probs = lid.predict(docs)
+    again = [i for i, p in enumerate(quick_p) if p < 0.95]
+    assert again and lid.second_reads == len(again)
+    full_k, full_p = LanguageIdentifier(threshold=0.95, quick_chars=0).predict(docs)
+    for i in again:
+        assert (keys[i], probs[i]) == (full_k[i], full_p[i])
 
 
 def test_model_hash_labels_and_custom_path(tmp_path, lid):
