@@ -451,8 +451,8 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str) 
         if old != json.loads(json.dumps(ident)):
             diff = [k for k in ident if old.get(k) != json.loads(json.dumps(ident[k]))]
             raise CurriculumError(
-                f"{work} holds an unfinished build with other {' and '.join(diff)}; resuming would reuse its results. "
-                f"Use a new --out, or delete {work} to start over"
+                f"{work} holds the work of an earlier build (finished or not) with other {' and '.join(diff)}; "
+                f"resuming would reuse its results. Use a new --out, or delete {work} to start over"
             )
         return
     _atomic_json(path, ident)

@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     _run("demo-corpus", str(corpus))
     if not tok.exists():
         _run("tokenizer", "train", str(corpus), "--out", str(tok), "--vocab-size", "8000")
+    # The demo builds from scratch every time: demo-corpus has just rewritten the input files (new
+    # mtimes), so the work a previous run left would be refused as another build's.
+    shutil.rmtree(built, ignore_errors=True)
     _run("build", str(corpus), "--out", str(built), "--tokenizer", str(tok), "--workers", "2")
     _run("verify", str(built))
     _run("inspect", str(built), "--top", "12")
