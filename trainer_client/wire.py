@@ -356,8 +356,24 @@ def from_record_batch(rb: pa.RecordBatch, custom_metadata: Mapping[bytes, bytes]
     lang_col = rb.column("lang")
     lang = lang_col.indices.to_numpy(zero_copy_only=True)
     if languages is None:
-        languages = tuple(lang_col.dictionary.to_pylist())
+        languages = dictionary_names(lang_col.dictionary)
     return WireBatch(input_ids, labels, cu, lang, languages, _parse_metadata(custom_metadata))
+
+
+_LAST_NAMES: list[tuple[pa.Array, tuple[str, ...]] | None] = [None]
+
+
+def dictionary_names(dictionary: pa.Array) -> tuple[str, ...]:
+    """The language names of a batch's dictionary. Every response of a run repeats the same
+    dictionary, and turning 1,833 names into Python strings costs ~80 µs, so the last one is
+    kept and compared (~2 µs): a copy, not the response's own array, which would pin the whole
+    response buffer. Thread-safe: a race only computes the names twice."""
+    hit = _LAST_NAMES[0]
+    if hit is not None and hit[0].equals(dictionary):
+        return hit[1]
+    names = tuple(dictionary.to_pylist())
+    _LAST_NAMES[0] = (pa.array(names, pa.string()), names)
+    return names
 
 
 def decode_stream(source: bytes | bytearray | memoryview | pa.Buffer | io.RawIOBase | io.BufferedIOBase) -> Iterator[WireBatch]:
@@ -369,8 +385,6 @@ def decode_stream(source: bytes | bytearray | memoryview | pa.Buffer | io.RawIOB
     else:
         reader_src = source
         at_end = lambda: not _peek(reader_src)  # noqa: E731
-    names: tuple[str, ...] | None = None
-    last_dict: pa.Array | None = None
     while not at_end():
         try:
             reader = pa.ipc.open_stream(reader_src)
@@ -381,10 +395,7 @@ def decode_stream(source: bytes | bytearray | memoryview | pa.Buffer | io.RawIOB
                 rb, md = reader.read_next_batch_with_custom_metadata()
             except StopIteration:
                 break
-            d = rb.column("lang").dictionary
-            if last_dict is None or not d.equals(last_dict):
-                last_dict, names = d, tuple(d.to_pylist())
-            yield from_record_batch(rb, md, names)
+            yield from_record_batch(rb, md, dictionary_names(rb.column("lang").dictionary))
 
 
 def _peek(f: io.IOBase) -> bool:

@@ -181,6 +181,27 @@ def test_round_trip_property(b, labels, compression):
     assert_same(w, b)
 
 
+def test_language_names_are_kept_across_responses_and_follow_a_new_dictionary():
+    b = Fake(np.zeros((2, 4), np.int32), np.full((2, 4), -100, np.int32), np.array([0, 4, 8], np.int32),
+             np.array([0, 2], np.int32))
+    md = {k: "0" for k in wire.METADATA_FIELDS}
+    one = ["x_Latn", "y_Latn", "z_Latn"]
+    first = wire.decode(wire.encode([(b, md)], one))
+    second = wire.decode(wire.encode([(b, md)], one))  # another response, same dictionary
+    assert first.languages == second.languages == tuple(one)
+    assert second.languages is first.languages  # kept, not rebuilt
+    assert second.lang_names == ["x_Latn", "z_Latn"]
+    response = pa.py_buffer(wire.encode([(b, md)], ["a_Latn", "b_Latn", "c_Latn"]))
+    other = wire.decode(response)
+    assert other.languages == ("a_Latn", "b_Latn", "c_Latn") and other.lang_names == ["a_Latn", "c_Latn"]
+    # What is kept is a copy: it does not pin the response's buffer.
+    kept = wire._LAST_NAMES[0][0]
+    assert kept.equals(pa.array(["a_Latn", "b_Latn", "c_Latn"]))
+    for buf in kept.buffers():
+        if buf is not None:
+            assert not response.address <= buf.address < response.address + response.size
+
+
 def test_wire_module_needs_only_numpy_and_pyarrow():
     code = (
         "import sys, trainer_client.wire;"
