@@ -19,8 +19,11 @@ import json
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -126,7 +129,7 @@ def extract_task(spec: ExtractSpec) -> dict:
     from curriculum.ingest import InputFile, read_documents
     from curriculum.normalize import normalize_texts
 
-    cfg = BuildConfig.model_validate(spec.cfg)
+    cfg = _task_config(spec.cfg)
     done = _extract_dir(spec.work, spec.index) / "stats.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -237,7 +240,7 @@ def dedup_task(spec: DedupSpec) -> dict:
     """Decide near-duplicates of one language across all its files; write the ids to drop."""
     from curriculum.dedup import DedupConfig, find_duplicates
 
-    cfg = BuildConfig.model_validate(spec.cfg)
+    cfg = _task_config(spec.cfg)
     done = Path(spec.work) / "dedup" / f"{spec.language}.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -299,6 +302,45 @@ _TOKENIZERS: dict[tuple, object] = {}
 _IDENTIFIERS: dict[tuple, object] = {}
 
 
+def _task_config(raw: dict) -> BuildConfig:
+    """A task's settings; with one tokenizer thread (a worker among others, which use the other
+    cores) the numba kernels of this thread run on one thread too."""
+    cfg = BuildConfig.model_validate(raw)
+    if cfg.tokenizer_threads == 1:
+        import numba
+
+        numba.set_num_threads(1)  # per calling thread: the pool's in-process worker thread included
+    return cfg
+
+
+WARM_TEXTS = ("Cafe\u0301 au lait, s'il vous plai\u0302t.", "\u65e5\u672c\u8a9e\u306e\u6587\u7ae0\u3067\u3059\u3002")
+
+
+def warm_worker(raw: dict, lid: bool = False) -> None:
+    """Load in a fresh pool process what its tasks use (imports, the numba kernels, the tokenizer
+    and, with `lid`, the LID model), before the process is given any task: the first
+    kernel alone costs ~0.5 s (numba's registries), and a task that waited in a cold process's queue
+    could have run in a warm one. Runs the real code on two short texts; writes nothing."""
+    import pyarrow as pa
+
+    from curriculum.dedup import DedupConfig, signatures_for_texts
+    from curriculum.ingest import _clean_arrow_texts
+    from curriculum.normalize import normalize_texts
+
+    cfg = _task_config(raw)
+    arr = pa.array(list(WARM_TEXTS), pa.large_string())
+    _clean_arrow_texts(arr)
+    normalize_texts(list(WARM_TEXTS))
+    _, norm = normalize_texts(arr)
+    if cfg.dedup:
+        dcfg = DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold)
+        for lang in ("fra_Latn", "jpn_Jpan"):  # word and character shingles
+            signatures_for_texts(norm, lang, dcfg)
+    _tokenizer(cfg).encode_arrow(norm)
+    if lid:
+        _identifier(cfg).predict(list(WARM_TEXTS))
+
+
 def _identifier(cfg: BuildConfig):
     """One fastText model per process (loading it costs more than most files)."""
     from curriculum.langid import LanguageIdentifier
@@ -315,10 +357,6 @@ def _tokenizer(cfg: BuildConfig):
 
     key = (cfg.tokenizer, cfg.cls_id, cfg.sep_id, cfg.mask_id, cfg.pad_id, cfg.tokenizer_threads)
     if key not in _TOKENIZERS:
-        if cfg.tokenizer_threads == 1:
-            import numba  # a pool worker: the other workers already use the other cores
-
-            numba.set_num_threads(1)
         _TOKENIZERS[key] = load_tokenizer(
             cfg.tokenizer, cfg.cls_id, cfg.sep_id, cfg.mask_id, cfg.pad_id, num_threads=cfg.tokenizer_threads
         )
@@ -376,7 +414,7 @@ def tokenize_task(spec: TokenizeSpec) -> dict:
     """Tokenize the surviving documents of one language chunk into size-bounded shards."""
     from curriculum.shards import write_shard
 
-    cfg = BuildConfig.model_validate(spec.cfg)
+    cfg = _task_config(spec.cfg)
     done = Path(spec.work) / "tokenize" / f"{spec.language}.{spec.chunk:05d}.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -458,6 +496,20 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str) 
     _atomic_json(path, ident)
 
 
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0  # the task itself reports what is wrong with it
+
+
+def _largest_first(specs: list, size: Callable[[Any], int]) -> list:
+    """Biggest tasks first, so that the last to finish are small and no worker waits long for
+    another at the end of a stage. Only the order of work changes: every task is a pure function
+    of its spec, and the results are put in order by language and file before they are merged."""
+    return sorted(specs, key=size, reverse=True)  # stable: equal sizes keep their order
+
+
 def _run_stage(executor, fn, specs, label: str, progress) -> list[dict]:
     results = []
     task = progress.add_task(label, total=len(specs)) if progress else None
@@ -494,12 +546,15 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
     files, file_issues = discover_inputs(cfg.inputs)
     if not files and not file_issues:
         raise CurriculumError(f"no input files found under {', '.join(cfg.inputs)}")
-    tok = _tokenizer(cfg)  # fail fast on a bad tokenizer, before any work
-    _claim_work_dir(work, cfg, files, tok.info.sha256)
     raw = cfg.model_dump()
     if (workers > 1 or executor == "ray") and cfg.tokenizer_threads is None:
         raw["tokenizer_threads"] = 1  # one core per task: tasks already run in parallel
-    ex = make_executor(executor, workers, ray_address)
+    # Fail fast on a bad tokenizer, before any work; loaded as the tasks load it, so a local
+    # pool's in-process worker finds it loaded.
+    tok = _tokenizer(BuildConfig.model_validate(raw))
+    _claim_work_dir(work, cfg, files, tok.info.sha256)
+    warm = partial(warm_worker, raw, any(not f.language for f in files))
+    ex = make_executor(executor, workers, ray_address, warm=warm)
     prog = None
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -509,9 +564,10 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
     seconds = {}
     try:
         t0 = time.perf_counter()
-        specs1 = [
-            ExtractSpec(i, f.path, f.format, f.compression, f.language, str(work), raw) for i, f in enumerate(files)
-        ]
+        specs1 = _largest_first(
+            [ExtractSpec(i, f.path, f.format, f.compression, f.language, str(work), raw) for i, f in enumerate(files)],
+            lambda s: _size(s.path),
+        )
         ex_stats = sorted(_run_stage(ex, extract_task, specs1, "extract (read, LID, signatures)", prog), key=lambda s: s["index"])
         seconds["extract"] = time.perf_counter() - t0
 
@@ -521,23 +577,25 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
                 by_lang[lang].append(str(_extract_dir(work, s["index"]) / f"{lang}.arrow"))
         langs = sorted(by_lang)
         t0 = time.perf_counter()
-        specs2 = [DedupSpec(l, tuple(by_lang[l]), str(work), raw) for l in langs]
+        specs2 = _largest_first([DedupSpec(l, tuple(by_lang[l]), str(work), raw) for l in langs], lambda s: sum(map(_size, s.parts)))
         dd_stats = {s["language"]: s for s in _run_stage(ex, dedup_task, specs2, "dedup (MinHash LSH per language)", prog)}
         seconds["dedup"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         F = cfg.files_per_chunk
-        specs3 = [
+        specs3 = _largest_first([
             TokenizeSpec(l, c, tuple(by_lang[l][c * F : (c + 1) * F]), str(work), str(out), raw)
             for l in langs
             for c in range((len(by_lang[l]) + F - 1) // F)
-        ]
+        ], lambda s: sum(map(_size, s.parts)))
         tk_stats = _run_stage(ex, tokenize_task, specs3, "tokenize + write shards", prog)
         seconds["tokenize"] = time.perf_counter() - t0
     finally:
         if prog:
             prog.stop()
         ex.close()
+    if getattr(ex, "warm_seconds", None) is not None:
+        seconds["pool_warm"] = ex.warm_seconds  # when the local pool's processes could start work
     report = _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seconds)
     if remote:
         t0 = time.perf_counter()

@@ -8,8 +8,12 @@ import atexit
 import gc
 import multiprocessing as mp
 import os
+import queue
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from typing import Any, Protocol
 
 Task = Callable[[Any], dict]
@@ -45,22 +49,125 @@ def fast_exit() -> None:
 
 
 class LocalExecutor:
-    """A process pool with the spawn start method: numba's OpenMP layer is not fork-safe."""
+    """`workers` at once: this process (one thread) and `workers - 1` pool processes.
 
-    def __init__(self, workers: int):
-        self.workers = max(1, workers)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"), initializer=fast_exit)
+    This process is one of the workers because it is already warm: starting a pool process costs
+    ~1.5 s of CPU (interpreter, imports, numba's registries on the first kernel, the tokenizer)
+    before it does any work; at two workers that was a quarter of a 40 MB build. `warm`, when
+    given, runs in each pool process before it gets tasks, so no task waits in the queue of a
+    process that is still starting while this one could run it. Tasks are handed out from one
+    queue to whoever is idle; results do not depend on who ran what. Pool processes use the
+    spawn start method: numba's OpenMP layer is not fork-safe."""
+
+    def __init__(self, workers: int, warm: Callable[[], Any] | None = None):
+        self.workers = max(2, workers)
+        self._pool = ProcessPoolExecutor(max_workers=self.workers - 1, mp_context=mp.get_context("spawn"), initializer=fast_exit)
+        self._warm = warm
+        self._warming: list[Future] | None = None  # one per pool process, from the first stage of 2+ tasks
+        self.warm_seconds: float | None = None  # from creating this executor until the last pool process was warm
+        self._t0 = time.perf_counter()
 
     def map_unordered(self, fn: Task, specs: Sequence[Any]) -> Iterator[tuple[Any, dict]]:
-        pending = {self._pool.submit(fn, s): s for s in specs}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                spec = pending.pop(fut)
-                yield spec, fut.result()
+        stage = _Stage(self._pool, self.workers - 1, fn, specs)
+        # This process takes the first task, so a stage of one task never starts (or waits for)
+        # a pool process.
+        stage.start_inline()
+        if self._warm is not None and self._warming is None and stage.todo:
+            self._warming = [self._pool.submit(self._warm) for _ in range(self.workers - 1)]
+            for f in self._warming:
+                f.add_done_callback(self._warmed)
+        if self._warming is None:
+            stage.top_up()
+        else:
+            for f in self._warming:  # runs at once for a finished warm-up
+                f.add_done_callback(stage.warmed)
+        return stage.results()
+
+    def _warmed(self, _: Future) -> None:
+        self.warm_seconds = time.perf_counter() - self._t0
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Stage:
+    """One `LocalExecutor.map_unordered`: its queue of specs, the in-process thread and the tasks
+    given to the pool, two per pool process while plenty are left and one towards the end (so no
+    task waits in a busy process's queue while the thread is idle)."""
+
+    def __init__(self, pool: ProcessPoolExecutor, procs: int, fn: Task, specs: Sequence[Any]):
+        self.pool, self.procs, self.fn, self.n = pool, procs, fn, len(specs)
+        self.todo = deque(specs)
+        self.lock = threading.Lock()
+        self.done: queue.SimpleQueue = queue.SimpleQueue()  # (spec, result, exception)
+        self.stop = threading.Event()
+        self.inflight = 0  # given to the pool, not finished
+        self.thread: threading.Thread | None = None
+
+    def take(self) -> tuple[bool, Any]:
+        with self.lock:
+            if self.stop.is_set() or not self.todo:
+                return False, None
+            return True, self.todo.popleft()
+
+    def start_inline(self) -> None:
+        ok, first = self.take()
+        if ok:
+            self.thread = threading.Thread(target=self._inline, args=(first,), name="build-inline-worker", daemon=True)
+            self.thread.start()
+
+    def _inline(self, spec: Any) -> None:
+        while True:
+            try:
+                self.done.put((spec, self.fn(spec), None))
+            except BaseException as e:  # handed to the caller, re-raised there
+                self.done.put((spec, None, e))
+                return
+            ok, spec = self.take()
+            if not ok:
+                return
+
+    def warmed(self, warmup: Future) -> None:
+        exc = warmup.exception()
+        if exc is not None:
+            self.done.put((None, None, exc))
+        else:
+            self.top_up()
+
+    def top_up(self) -> None:
+        while True:
+            with self.lock:
+                per_proc = 2 if len(self.todo) > 2 * (self.procs + 1) else 1
+                if self.stop.is_set() or not self.todo or self.inflight >= per_proc * self.procs:
+                    return
+                spec = self.todo.popleft()
+                self.inflight += 1
+            try:
+                fut = self.pool.submit(self.fn, spec)
+            except BaseException as e:  # a broken pool: say so instead of waiting forever
+                self.done.put((spec, None, e))
+                return
+            fut.add_done_callback(lambda fut, spec=spec: self._finished(spec, fut))
+
+    def _finished(self, spec: Any, fut: Future) -> None:
+        exc = CancelledError() if fut.cancelled() else fut.exception()
+        self.done.put((spec, None if exc else fut.result(), exc))
+        if exc is None:
+            with self.lock:
+                self.inflight -= 1
+            self.top_up()
+
+    def results(self) -> Iterator[tuple[Any, dict]]:
+        try:
+            for _ in range(self.n):
+                spec, result, exc = self.done.get()
+                if exc is not None:
+                    raise exc
+                yield spec, result
+        finally:
+            self.stop.set()  # after an error or an abandoned iteration, hand out nothing more
+            if self.thread is not None:
+                self.thread.join()
 
 
 class RayExecutor:
@@ -98,9 +205,11 @@ class RayExecutor:
             self._ray.shutdown()
 
 
-def make_executor(kind: str = "local", workers: int = 1, ray_address: str | None = None) -> Executor:
+def make_executor(kind: str = "local", workers: int = 1, ray_address: str | None = None,
+                  warm: Callable[[], Any] | None = None) -> Executor:
+    """`warm`: what a local pool process runs before it is given tasks (see `LocalExecutor`)."""
     if kind == "ray":
         return RayExecutor(ray_address, workers)
     if kind != "local":
         raise ValueError(f"--executor must be 'local' or 'ray', got {kind!r}")
-    return InlineExecutor() if workers <= 1 else LocalExecutor(workers)
+    return InlineExecutor() if workers <= 1 else LocalExecutor(workers, warm)

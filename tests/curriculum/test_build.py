@@ -56,7 +56,8 @@ def test_build_accounting_and_verify(corpus, small_tokenizer, tmp_path):
 def test_same_manifest_whatever_the_worker_count(corpus, small_tokenizer, tmp_path):
     cfg = dict(inputs=[str(corpus)], tokenizer=str(small_tokenizer), shard_bytes=64 << 10)
     build(BuildConfig(out=str(tmp_path / "a"), **cfg), workers=1, progress=False)
-    build(BuildConfig(out=str(tmp_path / "b"), **cfg), workers=2, progress=False)
+    rep = build(BuildConfig(out=str(tmp_path / "b"), **cfg), workers=2, progress=False)
+    assert rep.seconds["pool_warm"] > 0  # a pool process was started (this process is the other worker)
     assert tables(tmp_path / "a") == tables(tmp_path / "b")
 
 

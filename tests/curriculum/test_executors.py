@@ -39,3 +39,109 @@ def test_pool_workers_exit_fast() -> None:
         assert [r for _, r in ex.map_unordered(abs, [-3])] == [3]
     finally:
         ex.close()
+
+
+def _meet(spec: tuple[str, int]) -> tuple[int, int]:
+    """Note this process's pid, then wait (up to 60 s) until some other process has noted its own:
+    with two workers, the first two tasks can only finish once both workers hold one."""
+    import os
+    import time
+    from pathlib import Path
+
+    meet, index = Path(spec[0]), spec[1]
+    (meet / f"{os.getpid()}.{index}").touch()
+    deadline = time.monotonic() + 60
+    while len({p.name.split(".")[0] for p in meet.iterdir()}) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return index, os.getpid()
+
+
+def _note_or_fail(spec: tuple[str, int, int]) -> int:
+    from pathlib import Path
+
+    where, index, bad = spec
+    (Path(where) / str(index)).touch()
+    if index == bad:
+        raise ValueError(f"task {index} is bad")
+    return index
+
+
+def test_local_executor_runs_tasks_in_this_process_and_in_the_pool(tmp_path) -> None:
+    import os
+
+    ex = LocalExecutor(2)
+    try:
+        out = dict(ex.map_unordered(_meet, [(str(tmp_path), i) for i in range(8)]))
+    finally:
+        ex.close()
+    assert sorted(out) == [(str(tmp_path), i) for i in range(8)]
+    assert all(index == spec[1] for spec, (index, _) in out.items())  # each result belongs to its spec
+    pids = {pid for _, pid in out.values()}
+    assert os.getpid() in pids and len(pids) == 2  # the caller is one of the two workers
+
+
+def test_local_executor_raises_the_first_error_and_hands_out_nothing_more(tmp_path) -> None:
+    import pytest
+
+    ex = LocalExecutor(2)
+    try:
+        # Spec 0 is the in-process worker's first task and fails at once, long before the pool
+        # process (given specs 1 and 2) has started.
+        with pytest.raises(ValueError, match="task 0 is bad"):
+            for _ in ex.map_unordered(_note_or_fail, [(str(tmp_path), i, 0) for i in range(200)]):
+                pass
+    finally:
+        ex.close()
+    ran = {int(p.name) for p in tmp_path.iterdir()}
+    assert 0 in ran and len(ran) < 10  # the pool's tasks in flight at most, not the other ~200
+    ex = LocalExecutor(2)  # and a failed task does not poison a later run
+    try:
+        assert sorted(r for _, r in ex.map_unordered(_note_or_fail, [(str(tmp_path), i, -1) for i in range(5)])) == list(range(5))
+    finally:
+        ex.close()
+
+
+def test_largest_tasks_go_first() -> None:
+    from curriculum.build import _largest_first
+
+    assert _largest_first(["b", "aaa", "cc", "d"], len) == ["aaa", "cc", "b", "d"]  # ties keep their order
+
+
+_WARM: list[int] = []
+
+
+def _warm_up() -> None:
+    import os
+
+    _WARM.append(os.getpid())
+
+
+def _pid_and_warm(spec: tuple[str, int]) -> tuple[int, bool]:
+    import os
+
+    _meet(spec)
+    return os.getpid(), os.getpid() in _WARM
+
+
+def test_pool_processes_are_warmed_up_before_they_get_tasks(tmp_path) -> None:
+    import os
+
+    ex = LocalExecutor(2, warm=_warm_up)
+    try:
+        out = [r for _, r in ex.map_unordered(_pid_and_warm, [(str(tmp_path), i) for i in range(6)])]
+        # A one-task stage runs in this process and starts nothing more.
+        assert [r for _, r in ex.map_unordered(_pid_and_warm, [(str(tmp_path), 9)])][0][0] == os.getpid()
+    finally:
+        ex.close()
+    pool = {(pid, warm) for pid, warm in out if pid != os.getpid()}
+    assert len(pool) == 1 and pool.pop()[1]  # the pool process ran tasks, each after its warm-up
+    assert os.getpid() not in _WARM  # this process is never "warmed": it is warm already
+
+
+def test_a_stage_of_one_task_starts_no_pool_process() -> None:
+    ex = LocalExecutor(2, warm=_warm_up)
+    try:
+        assert [r for _, r in ex.map_unordered(abs, [-3])] == [3]
+        assert ex._warming is None and not ex._pool._processes  # nothing spawned
+    finally:
+        ex.close()
