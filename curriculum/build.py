@@ -7,7 +7,8 @@ a small stats record last (so a finished task is one whose record exists):
    MinHash signatures; writes one Arrow file per language found in the file.
 2. dedup (per language): LSH over the signatures of *all* files of that language; writes the
    doc ids to drop. Which copy survives is deterministic (the smallest doc id).
-3. tokenize (per language chunk of extract files): tokenizes the survivors in doc-id order and
+3. tokenize (per language chunk of ~`chunk_bytes` of text: record batches of its extract files,
+   cut where the running total passes the bound): tokenizes the survivors in doc-id order and
    writes size-bounded shards.
 Then the stats are merged into the manifest. Re-running a killed build skips finished tasks; the
 output does not depend on the worker count or the executor (local pool or Ray).
@@ -61,7 +62,7 @@ class BuildConfig(BaseModel):
     dedup_threshold: float = Field(0.8, gt=0, le=1)
     num_perm: int = Field(128, gt=0)
     shard_bytes: int = Field(256 << 20, gt=0)
-    files_per_chunk: int = Field(64, gt=0)
+    chunk_bytes: int = Field(1 << 30, gt=0, description="UTF-8 text per tokenize task: a big language spreads over the workers")
     source: str = "web"
     tokenizer_threads: int | None = Field(None, ge=1, description="threads per tokenizer call (default: 1 per worker in a pool, all cores inline)")
 
@@ -82,12 +83,12 @@ def _rows(path: Path) -> int:
         return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
 
 
-def _iter_batches(path: Path, columns: list[str]):
-    """Record batches of an extract part, one at a time (bounded memory: read, not memory-mapped,
-    so resident memory does not grow with the file)."""
+def _iter_batches(path: Path, columns: list[str], lo: int = 0, hi: int | None = None):
+    """Record batches lo..hi-1 (default all) of an extract part, one at a time (bounded memory:
+    read, not memory-mapped, so resident memory does not grow with the file)."""
     with pa.OSFile(str(path), "rb") as src:
         reader = pa.ipc.open_file(src)
-        for i in range(reader.num_record_batches):
+        for i in range(lo, reader.num_record_batches if hi is None else hi):
             yield reader.get_batch(i).select(columns)
 
 
@@ -141,6 +142,7 @@ def extract_task(spec: ExtractSpec) -> dict:
     dcfg = DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold)
     drops: dict[str, Counter] = defaultdict(Counter)  # language ('' = unknown) → reason → count
     kept: Counter = Counter()
+    batch_bytes: dict[str, list[int]] = defaultdict(list)  # text bytes of each record batch written, per language
     writers: dict[str, tuple[Path, pa.OSFile, pa.ipc.RecordBatchFileWriter]] = {}
     issues: list[dict] = []
     n_in = n_bytes = 0
@@ -202,7 +204,8 @@ def extract_task(spec: ExtractSpec) -> dict:
                     writers[lang] = (tmp, sink, pa.ipc.new_file(sink, rb.schema))
                 writers[lang][2].write_batch(rb)
                 kept[lang] += len(idx)
-                n_bytes += _utf8_bytes(texts)
+                batch_bytes[lang].append(_utf8_bytes(texts))
+                n_bytes += batch_bytes[lang][-1]
         for lang, (tmp, sink, w) in writers.items():
             w.close()
             sink.close()
@@ -218,6 +221,7 @@ def extract_task(spec: ExtractSpec) -> dict:
         "docs_in": n_in,
         "bytes_kept": n_bytes,
         "kept": dict(sorted(kept.items())),
+        "batch_bytes": dict(sorted(batch_bytes.items())),
         "drops": {k: dict(v) for k, v in drops.items()},
         "issues": issues,
     }
@@ -292,10 +296,37 @@ def dedup_task(spec: DedupSpec) -> dict:
 class TokenizeSpec:
     language: str
     chunk: int
-    parts: tuple[str, ...]
+    parts: tuple[tuple[str, int, int], ...]  # (extract part, first record batch, end batch), in file order
     work: str
     out: str
     cfg: dict
+    text_bytes: int = 0  # of the chunk, before dedup (orders the tasks, largest first)
+
+
+def plan_chunks(parts: list[tuple[str, list[int]]], chunk_bytes: int) -> list[tuple[tuple[tuple[str, int, int], ...], int]]:
+    """One language's tokenize chunks: (ranges of record batches, text bytes) each.
+
+    `parts`: the language's extract parts in file order, each with the text bytes of its record
+    batches. A chunk closes at the batch where its total reaches `chunk_bytes`, inside a file or
+    across files, so a language of one big file still spreads over the workers, and small
+    languages stay one task. A function of the extract outputs only: the same chunks (and shard
+    names) whatever the worker count, and documents stay in doc-id order across chunks."""
+    chunks: list[tuple[tuple[tuple[str, int, int], ...], int]] = []
+    ranges: list[tuple[str, int, int]] = []
+    total = 0
+    for path, sizes in parts:
+        lo = 0
+        for i, n in enumerate(sizes):
+            total += n
+            if total >= chunk_bytes:
+                ranges.append((path, lo, i + 1))
+                chunks.append((tuple(ranges), total))
+                ranges, total, lo = [], 0, i + 1
+        if lo < len(sizes):
+            ranges.append((path, lo, len(sizes)))
+    if ranges:
+        chunks.append((tuple(ranges), total))
+    return chunks
 
 
 _TOKENIZERS: dict[tuple, object] = {}
@@ -434,9 +465,9 @@ def tokenize_task(spec: TokenizeSpec) -> dict:
         shards.append({"path": rel, "docs": info.docs, "tokens": info.tokens, "bytes": info.bytes, "sha256": info.sha256})
         buf.clear()
 
-    for part in spec.parts:
+    for part, lo, hi in spec.parts:
         source = json.loads((Path(part).parent / "stats.json").read_text())["path"]
-        for rb in _iter_batches(Path(part), ["doc_id", "text"]):
+        for rb in _iter_batches(Path(part), ["doc_id", "text"], lo, hi):
             ids = rb.column(0).to_numpy()
             texts = rb.column(1)
             if dropped.size:
@@ -572,9 +603,12 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
         seconds["extract"] = time.perf_counter() - t0
 
         by_lang: dict[str, list[str]] = defaultdict(list)
+        batches: dict[str, list[tuple[str, list[int]]]] = defaultdict(list)
         for s in ex_stats:
             for lang in sorted(s["kept"]):
-                by_lang[lang].append(str(_extract_dir(work, s["index"]) / f"{lang}.arrow"))
+                path = str(_extract_dir(work, s["index"]) / f"{lang}.arrow")
+                by_lang[lang].append(path)
+                batches[lang].append((path, s["batch_bytes"][lang]))
         langs = sorted(by_lang)
         t0 = time.perf_counter()
         specs2 = _largest_first([DedupSpec(l, tuple(by_lang[l]), str(work), raw) for l in langs], lambda s: sum(map(_size, s.parts)))
@@ -582,12 +616,11 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
         seconds["dedup"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        F = cfg.files_per_chunk
         specs3 = _largest_first([
-            TokenizeSpec(l, c, tuple(by_lang[l][c * F : (c + 1) * F]), str(work), str(out), raw)
+            TokenizeSpec(l, c, ranges, str(work), str(out), raw, nbytes)
             for l in langs
-            for c in range((len(by_lang[l]) + F - 1) // F)
-        ], lambda s: sum(map(_size, s.parts)))
+            for c, (ranges, nbytes) in enumerate(plan_chunks(batches[l], cfg.chunk_bytes))
+        ], lambda s: s.text_bytes)
         tk_stats = _run_stage(ex, tokenize_task, specs3, "tokenize + write shards", prog)
         seconds["tokenize"] = time.perf_counter() - t0
     finally:

@@ -185,3 +185,51 @@ def test_normalize_texts_matches_normalize_text_on_every_triple():
     assert got == want
     assert arr.to_pylist() == want
     assert 0.2 < sum(w != t for w, t in zip(want, texts)) / len(texts) < 0.9
+
+
+def _token_streams(root: Path) -> dict[str, list[int]]:
+    """Each language's tokens, shard after shard in manifest order."""
+    m = read_manifest(root)
+    out: dict[str, list[int]] = {}
+    for lang, path in zip(m.shards["language"], m.shards["path"]):
+        out.setdefault(lang, []).extend(open_shard(root / path).tokens.tolist())
+    return out
+
+
+def test_small_tokenize_chunks_cut_languages_but_not_their_token_streams(corpus, small_tokenizer, tmp_path):
+    # One record batch per chunk (chunk_bytes=1): every language with several files becomes
+    # several tokenize tasks, each ending its own last shard; the documents and their order are
+    # those of one task per language, and the result does not depend on the worker count.
+    def run(name: str, workers: int = 1, **kw):
+        cfg = BuildConfig(inputs=[str(corpus)], out=str(tmp_path / name), tokenizer=str(small_tokenizer), shard_bytes=1 << 20, **kw)
+        return build(cfg, workers=workers, progress=False)
+
+    whole, cut, cut2 = run("whole"), run("cut", chunk_bytes=1), run("cut2", workers=2, chunk_bytes=1)
+    assert tables(tmp_path / "cut") == tables(tmp_path / "cut2")
+    a, b = read_manifest(tmp_path / "whole"), read_manifest(tmp_path / "cut")
+    assert a.languages.select("language", "docs", "tokens").equals(b.languages.select("language", "docs", "tokens"))
+    # One shard per language (they are under 1 MB) against one per chunk: per file here.
+    assert a.shards.height == a.languages.height
+    # fra, deu, rus, spa, ita, pol: two files of distinct documents each, so one more chunk each
+    # (fra's third file holds only copies: its chunk keeps nothing and writes no shard).
+    assert b.shards.height == a.shards.height + 6
+    assert set(b.shards["path"].str.slice(9, 5)) == {"00000", "00001"}  # chunk numbers in shard names
+    assert _token_streams(tmp_path / "whole") == _token_streams(tmp_path / "cut")
+    assert whole.docs_kept == cut.docs_kept == cut2.docs_kept
+    assert verify_manifest(tmp_path / "cut")[1] == []
+
+
+def test_plan_chunks_cuts_inside_and_across_files() -> None:
+    from curriculum.build import plan_chunks
+
+    parts = [("a", [5, 5, 5]), ("b", [20]), ("c", [1, 1])]
+    assert plan_chunks(parts, 10) == [
+        ((("a", 0, 2),), 10),  # closes inside file a, at the batch that reaches 10
+        ((("a", 2, 3), ("b", 0, 1)), 25),  # the rest of a, then all of b (a batch is never split)
+        ((("c", 0, 2),), 2),  # what is left is a last, smaller chunk
+    ]
+    assert plan_chunks(parts, 1 << 30) == [((("a", 0, 3), ("b", 0, 1), ("c", 0, 2)), 37)]  # a small language: one task
+    # Every batch lands in exactly one chunk, in file order, whatever the bound.
+    for bound in (1, 3, 7, 11, 36, 37, 38):
+        flat = [(p, i) for ranges, _ in plan_chunks(parts, bound) for p, lo, hi in ranges for i in range(lo, hi)]
+        assert flat == [(p, i) for p, sizes in parts for i in range(len(sizes))]
