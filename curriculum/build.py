@@ -3,7 +3,8 @@
 Three stages of tasks, each a pure function of its spec that writes its outputs atomically and
 a small stats record last (so a finished task is one whose record exists):
 
-1. extract (per input file): read → normalize → length filter → language ID where unlabeled →
+1. extract (per input file, or per slice of `slice_bytes` of row groups of a big Parquet file):
+   read → normalize → length filter → language ID where unlabeled →
    MinHash signatures; writes one Arrow file per language found in the file.
 2. dedup (per language): LSH over the signatures of *all* files of that language; writes the
    doc ids to drop. Which copy survives is deterministic (the smallest doc id).
@@ -63,6 +64,7 @@ class BuildConfig(BaseModel):
     num_perm: int = Field(128, gt=0)
     shard_bytes: int = Field(256 << 20, gt=0)
     chunk_bytes: int = Field(1 << 30, gt=0, description="UTF-8 text per tokenize task: a big language spreads over the workers")
+    slice_bytes: int = Field(1 << 30, gt=0, description="uncompressed row groups per extract task of a big Parquet file")
     source: str = "web"
     tokenizer_threads: int | None = Field(None, ge=1, description="threads per tokenizer call (default: 1 per worker in a pool, all cores inline)")
 
@@ -105,13 +107,15 @@ def _utf8_bytes(arr: pa.Array) -> int:
 
 @dataclass(frozen=True)
 class ExtractSpec:
-    index: int
+    index: int  # the input file's: doc ids are index << DOC_ID_FILE_SHIFT | row in the file
     path: str
     format: str
     compression: str
     language: str | None
     work: str
     cfg: dict
+    row_groups: tuple[int, int] | None = None  # a slice of a Parquet file's row groups (lo, hi); None: all of the file
+    size: int = 0  # bytes to read (orders the tasks, largest first)
 
 
 def _part_schema(num_perm: int) -> pa.Schema:
@@ -120,8 +124,35 @@ def _part_schema(num_perm: int) -> pa.Schema:
     )
 
 
-def _extract_dir(work: str | Path, index: int) -> Path:
-    return Path(work) / "extract" / f"{index:06d}"
+def _extract_dir(work: str | Path, index: int, row_groups: tuple[int, int] | list[int] | None = None) -> Path:
+    name = f"{index:06d}" if row_groups is None else f"{index:06d}.{row_groups[0]:06d}"
+    return Path(work) / "extract" / name
+
+
+def plan_slices(path: str, slice_bytes: int) -> list[tuple[tuple[int, int] | None, int]]:
+    """A Parquet file's extract tasks: [(row groups (lo, hi), uncompressed bytes)], or [(None,
+    file size)] when it is one task: not Parquet, not bigger than `slice_bytes` on disk, one row
+    group, or a footer that does not read (the task then reports why). A slice closes at the row
+    group where its uncompressed size reaches the bound: a function of the file alone."""
+    size = _size(path)
+    if size <= slice_bytes:
+        return [(None, size)]
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception:  # noqa: BLE001 - any unreadable footer: the whole-file task reports it
+        return [(None, size)]
+    if meta.num_row_groups < 2:
+        return [(None, size)]
+    slices: list[tuple[tuple[int, int] | None, int]] = []
+    lo = total = 0
+    for g in range(meta.num_row_groups):
+        total += meta.row_group(g).total_byte_size
+        if total >= slice_bytes or g == meta.num_row_groups - 1:
+            slices.append(((lo, g + 1), total))
+            lo, total = g + 1, 0
+    return slices
 
 
 def extract_task(spec: ExtractSpec) -> dict:
@@ -131,11 +162,12 @@ def extract_task(spec: ExtractSpec) -> dict:
     from curriculum.normalize import normalize_texts
 
     cfg = _task_config(spec.cfg)
-    done = _extract_dir(spec.work, spec.index) / "stats.json"
+    outdir = _extract_dir(spec.work, spec.index, spec.row_groups)
+    done = outdir / "stats.json"
     if done.exists():
         return json.loads(done.read_text())
-    f = InputFile(path=spec.path, format=spec.format, compression=spec.compression, language=spec.language)
-    outdir = _extract_dir(spec.work, spec.index)
+    f = InputFile(path=spec.path, format=spec.format, compression=spec.compression, language=spec.language,
+                  row_groups=spec.row_groups)
     outdir.mkdir(parents=True, exist_ok=True)
     for stale in outdir.glob(".*.tmp"):  # left by a killed run of this task
         stale.unlink()
@@ -217,6 +249,7 @@ def extract_task(spec: ExtractSpec) -> dict:
                 tmp.unlink(missing_ok=True)
     stats = {
         "index": spec.index,
+        "row_groups": list(spec.row_groups) if spec.row_groups else None,
         "path": spec.path,
         "docs_in": n_in,
         "bytes_kept": n_bytes,
@@ -595,18 +628,20 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
     seconds = {}
     try:
         t0 = time.perf_counter()
-        specs1 = _largest_first(
-            [ExtractSpec(i, f.path, f.format, f.compression, f.language, str(work), raw) for i, f in enumerate(files)],
-            lambda s: _size(s.path),
-        )
-        ex_stats = sorted(_run_stage(ex, extract_task, specs1, "extract (read, LID, signatures)", prog), key=lambda s: s["index"])
+        specs1 = _largest_first([
+            ExtractSpec(i, f.path, f.format, f.compression, f.language, str(work), raw, groups, size)
+            for i, f in enumerate(files)
+            for groups, size in (plan_slices(f.path, cfg.slice_bytes) if f.format == "parquet" else [(None, _size(f.path))])
+        ], lambda s: s.size)
+        ex_stats = sorted(_run_stage(ex, extract_task, specs1, "extract (read, LID, signatures)", prog),
+                          key=lambda s: (s["index"], (s.get("row_groups") or [0])[0]))
         seconds["extract"] = time.perf_counter() - t0
 
         by_lang: dict[str, list[str]] = defaultdict(list)
         batches: dict[str, list[tuple[str, list[int]]]] = defaultdict(list)
         for s in ex_stats:
             for lang in sorted(s["kept"]):
-                path = str(_extract_dir(work, s["index"]) / f"{lang}.arrow")
+                path = str(_extract_dir(work, s["index"], s.get("row_groups")) / f"{lang}.arrow")
                 by_lang[lang].append(path)
                 batches[lang].append((path, s["batch_bytes"][lang]))
         langs = sorted(by_lang)

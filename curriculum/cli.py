@@ -272,6 +272,8 @@ def build(
     shard_mb: float = typer.Option(256, "--shard-mb", help="Shard size bound in MB."),
     chunk_mb: float = typer.Option(1024, "--chunk-mb", help="MB of text per tokenize task (a big language is cut "
                                    "into several, so it spreads over the workers)."),
+    slice_mb: float = typer.Option(1024, "--slice-mb", help="A Parquet file bigger than this on disk is read by several "
+                                   "extract tasks, each of about this many MB of row groups (uncompressed)."),
     cls_id: Optional[int] = typer.Option(None, "--cls-id"),
     sep_id: Optional[int] = typer.Option(None, "--sep-id"),
     mask_id: Optional[int] = typer.Option(None, "--mask-id"),
@@ -286,7 +288,7 @@ def build(
         lid_threshold=lid_threshold, lid_prefix_chars=lid_prefix_chars, lid_quick_chars=lid_quick_chars, lid_sure=lid_sure,
         min_chars=min_chars, max_chars=max_chars,
         dedup=not no_dedup, dedup_threshold=dedup_threshold, shard_bytes=int(shard_mb * (1 << 20)),
-        chunk_bytes=int(chunk_mb * (1 << 20)), cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id,
+        chunk_bytes=int(chunk_mb * (1 << 20)), slice_bytes=int(slice_mb * (1 << 20)), cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id,
     )
     rep = run_build(cfg, executor=executor, workers=workers, ray_address=ray_address, work_dir=work_dir)
     from curriculum.storage import display

@@ -76,18 +76,24 @@ _SUFFIXES: dict[str, tuple[Format, Compression]] = {
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input file: how to read it and the language of all its documents (None: identify)."""
+    """One input file: how to read it and the language of all its documents (None: identify).
+
+    `row_groups` = (lo, hi) reads only Parquet row groups lo..hi-1 (a slice of a big file; rows
+    keep their numbers in the whole file)."""
 
     path: str
     format: Format
     compression: Compression = "none"
     language: str | None = None
+    row_groups: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.format not in get_args(Format):
             raise ValueError(f"InputFile {self.path}: format={self.format!r}, expected one of {get_args(Format)}")
         if self.compression not in get_args(Compression):
             raise ValueError(f"InputFile {self.path}: compression={self.compression!r}, expected one of {get_args(Compression)}")
+        if self.row_groups is not None and (self.format != "parquet" or not 0 <= self.row_groups[0] < self.row_groups[1]):
+            raise ValueError(f"InputFile {self.path}: row_groups={self.row_groups!r} needs a Parquet file and 0 <= lo < hi")
 
 
 @dataclass(frozen=True)
@@ -637,9 +643,17 @@ def _read_parquet(f: InputFile, col: _Collector, batch_size: int, text_field: st
         col.file_issue("non_string_text", f"column {text_field!r} has type {t}, not string; file skipped")
         return
     extra = [c for c in ("language", "language_script") if c in schema.names]
+    groups = None
     row = 0
+    if f.row_groups is not None:
+        lo, hi = f.row_groups
+        if hi > pf.num_row_groups:
+            col.file_issue("corrupt_parquet", f"row groups {lo}..{hi - 1} asked, the file has {pf.num_row_groups}; nothing read")
+            return
+        groups = range(lo, hi)
+        row = sum(pf.metadata.row_group(g).num_rows for g in range(lo))
     try:
-        for rb in pf.iter_batches(batch_size=batch_size, columns=[text_field, *extra]):
+        for rb in pf.iter_batches(batch_size=batch_size, columns=[text_field, *extra], row_groups=groups):
             if as_str and not extra:
                 fast = _clean_arrow_texts(rb.column(0))
                 if fast is not None:  # every row is a document: no Python string per row
@@ -705,7 +719,7 @@ def read_documents(
                     yield from _read_txt(f, col, fh, max_line_bytes)
     except OSError as exc:
         col.file_issue("unreadable", f"cannot read the file ({exc}); check that it exists and is readable")
-    if col.seen == 0 and not col.file_issues:
+    if col.seen == 0 and not col.file_issues and f.row_groups is None:  # a slice may be empty, the file not
         col.file_issue("empty_file", "no documents in the file (only blank lines, or empty once decompressed)")
     if col.pending():
         yield col.take()

@@ -233,3 +233,54 @@ def test_plan_chunks_cuts_inside_and_across_files() -> None:
     for bound in (1, 3, 7, 11, 36, 37, 38):
         flat = [(p, i) for ranges, _ in plan_chunks(parts, bound) for p, lo, hi in ranges for i in range(lo, hi)]
         assert flat == [(p, i) for p, sizes in parts for i in range(len(sizes))]
+
+
+def test_a_big_parquet_file_is_read_in_slices_of_row_groups(small_tokenizer, tmp_path):
+    # One language in one Parquet file of 6 row groups (with a blank row in the 4th): with
+    # slice_bytes=1 every row group is its own extract task. Documents keep their row numbers, so
+    # the dedup choice, the drops and each language's token stream are those of one task per file.
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curriculum.democorpus import demo_documents
+
+    rng = np.random.default_rng(3)
+    words = " ".join(demo_documents()["fra_Latn"]).split()
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(30, 90)))) for _ in range(600)]
+    texts[350] = "   "  # blank: dropped as empty_text
+    texts[520] = texts[10]  # an exact copy in a later slice: the earlier row survives
+    d = tmp_path / "in" / "fra_Latn" / "train"
+    d.mkdir(parents=True)
+    pq.write_table(pa.table({"text": texts}), d / "000.parquet", row_group_size=100)
+
+    def run(name: str, workers: int = 1, **kw):
+        cfg = BuildConfig(inputs=[str(tmp_path / "in")], out=str(tmp_path / name), tokenizer=str(small_tokenizer), **kw)
+        return build(cfg, workers=workers, progress=False)
+
+    whole, sliced, sliced2 = run("whole"), run("sliced", slice_bytes=1), run("sliced2", workers=2, slice_bytes=1)
+    parts = sorted(p.name for p in (tmp_path / "sliced" / ".work" / "extract").iterdir())
+    assert parts == [f"000000.{g:06d}" for g in range(0, 6)]
+    assert whole.docs_in == sliced.docs_in == 600
+    assert whole.drops == sliced.drops == {"empty_text": 1, "near_duplicate": 1}
+    assert _token_streams(tmp_path / "whole") == _token_streams(tmp_path / "sliced")
+    assert tables(tmp_path / "sliced") == tables(tmp_path / "sliced2")  # whatever the worker count
+    assert verify_manifest(tmp_path / "sliced")[1] == []
+
+
+def test_plan_slices_groups_row_groups_up_to_the_bound(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curriculum.build import plan_slices
+
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"text": [f"document {i} " * 20 for i in range(1000)]}), path, row_group_size=100, compression="none")
+    meta = pq.ParquetFile(path).metadata
+    group = [meta.row_group(g).total_byte_size for g in range(10)]
+    assert plan_slices(str(path), path.stat().st_size) == [(None, path.stat().st_size)]  # not bigger than the bound
+    two = plan_slices(str(path), sum(group[:2]))
+    assert [s for s, _ in two] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert sum(n for _, n in two) == sum(group)
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1" + b"\0" * 5000)  # unreadable footer: one task, which reports it
+    assert plan_slices(str(tmp_path / "bad.parquet"), 10) == [(None, 5004)]

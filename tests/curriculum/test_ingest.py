@@ -136,6 +136,24 @@ def test_parquet_fineweb2_roundtrip(tmp_path):
     assert not drops and not iss
 
 
+def test_parquet_row_group_slices_keep_the_file_row_numbers(tmp_path):
+    from dataclasses import replace
+
+    d = tmp_path / "fra_Latn" / "train"
+    d.mkdir(parents=True)
+    texts = [f"Document numéro {i} en français." for i in range(25)]
+    pq.write_table(pa.table({"text": texts}), d / "000.parquet", row_group_size=7)  # groups: 7, 7, 7, 4 rows
+    (f,), _ = discover_inputs([tmp_path])
+    out, _, rows, _, iss, _ = read_all(replace(f, row_groups=(1, 3)))
+    assert out == texts[7:21] and rows.tolist() == list(range(7, 21)) and not iss
+    out, _, rows, _, _, _ = read_all(replace(f, row_groups=(3, 4)))
+    assert rows.tolist() == list(range(21, 25))
+    _, _, _, _, iss, _ = read_all(replace(f, row_groups=(3, 9)))
+    assert [i.reason for i in iss] == ["corrupt_parquet"] and "the file has 4" in iss[0].message
+    with pytest.raises(ValueError, match="row_groups"):
+        replace(f, row_groups=(2, 2))
+
+
 def test_parquet_language_columns_override_the_folder(tmp_path):
     d = tmp_path / "fra_Latn" / "train"
     d.mkdir(parents=True)
