@@ -366,6 +366,23 @@ _TOKENIZERS: dict[tuple, object] = {}
 _IDENTIFIERS: dict[tuple, object] = {}
 
 
+def _numba_threads() -> int | None:
+    """numba's thread count in the calling thread (None: numba not loaded yet)."""
+    import sys
+
+    numba = sys.modules.get("numba")
+    return numba.get_num_threads() if numba is not None else None
+
+
+def _restore_numba_threads(before: int | None) -> None:
+    """Undo `_task_config`'s pin in the calling thread: the count from before, or numba's default."""
+    import sys
+
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        numba.set_num_threads(before if before is not None else numba.config.NUMBA_NUM_THREADS)
+
+
 def _task_config(raw: dict) -> BuildConfig:
     """A task's settings; with one tokenizer thread (a worker among others, which use the other
     cores) the numba kernels of this thread run on one thread too."""
@@ -619,6 +636,7 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
     _claim_work_dir(work, cfg, files, tok.info.sha256)
     warm = partial(warm_worker, raw, any(not f.language for f in files))
     ex = make_executor(executor, workers, ray_address, warm=warm)
+    threads = _numba_threads()  # tasks run here pin numba to one thread in this thread (_task_config)
     prog = None
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -662,6 +680,7 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
         if prog:
             prog.stop()
         ex.close()
+        _restore_numba_threads(threads)
     if getattr(ex, "warm_seconds", None) is not None:
         seconds["pool_warm"] = ex.warm_seconds  # when the local pool's processes could start work
     report = _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seconds)

@@ -48,61 +48,80 @@ def fast_exit() -> None:
     atexit.register(gc.freeze)
 
 
+def _init_pool_process(warm: Callable[[], Any] | None) -> None:
+    """A pool process's initializer: runs once, before the process takes any task."""
+    fast_exit()
+    if warm is not None:
+        warm()
+
+
+def _ready() -> int:
+    """A probe: it runs in a pool process only after that process's initializer (the warm-up)."""
+    return os.getpid()
+
+
 class LocalExecutor:
-    """`workers` at once: this process (one thread) and `workers - 1` pool processes.
+    """`workers` at once: this process and `workers - 1` pool processes.
 
     This process is one of the workers because it is already warm: starting a pool process costs
-    ~1.5 s of CPU (interpreter, imports, numba's registries on the first kernel, the tokenizer)
-    before it does any work; at two workers that was a quarter of a 40 MB build. `warm`, when
-    given, runs in each pool process before it gets tasks, so no task waits in the queue of a
-    process that is still starting while this one could run it. Tasks are handed out from one
-    queue to whoever is idle; results do not depend on who ran what. Pool processes use the
-    spawn start method: numba's OpenMP layer is not fork-safe."""
+    ~1.2 s of CPU (interpreter, imports, numba's registries on the first kernel, the tokenizer)
+    before it does any work; at two workers that was a quarter of a 40 MB build. This process runs
+    its share of the tasks in the thread that iterates over the results (so Ctrl-C stops it at
+    once, as it stops a task run inline). `warm`, when given, is each pool process's initializer,
+    and the pool is given tasks only once a process has run it, so no task waits in the queue of
+    a process still starting while this one could run it. Tasks go from one queue to whichever
+    worker is idle; results do not depend on who ran what. Pool processes use the spawn start
+    method: numba's OpenMP layer is not fork-safe."""
 
     def __init__(self, workers: int, warm: Callable[[], Any] | None = None):
         self.workers = max(2, workers)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers - 1, mp_context=mp.get_context("spawn"), initializer=fast_exit)
+        self._pool = ProcessPoolExecutor(max_workers=self.workers - 1, mp_context=mp.get_context("spawn"),
+                                         initializer=_init_pool_process, initargs=(warm,))
         self._warm = warm
-        self._warming: list[Future] | None = None  # one per pool process, from the first stage of 2+ tasks
-        self.warm_seconds: float | None = None  # from creating this executor until the last pool process was warm
+        self._probes: list[Future] | None = None  # one per pool process, from the first stage of 2+ tasks
+        self.warm_seconds: float | None = None  # from creating this executor until the pool was warm
         self._t0 = time.perf_counter()
 
     def map_unordered(self, fn: Task, specs: Sequence[Any]) -> Iterator[tuple[Any, dict]]:
         stage = _Stage(self._pool, self.workers - 1, fn, specs)
         # This process takes the first task, so a stage of one task never starts (or waits for)
         # a pool process.
-        stage.start_inline()
-        if self._warm is not None and self._warming is None and stage.todo:
-            self._warming = [self._pool.submit(self._warm) for _ in range(self.workers - 1)]
-            for f in self._warming:
-                f.add_done_callback(self._warmed)
-        if self._warming is None:
+        if self._warm is None:
             stage.top_up()
-        else:
-            for f in self._warming:  # runs at once for a finished warm-up
+        elif stage.todo:
+            if self._probes is None:
+                try:  # starts the pool processes; each runs `warm` before the probe
+                    self._probes = [self._pool.submit(_ready) for _ in range(self.workers - 1)]
+                except BaseException as e:  # noqa: BLE001 - e.g. no process could be started: raised by results()
+                    stage.done.put((None, None, e))
+                    return stage.results()
+                for f in self._probes:
+                    f.add_done_callback(self._warmed)
+            for f in self._probes:  # runs at once for a finished probe
                 f.add_done_callback(stage.warmed)
         return stage.results()
 
-    def _warmed(self, _: Future) -> None:
-        self.warm_seconds = time.perf_counter() - self._t0
+    def _warmed(self, probe: Future) -> None:
+        if not probe.cancelled() and probe.exception() is None:
+            self.warm_seconds = time.perf_counter() - self._t0
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Stage:
-    """One `LocalExecutor.map_unordered`: its queue of specs, the in-process thread and the tasks
-    given to the pool, two per pool process while plenty are left and one towards the end (so no
-    task waits in a busy process's queue while the thread is idle)."""
+    """One `LocalExecutor.map_unordered`: its queue of specs, run by the caller's thread (in
+    `results`) and by the pool, which is given two tasks per process while plenty are left and
+    one towards the end (so no task waits in a busy process's queue while this process is idle)."""
 
     def __init__(self, pool: ProcessPoolExecutor, procs: int, fn: Task, specs: Sequence[Any]):
         self.pool, self.procs, self.fn, self.n = pool, procs, fn, len(specs)
-        self.todo = deque(specs)
         self.lock = threading.Lock()
-        self.done: queue.SimpleQueue = queue.SimpleQueue()  # (spec, result, exception)
+        self.done: queue.SimpleQueue = queue.SimpleQueue()  # (spec, result, exception) from the pool
         self.stop = threading.Event()
         self.inflight = 0  # given to the pool, not finished
-        self.thread: threading.Thread | None = None
+        self.todo = deque(specs)
+        self.first = self.todo.popleft() if self.todo else None  # this process's, whatever the pool does
 
     def take(self) -> tuple[bool, Any]:
         with self.lock:
@@ -110,25 +129,8 @@ class _Stage:
                 return False, None
             return True, self.todo.popleft()
 
-    def start_inline(self) -> None:
-        ok, first = self.take()
-        if ok:
-            self.thread = threading.Thread(target=self._inline, args=(first,), name="build-inline-worker", daemon=True)
-            self.thread.start()
-
-    def _inline(self, spec: Any) -> None:
-        while True:
-            try:
-                self.done.put((spec, self.fn(spec), None))
-            except BaseException as e:  # handed to the caller, re-raised there
-                self.done.put((spec, None, e))
-                return
-            ok, spec = self.take()
-            if not ok:
-                return
-
-    def warmed(self, warmup: Future) -> None:
-        exc = warmup.exception()
+    def warmed(self, probe: Future) -> None:
+        exc = CancelledError() if probe.cancelled() else probe.exception()
         if exc is not None:
             self.done.put((None, None, exc))
         else:
@@ -158,16 +160,30 @@ class _Stage:
             self.top_up()
 
     def results(self) -> Iterator[tuple[Any, dict]]:
+        """Runs this process's tasks between handing out what the pool finished."""
+        left = self.n
+        ok, spec = (True, self.first) if self.n else (False, None)
         try:
-            for _ in range(self.n):
-                spec, result, exc = self.done.get()
-                if exc is not None:
-                    raise exc
+            while left:
+                if not ok:
+                    try:
+                        item = self.done.get_nowait()
+                    except queue.Empty:
+                        ok, spec = self.take()
+                        item = None if ok else self.done.get()
+                    if item is not None:
+                        spec, result, exc = item
+                        if exc is not None:
+                            raise exc
+                        left -= 1
+                        yield spec, result
+                        continue
+                result = self.fn(spec)
+                ok = False
+                left -= 1
                 yield spec, result
         finally:
-            self.stop.set()  # after an error or an abandoned iteration, hand out nothing more
-            if self.thread is not None:
-                self.thread.join()
+            self.stop.set()  # after an error, Ctrl-C or an abandoned iteration: hand out nothing more
 
 
 class RayExecutor:

@@ -56,8 +56,12 @@ def test_build_accounting_and_verify(corpus, small_tokenizer, tmp_path):
 def test_same_manifest_whatever_the_worker_count(corpus, small_tokenizer, tmp_path):
     cfg = dict(inputs=[str(corpus)], tokenizer=str(small_tokenizer), shard_bytes=64 << 10)
     build(BuildConfig(out=str(tmp_path / "a"), **cfg), workers=1, progress=False)
+    import numba
+
+    before = numba.get_num_threads()
     rep = build(BuildConfig(out=str(tmp_path / "b"), **cfg), workers=2, progress=False)
     assert rep.seconds["pool_warm"] > 0  # a pool process was started (this process is the other worker)
+    assert numba.get_num_threads() == before  # its tasks ran on one numba thread here, then it was given back
     assert tables(tmp_path / "a") == tables(tmp_path / "b")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from curriculum.executors import LocalExecutor, fast_exit
+from curriculum.executors import LocalExecutor, _init_pool_process
 
 CYCLE_AT_EXIT = """
 import sys
@@ -32,11 +32,12 @@ def test_fast_exit_skips_the_final_collection() -> None:
     assert fast.stdout == ""
 
 
-def test_pool_workers_exit_fast() -> None:
-    ex = LocalExecutor(1)
+def test_pool_processes_run_the_fast_exit_and_the_warm_up_once_each_first() -> None:
+    # The initializer (what a pool process runs once, before any task) is fast_exit + warm;
+    # test_pool_processes_are_warmed_up_before_they_get_tasks shows the warm-up in a process.
+    ex = LocalExecutor(2, warm=_warm_up)
     try:
-        assert ex._pool._initializer is fast_exit
-        assert [r for _, r in ex.map_unordered(abs, [-3])] == [3]
+        assert ex._pool._initializer is _init_pool_process and ex._pool._initargs == (_warm_up,)
     finally:
         ex.close()
 
@@ -142,6 +143,96 @@ def test_a_stage_of_one_task_starts_no_pool_process() -> None:
     ex = LocalExecutor(2, warm=_warm_up)
     try:
         assert [r for _, r in ex.map_unordered(abs, [-3])] == [3]
-        assert ex._warming is None and not ex._pool._processes  # nothing spawned
+        assert ex._probes is None and not ex._pool._processes  # nothing spawned
     finally:
         ex.close()
+
+
+def _warm_fails() -> None:
+    raise RuntimeError("warm-up failed")
+
+
+def test_a_failed_warm_up_breaks_the_next_stage_not_silently() -> None:
+    import time
+    from concurrent.futures.process import BrokenProcessPool
+
+    import pytest
+
+    ex = LocalExecutor(2, warm=_warm_fails)
+    try:
+        try:  # starts the pool; this process may run the whole stage before the warm-up fails
+            list(ex.map_unordered(abs, [-1, -2, -3]))
+        except BrokenProcessPool:
+            pass
+        deadline = time.monotonic() + 60
+        while not all(p.done() for p in ex._probes) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(BrokenProcessPool):
+            list(ex.map_unordered(abs, [-1, -2]))
+        assert ex.warm_seconds is None
+    finally:
+        ex.close()
+
+
+def _pool_process_dies(spec: tuple[int, str, int]) -> int:
+    """In the pool process: note it, then die as if killed. Here: wait a little for that."""
+    import os
+    import time
+    from pathlib import Path
+
+    parent, where, index = spec
+    if os.getpid() != parent:
+        (Path(where) / "died").touch()
+        os._exit(1)
+    time.sleep(0.05)
+    return index
+
+
+def test_a_killed_pool_process_fails_the_stage(tmp_path) -> None:
+    import os
+    from concurrent.futures.process import BrokenProcessPool
+
+    import pytest
+
+    ex = LocalExecutor(2)
+    try:
+        with pytest.raises(BrokenProcessPool):
+            # This process runs its share at 0.05 s a task (up to 10 s): the pool process dies
+            # on its first task, which must surface as an error, not as a missing result.
+            list(ex.map_unordered(_pool_process_dies, [(os.getpid(), str(tmp_path), i) for i in range(200)]))
+    finally:
+        ex.close()
+    assert (tmp_path / "died").exists()
+
+
+def _sleep_here(spec: tuple[int, str]) -> str:
+    import os
+    import time
+    from pathlib import Path
+
+    parent, where = spec
+    if os.getpid() == parent:
+        time.sleep(30)
+        (Path(where) / "finished").touch()
+    return where
+
+
+def test_ctrl_c_stops_the_task_running_in_this_process(tmp_path) -> None:
+    # The task this process runs is in the iterating thread, so SIGINT interrupts it there and
+    # then (a worker thread would have to be waited for: 30 s here).
+    import os
+    import signal
+    import threading
+
+    import pytest
+
+    ex = LocalExecutor(2)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            list(ex.map_unordered(_sleep_here, [(os.getpid(), str(tmp_path))] * 3))
+    finally:
+        timer.cancel()
+        ex.close()
+    assert not (tmp_path / "finished").exists()
