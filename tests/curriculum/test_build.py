@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -281,10 +282,83 @@ def test_plan_slices_groups_row_groups_up_to_the_bound(tmp_path) -> None:
     path = tmp_path / "x.parquet"
     pq.write_table(pa.table({"text": [f"document {i} " * 20 for i in range(1000)]}), path, row_group_size=100, compression="none")
     meta = pq.ParquetFile(path).metadata
-    group = [meta.row_group(g).total_byte_size for g in range(10)]
+    group = [sum(meta.row_group(g).column(c).total_compressed_size for c in range(meta.row_group(g).num_columns)) for g in range(10)]
     assert plan_slices(str(path), path.stat().st_size) == [(None, path.stat().st_size)]  # not bigger than the bound
     two = plan_slices(str(path), sum(group[:2]))
     assert [s for s, _ in two] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
     assert sum(n for _, n in two) == sum(group)
     (tmp_path / "bad.parquet").write_bytes(b"PAR1" + b"\0" * 5000)  # unreadable footer: one task, which reports it
     assert plan_slices(str(tmp_path / "bad.parquet"), 10) == [(None, 5004)]
+
+
+def _fra_parquet(path: Path, texts: list[str] | None = None, n: int = 600, **kw) -> list[str]:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curriculum.democorpus import demo_documents
+
+    if texts is None:
+        rng = np.random.default_rng(5)
+        words = " ".join(demo_documents()["fra_Latn"]).split()
+        texts = [" ".join(rng.choice(words, size=int(rng.integers(30, 90)))) for _ in range(n)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": texts}), path, row_group_size=100, **kw)
+    return texts
+
+
+def test_a_damaged_row_group_costs_its_rows_only_sliced_or_not(small_tokenizer, tmp_path):
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "in" / "fra_Latn" / "train" / "000.parquet"
+    _fra_parquet(path, compression="zstd")  # 6 row groups of 100 rows
+    chunk = pq.ParquetFile(path).metadata.row_group(2).column(0)
+    data = bytearray(path.read_bytes())
+    for k in range(chunk.data_page_offset + 8, chunk.data_page_offset + 72):  # inside group 2's data page
+        data[k] ^= 0x5A
+    path.write_bytes(bytes(data))
+    reps = {}
+    for name, kw in (("whole", {}), ("sliced", {"slice_bytes": 1})):
+        cfg = BuildConfig(inputs=[str(tmp_path / "in")], out=str(tmp_path / name), tokenizer=str(small_tokenizer), **kw)
+        reps[name] = build(cfg, workers=1, progress=False)
+    for rep in reps.values():
+        assert rep.docs_in == rep.docs_kept == 500  # the other five row groups
+        assert [(i["reason"], "row group 2" in i["message"], "rows 200..299 skipped" in i["message"]) for i in rep.issues] == [
+            ("corrupt_parquet", True, True)]
+    assert _token_streams(tmp_path / "whole") == _token_streams(tmp_path / "sliced")
+
+
+def test_slices_report_what_is_wrong_with_a_file_once_and_cap_its_lines(small_tokenizer, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "in" / "fra_Latn" / "train"
+    d.mkdir(parents=True)
+    pq.write_table(pa.table({"body": [f"row {i}" for i in range(600)]}), d / "000.parquet", row_group_size=100)
+    texts = _fra_parquet(d / "001.parquet")
+    blank = [t if i % 10 else "  " for i, t in enumerate(texts)]  # 60 blank rows, 10 in every row group
+    _fra_parquet(d / "002.parquet", blank)
+    cfg = BuildConfig(inputs=[str(tmp_path / "in")], out=str(tmp_path / "out"), tokenizer=str(small_tokenizer), slice_bytes=1)
+    rep = build(cfg, workers=1, progress=False)
+    reasons = Counter((Path(i["path"]).name, i["reason"]) for i in rep.issues)
+    assert reasons == {("000.parquet", "no_text_column"): 1, ("002.parquet", "empty_text"): 10}  # 10 lines listed
+    assert rep.drops["empty_text"] == 60  # all counted
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["file_issues"] == rep.issues
+
+
+def test_a_work_dir_of_an_older_layout_is_refused(corpus, small_tokenizer, tmp_path):
+    from curriculum.errors import CurriculumError
+
+    stale = tmp_path / "out" / ".work" / "extract" / "000000"
+    stale.mkdir(parents=True)
+    (stale / "stats.json").write_text("{}")  # a finished task of a version before build.json
+    with pytest.raises(CurriculumError, match="older version of curriculum"):
+        run_build(corpus, tmp_path / "out", small_tokenizer)
+
+
+def test_size_flags_must_be_positive_numbers_of_mb(corpus, small_tokenizer, tmp_path):
+    for flag, value in (("--chunk-mb", "0"), ("--slice-mb", "nan"), ("--shard-mb", "-1")):
+        proc = run_cli("build", str(corpus), "--out", str(tmp_path / "out"), "--tokenizer", str(small_tokenizer), flag, value,
+                       check=False)
+        assert proc.returncode == 2 and f"{flag} {value}: give a positive number of MB" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before any work
