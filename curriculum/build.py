@@ -393,7 +393,7 @@ def _task_config(raw: dict) -> BuildConfig:
     if cfg.tokenizer_threads == 1:
         import numba
 
-        numba.set_num_threads(1)  # per calling thread: the pool's in-process worker thread included
+        numba.set_num_threads(1)  # per calling thread; build() gives the caller's count back
     return cfg
 
 

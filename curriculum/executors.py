@@ -160,26 +160,24 @@ class _Stage:
             self.top_up()
 
     def results(self) -> Iterator[tuple[Any, dict]]:
-        """Runs this process's tasks between handing out what the pool finished."""
+        """What the pool finished, as it comes; in between, this process's own tasks."""
         left = self.n
-        ok, spec = (True, self.first) if self.n else (False, None)
+        mine = [self.first] if self.n else []
         try:
             while left:
-                if not ok:
-                    try:
-                        item = self.done.get_nowait()
-                    except queue.Empty:
-                        ok, spec = self.take()
-                        item = None if ok else self.done.get()
-                    if item is not None:
-                        spec, result, exc = item
-                        if exc is not None:
-                            raise exc
+                try:
+                    item = self.done.get_nowait()
+                except queue.Empty:
+                    ok, spec = (True, mine.pop()) if mine else self.take()
+                    if ok:
+                        result = self.fn(spec)
                         left -= 1
                         yield spec, result
                         continue
-                result = self.fn(spec)
-                ok = False
+                    item = self.done.get()  # nothing left to take: wait for the pool
+                spec, result, exc = item
+                if exc is not None:
+                    raise exc
                 left -= 1
                 yield spec, result
         finally:
