@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -36,7 +37,11 @@ from curriculum.errors import CurriculumError
 from curriculum.executors import make_executor
 
 WORK = ".work"
-WORK_LAYOUT = 2  # bump when task outputs change form: a work dir of another layout is not resumed
+WORK_LAYOUT = 3  # bump when task outputs change form: a work dir of another layout is not resumed
+# Settings only the tokenize stage and the manifest read: a rerun that changes only these (or the
+# tokenizer's content) redoes that stage in place and keeps the language ID, signatures and dedup.
+TOKENIZE_SETTINGS = ("tokenizer", "cls_id", "sep_id", "mask_id", "pad_id", "shard_bytes", "chunk_bytes", "source")
+SHARD_NAME = re.compile(r"^\d{5}-\d{4}\.arrow$")  # {chunk}-{index}.arrow, written by tokenize_task only
 SIG_IN_MEMORY_BYTES = 64 << 20  # a language's signatures up to this size are not memory-mapped
 DOC_ID_FILE_SHIFT = 36  # doc id = file index << 36 | row: 68B rows per file, 134M files
 
@@ -556,40 +561,67 @@ class BuildReport:
     issues: list[dict]
     seconds: dict[str, float] = field(default_factory=dict)
     upload: dict[str, int] = field(default_factory=dict)  # remote --out: objects uploaded / skipped, bytes
+    retokenized: bool = False  # an earlier build's extract and dedup work was kept, only tokenize redone
 
 
-def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str) -> None:
+def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str) -> bool:
     """Record what this build is; refuse to resume a work dir left by a different build (its
-    finished tasks would be reused for other inputs or settings)."""
-    ident = {
+    finished tasks would be reused for other inputs or settings), except that a change of only the
+    tokenize settings (TOKENIZE_SETTINGS, the tokenizer's content) clears that stage's outputs and
+    keeps the rest. Returns whether it did."""
+    dump = cfg.model_dump(exclude={"out", "tokenizer_threads", "inputs"})
+    ident = json.loads(json.dumps({
         "layout": WORK_LAYOUT,
-        "settings": cfg.model_dump(exclude={"out", "tokenizer_threads", "inputs"}),
+        "settings": {k: v for k, v in dump.items() if k not in TOKENIZE_SETTINGS},
         "inputs": [[f.path, os.path.getsize(f.path) if os.path.exists(f.path) else -1,
                     os.stat(f.path).st_mtime_ns if os.path.exists(f.path) else -1] for f in files],
-        "tokenizer_sha256": tokenizer_sha256,
-    }
+        "tokenize": {**{k: dump[k] for k in TOKENIZE_SETTINGS}, "tokenizer_sha256": tokenizer_sha256},
+    }))
     path = work / "build.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(ident)):
-            diff = [k for k in ident if old.get(k) != json.loads(json.dumps(ident[k]))]
-            if "settings" in diff and "settings" in old:  # name them: the user may have changed one on purpose
-                now = json.loads(json.dumps(ident["settings"]))
-                changed = sorted(k for k in set(now) | set(old["settings"]) if now.get(k) != old["settings"].get(k))
-                diff[diff.index("settings")] = f"settings ({', '.join(changed)})"
-            if "layout" in diff:
-                diff[diff.index("layout")] = "work-file layout (an older version of curriculum)"
+        diff = [k for k in ident if old.get(k) != ident[k]]
+        if not diff:
+            return False
+        if diff != ["tokenize"]:
+            named = []
+            for k in diff:
+                if k in ("settings", "tokenize") and isinstance(old.get(k), dict):
+                    changed = sorted(x for x in set(ident[k]) | set(old[k]) if ident[k].get(x) != old[k].get(x))
+                    named.append(f"{k} ({', '.join(changed)})")
+                else:
+                    named.append("work-file layout (an older version of curriculum)" if k == "layout" else k)
             raise CurriculumError(
-                f"{work} holds the work of an earlier build (finished or not) with other {' and '.join(diff)}; "
+                f"{work} holds the work of an earlier build (finished or not) with other {' and '.join(named)}; "
                 f"resuming would reuse its results. Use a new --out, or delete {work} to start over"
             )
-        return
+        _clear_tokenize_stage(work)
+        _atomic_json(path, ident)  # last: a kill before it clears again on the rerun
+        return True
     if any((work / d).exists() for d in ("extract", "dedup", "tokenize")):  # left by a version before build.json
         raise CurriculumError(
             f"{work} holds task outputs of an older version of curriculum (no build.json); resuming would reuse "
             f"them in another layout. Use a new --out, or delete {work} to start over"
         )
     _atomic_json(path, ident)
+    return False
+
+
+def _clear_tokenize_stage(work: Path) -> None:
+    """Delete the manifest (first: what is left is not a finished build), every shard file in
+    the output's language folders, and the tokenize tasks' records."""
+    from curriculum.manifest import LANGUAGES_PARQUET, MANIFEST_JSON, SHARDS_PARQUET
+
+    out = work.parent
+    for name in (MANIFEST_JSON, SHARDS_PARQUET, LANGUAGES_PARQUET):
+        (out / name).unlink(missing_ok=True)
+    for d in out.iterdir():
+        if d.is_dir() and d.name != work.name:
+            for f in d.iterdir():
+                if SHARD_NAME.match(f.name) or (f.name.startswith(".") and f.name.endswith(".tmp")):
+                    f.unlink()
+    for f in (work / "tokenize").glob("*.json"):
+        f.unlink()
 
 
 def _size(path: str) -> int:
@@ -648,7 +680,7 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
     # Fail fast on a bad tokenizer, before any work; loaded as the tasks load it, so a local
     # pool's in-process worker finds it loaded.
     tok = _tokenizer(BuildConfig.model_validate(raw))
-    _claim_work_dir(work, cfg, files, tok.info.sha256)
+    retokenized = _claim_work_dir(work, cfg, files, tok.info.sha256)
     warm = partial(warm_worker, raw, any(not f.language for f in files))
     ex = make_executor(executor, workers, ray_address, warm=warm)
     threads = _numba_threads()  # tasks run here pin numba to one thread in this thread (_task_config)
@@ -699,6 +731,7 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
     if getattr(ex, "warm_seconds", None) is not None:
         seconds["pool_warm"] = ex.warm_seconds  # when the local pool's processes could start work
     report = _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seconds)
+    report.retokenized = retokenized
     if remote:
         t0 = time.perf_counter()
         report.upload = _publish(out, cfg.out)

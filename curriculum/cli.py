@@ -306,6 +306,9 @@ def build(
     console.print(
         f"built {display(out)}: {rep.languages:,} languages, {rep.docs_kept:,} of {rep.docs_in:,} documents kept, {rep.tokens:,} tokens"
     )
+    if rep.retokenized:
+        console.print("tokenized again with the new tokenize settings; the earlier build's language ID, signatures and "
+                      "dedup decisions were kept")
     if rep.upload:
         console.print(f"uploaded {rep.upload['uploaded']:,} object(s) ({rep.upload['bytes']:,} bytes); "
                       f"{rep.upload['skipped']:,} already there with the same size and sha256")

@@ -362,3 +362,30 @@ def test_size_flags_must_be_positive_numbers_of_mb(corpus, small_tokenizer, tmp_
                        check=False)
         assert proc.returncode == 2 and f"{flag} {value}: give a positive number of MB" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_a_new_tokenizer_redoes_only_the_tokenize_stage(corpus, small_tokenizer, tmp_path):
+    # Same inputs and extract/dedup settings, another tokenizer and shard size: the rerun keeps
+    # every extract and dedup record (not rewritten) and gives the tables of a fresh build.
+    from curriculum.democorpus import demo_documents
+    from curriculum.tokenize import train_tokenizer
+
+    other = tmp_path / "other.json"
+    train_tokenizer([t for docs in demo_documents().values() for t in docs], 3000, other)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    first = run_build(corpus, out, small_tokenizer)
+    kept = {p: p.stat().st_mtime_ns for d in ("extract", "dedup") for p in (out / ".work" / d).rglob("*") if p.is_file()}
+    old_shards = set(read_manifest(out).shards["path"])
+    cfg = dict(inputs=[str(corpus)], tokenizer=str(other), shard_bytes=1 << 20)  # fewer, bigger shards
+    again = build(BuildConfig(out=str(out), **cfg), workers=1, progress=False)
+    build(BuildConfig(out=str(fresh), **cfg), workers=1, progress=False)
+    assert again.retokenized and not first.retokenized
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # reused, not redone
+    assert tables(out) == tables(fresh)
+    m = read_manifest(out)
+    assert m.meta.tokenizer.vocab_size == 3000 and verify_manifest(out)[1] == []
+    on_disk = {str(p.relative_to(out)) for p in out.glob("*/*.arrow")}
+    assert on_disk == set(m.shards["path"]) and len(old_shards) > len(on_disk)  # the extra old shards are gone
+    # A change to an extract setting is still refused, naming it.
+    with pytest.raises(Exception, match=r"settings \(min_chars\)"):
+        build(BuildConfig(out=str(out), min_chars=30, **cfg), workers=1, progress=False)
