@@ -22,7 +22,8 @@ import os
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,10 +39,13 @@ from curriculum.executors import make_executor
 
 WORK = ".work"
 WORK_LAYOUT = 3  # bump when task outputs change form: a work dir of another layout is not resumed
-# Settings only the tokenize stage and the manifest read: a rerun that changes only these (or the
-# tokenizer's content) redoes that stage in place and keeps the language ID, signatures and dedup.
-TOKENIZE_SETTINGS = ("tokenizer", "cls_id", "sep_id", "mask_id", "pad_id", "shard_bytes", "chunk_bytes", "source")
-SHARD_NAME = re.compile(r"^\d{5}-\d{4}\.arrow$")  # {chunk}-{index}.arrow, written by tokenize_task only
+# What a work dir's results depend on is recorded in its build.json. The tokenizer counts by its
+# content (sha256), not its path; `source` only labels the manifest, which every run rewrites.
+# Settings only the tokenize stage reads: with retokenize=True, a rerun that changes only these
+# (or the tokenizer) redoes that stage in place and keeps the language ID, signatures and dedup.
+NOT_IN_IDENTITY = ("out", "tokenizer_threads", "inputs", "tokenizer", "source")
+TOKENIZE_SETTINGS = ("cls_id", "sep_id", "mask_id", "pad_id", "shard_bytes", "chunk_bytes")
+SHARD_NAME = re.compile(r"^\.?\d{5,}-\d{4,}\.arrow(\..+\.tmp)?$")  # tokenize_task's shards and their temp files
 SIG_IN_MEMORY_BYTES = 64 << 20  # a language's signatures up to this size are not memory-mapped
 DOC_ID_FILE_SHIFT = 36  # doc id = file index << 36 | row: 68B rows per file, 134M files
 
@@ -444,7 +448,12 @@ def _identifier(cfg: BuildConfig):
 def _tokenizer(cfg: BuildConfig):
     from curriculum.tokenize import load_tokenizer
 
-    key = (cfg.tokenizer, cfg.cls_id, cfg.sep_id, cfg.mask_id, cfg.pad_id, cfg.tokenizer_threads)
+    try:  # the file's identity too: a new tokenizer written over the same path is loaded again
+        st = os.stat(cfg.tokenizer)
+        stamp = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = None  # load_tokenizer says what is wrong
+    key = (cfg.tokenizer, stamp, cfg.cls_id, cfg.sep_id, cfg.mask_id, cfg.pad_id, cfg.tokenizer_threads)
     if key not in _TOKENIZERS:
         _TOKENIZERS[key] = load_tokenizer(
             cfg.tokenizer, cfg.cls_id, cfg.sep_id, cfg.mask_id, cfg.pad_id, num_threads=cfg.tokenizer_threads
@@ -564,12 +573,12 @@ class BuildReport:
     retokenized: bool = False  # an earlier build's extract and dedup work was kept, only tokenize redone
 
 
-def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str) -> bool:
+def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, retokenize: bool = False) -> bool:
     """Record what this build is; refuse to resume a work dir left by a different build (its
-    finished tasks would be reused for other inputs or settings), except that a change of only the
-    tokenize settings (TOKENIZE_SETTINGS, the tokenizer's content) clears that stage's outputs and
-    keeps the rest. Returns whether it did."""
-    dump = cfg.model_dump(exclude={"out", "tokenizer_threads", "inputs"})
+    finished tasks would be reused for other inputs or settings). With `retokenize`, a change of
+    only the tokenize settings (TOKENIZE_SETTINGS, the tokenizer's content) clears that stage's
+    outputs and keeps the rest. Returns whether an earlier build's extract work is kept that way."""
+    dump = cfg.model_dump(exclude=set(NOT_IN_IDENTITY))
     ident = json.loads(json.dumps({
         "layout": WORK_LAYOUT,
         "settings": {k: v for k, v in dump.items() if k not in TOKENIZE_SETTINGS},
@@ -583,21 +592,28 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str) 
         diff = [k for k in ident if old.get(k) != ident[k]]
         if not diff:
             return False
-        if diff != ["tokenize"]:
+        if old.get("layout") != WORK_LAYOUT:
+            raise CurriculumError(f"{work} holds the work of an older version of curriculum (work-file layout "
+                                  f"{old.get('layout', 1)}, now {WORK_LAYOUT}). Use a new --out, or delete {work} to start over")
+        interrupted = old.get("tokenize", {}) is None  # a clear was cut short: its shards are partly gone anyway
+        if diff != ["tokenize"] or not (retokenize or interrupted):
             named = []
             for k in diff:
-                if k in ("settings", "tokenize") and isinstance(old.get(k), dict):
-                    changed = sorted(x for x in set(ident[k]) | set(old[k]) if ident[k].get(x) != old[k].get(x))
-                    named.append(f"{k} ({', '.join(changed)})")
-                else:
-                    named.append("work-file layout (an older version of curriculum)" if k == "layout" else k)
+                before = old.get(k) if isinstance(old.get(k), dict) else {}
+                changed = sorted(x for x in set(ident[k]) | set(before) if ident[k].get(x) != before.get(x))
+                named.append(f"{k} ({', '.join(changed)})" if k != "inputs" else "inputs")
+            hint = (" To keep its language ID, signatures and dedup and tokenize again, add --retokenize (this "
+                    "deletes its shards and manifest)." if diff == ["tokenize"] else "")
             raise CurriculumError(
                 f"{work} holds the work of an earlier build (finished or not) with other {' and '.join(named)}; "
-                f"resuming would reuse its results. Use a new --out, or delete {work} to start over"
+                f"resuming would reuse its results. Use a new --out, or delete {work} to start over.{hint}"
             )
+        # Crash-safe order: first mark the tokenize stage as belonging to no settings, so a run
+        # killed while clearing clears again whatever settings it is rerun with.
+        _atomic_json(path, {**ident, "tokenize": None})
         _clear_tokenize_stage(work)
-        _atomic_json(path, ident)  # last: a kill before it clears again on the rerun
-        return True
+        _atomic_json(path, ident)
+        return any((work / "extract").glob("*/stats.json"))
     if any((work / d).exists() for d in ("extract", "dedup", "tokenize")):  # left by a version before build.json
         raise CurriculumError(
             f"{work} holds task outputs of an older version of curriculum (no build.json); resuming would reuse "
@@ -608,20 +624,24 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str) 
 
 
 def _clear_tokenize_stage(work: Path) -> None:
-    """Delete the manifest (first: what is left is not a finished build), every shard file in
-    the output's language folders, and the tokenize tasks' records."""
+    """Delete the tokenize tasks' records, the manifest, and the shard files (and their temp
+    files) of the languages this work dir's extract found: nothing else in the output."""
     from curriculum.manifest import LANGUAGES_PARQUET, MANIFEST_JSON, SHARDS_PARQUET
 
     out = work.parent
-    for name in (MANIFEST_JSON, SHARDS_PARQUET, LANGUAGES_PARQUET):
-        (out / name).unlink(missing_ok=True)
-    for d in out.iterdir():
-        if d.is_dir() and d.name != work.name:
-            for f in d.iterdir():
-                if SHARD_NAME.match(f.name) or (f.name.startswith(".") and f.name.endswith(".tmp")):
-                    f.unlink()
     for f in (work / "tokenize").glob("*.json"):
         f.unlink()
+    for name in (MANIFEST_JSON, SHARDS_PARQUET, LANGUAGES_PARQUET):
+        (out / name).unlink(missing_ok=True)
+    langs = set()
+    for stats in (work / "extract").glob("*/stats.json"):
+        langs.update(json.loads(stats.read_text()).get("kept", {}))
+    for lang in sorted(langs):
+        d = out / lang
+        if d.is_dir() and not d.is_symlink():
+            for f in d.iterdir():
+                if SHARD_NAME.match(f.name) and f.is_file() and not f.is_symlink():
+                    f.unlink()
 
 
 def _size(path: str) -> int:
@@ -658,18 +678,41 @@ def staging_dir(uri: str) -> Path:
 
 
 def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_address: str | None = None, progress: bool = True,
-          work_dir: str | Path | None = None) -> BuildReport:
+          work_dir: str | Path | None = None, retokenize: bool = False) -> BuildReport:
     """Run the whole build; returns what was kept and dropped. When `cfg.out` is a remote URI
     (`s3://…`, any pyarrow.fs filesystem) the build runs in a local staging directory (`work_dir`,
     default `staging_dir(cfg.out)`), which makes it resumable as a local one, and is then
     published there (see `_publish`)."""
     from curriculum import storage
-    from curriculum.ingest import discover_inputs
 
     remote = storage.is_remote(cfg.out)
     if work_dir is not None and not remote:
         raise CurriculumError(f"work_dir / --work-dir is for a remote --out; {cfg.out} is local and holds its own work files")
     out = (Path(work_dir) if work_dir is not None else staging_dir(cfg.out)) if remote else storage.local_path(cfg.out)
+    with _exclusive(out / WORK):
+        return _build(cfg, out, remote, executor, workers, ray_address, progress, retokenize)
+
+
+@contextmanager
+def _exclusive(work: Path) -> Iterator[None]:
+    """One build at a time in a work dir: two would take each other's task records (and, with
+    --retokenize, delete each other's shards). An OS lock, so a killed build leaves none behind."""
+    import fcntl
+
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / "lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CurriculumError(f"another build is running in {work.parent} (it holds {work / 'lock'}); "
+                                  f"wait for it to finish, or use another --out") from None
+        yield
+
+
+def _build(cfg: BuildConfig, out: Path, remote: bool, executor: str, workers: int, ray_address: str | None,
+           progress: bool, retokenize: bool) -> BuildReport:
+    from curriculum.ingest import discover_inputs
+
     work = out / WORK
     files, file_issues = discover_inputs(cfg.inputs)
     if not files and not file_issues:
@@ -680,7 +723,7 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_addre
     # Fail fast on a bad tokenizer, before any work; loaded as the tasks load it, so a local
     # pool's in-process worker finds it loaded.
     tok = _tokenizer(BuildConfig.model_validate(raw))
-    retokenized = _claim_work_dir(work, cfg, files, tok.info.sha256)
+    retokenized = _claim_work_dir(work, cfg, files, tok.info.sha256, retokenize)
     warm = partial(warm_worker, raw, any(not f.language for f in files))
     ex = make_executor(executor, workers, ray_address, warm=warm)
     threads = _numba_threads()  # tasks run here pin numba to one thread in this thread (_task_config)

@@ -288,6 +288,9 @@ def build(
     mask_id: Optional[int] = typer.Option(None, "--mask-id"),
     pad_id: Optional[int] = typer.Option(None, "--pad-id"),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any input was bad."),
+    retokenize: bool = typer.Option(False, "--retokenize", help="Rerun into an --out whose earlier build differs only in "
+                                    "its tokenizer or tokenize settings: keep its language ID, signatures and dedup, "
+                                    "delete its shards and manifest, tokenize again."),
 ) -> None:
     """Build token shards + manifest from raw multilingual text (resumable: rerun to finish)."""
     from curriculum.build import BuildConfig, build as run_build
@@ -300,7 +303,7 @@ def build(
         chunk_bytes=_mb_bytes(chunk_mb, "--chunk-mb"), slice_bytes=_mb_bytes(slice_mb, "--slice-mb"),
         cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id,
     )
-    rep = run_build(cfg, executor=executor, workers=workers, ray_address=ray_address, work_dir=work_dir)
+    rep = run_build(cfg, executor=executor, workers=workers, ray_address=ray_address, work_dir=work_dir, retokenize=retokenize)
     from curriculum.storage import display
 
     console.print(

@@ -365,9 +365,11 @@ def test_size_flags_must_be_positive_numbers_of_mb(corpus, small_tokenizer, tmp_
 
 
 def test_a_new_tokenizer_redoes_only_the_tokenize_stage(corpus, small_tokenizer, tmp_path):
-    # Same inputs and extract/dedup settings, another tokenizer and shard size: the rerun keeps
-    # every extract and dedup record (not rewritten) and gives the tables of a fresh build.
+    # Same inputs and extract/dedup settings, another tokenizer and shard size: refused unless
+    # asked (--retokenize); then the rerun keeps every extract and dedup record (not rewritten),
+    # leaves other files in --out alone and gives the tables of a fresh build.
     from curriculum.democorpus import demo_documents
+    from curriculum.errors import CurriculumError
     from curriculum.tokenize import train_tokenizer
 
     other = tmp_path / "other.json"
@@ -376,16 +378,64 @@ def test_a_new_tokenizer_redoes_only_the_tokenize_stage(corpus, small_tokenizer,
     first = run_build(corpus, out, small_tokenizer)
     kept = {p: p.stat().st_mtime_ns for d in ("extract", "dedup") for p in (out / ".work" / d).rglob("*") if p.is_file()}
     old_shards = set(read_manifest(out).shards["path"])
+    (out / "notes").mkdir()
+    foreign = [out / "notes" / "00001-0002.arrow", out / "notes" / ".draft.tmp"]  # shard-like names, not ours
+    for f in foreign:
+        f.write_text("mine")
     cfg = dict(inputs=[str(corpus)], tokenizer=str(other), shard_bytes=1 << 20)  # fewer, bigger shards
-    again = build(BuildConfig(out=str(out), **cfg), workers=1, progress=False)
+    with pytest.raises(CurriculumError, match=r"tokenize \(shard_bytes, tokenizer_sha256\).*--retokenize"):
+        build(BuildConfig(out=str(out), **cfg), workers=1, progress=False)
+    assert verify_manifest(out)[1] == []  # refused: the earlier build untouched
+    again = build(BuildConfig(out=str(out), **cfg), workers=1, progress=False, retokenize=True)
     build(BuildConfig(out=str(fresh), **cfg), workers=1, progress=False)
     assert again.retokenized and not first.retokenized
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # reused, not redone
     assert tables(out) == tables(fresh)
     m = read_manifest(out)
     assert m.meta.tokenizer.vocab_size == 3000 and verify_manifest(out)[1] == []
-    on_disk = {str(p.relative_to(out)) for p in out.glob("*/*.arrow")}
+    on_disk = {str(p.relative_to(out)) for p in out.glob("*_*/*.arrow")}
     assert on_disk == set(m.shards["path"]) and len(old_shards) > len(on_disk)  # the extra old shards are gone
-    # A change to an extract setting is still refused, naming it.
-    with pytest.raises(Exception, match=r"settings \(min_chars\)"):
-        build(BuildConfig(out=str(out), min_chars=30, **cfg), workers=1, progress=False)
+    assert all(f.read_text() == "mine" for f in foreign)
+    # A change to an extract setting is refused, naming it, --retokenize or not.
+    with pytest.raises(CurriculumError, match=r"settings \(min_chars\)"):
+        build(BuildConfig(out=str(out), min_chars=30, **cfg), workers=1, progress=False, retokenize=True)
+
+
+def test_a_cleared_tokenize_stage_is_cleared_again_after_a_kill(corpus, small_tokenizer, tmp_path, monkeypatch):
+    # A re-tokenize cut short while deleting (here: the first shard deletion fails) leaves
+    # build.json saying the tokenize stage belongs to no settings; a rerun with either tokenizer,
+    # without --retokenize, clears again and equals a fresh build.
+    import curriculum.build as B
+
+    out = tmp_path / "out"
+    run_build(corpus, out, small_tokenizer)
+    other_cfg = BuildConfig(inputs=[str(corpus)], out=str(out), tokenizer=str(small_tokenizer), shard_bytes=1 << 20)
+    real_unlink = Path.unlink
+
+    def fail_on_shards(self, *a, **kw):
+        if self.suffix == ".arrow":
+            raise OSError("killed")
+        return real_unlink(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "unlink", fail_on_shards)
+    with pytest.raises(OSError, match="killed"):
+        build(other_cfg, workers=1, progress=False, retokenize=True)
+    monkeypatch.undo()
+    assert json.loads((out / ".work" / "build.json").read_text())["tokenize"] is None
+    rep = run_build(corpus, out, small_tokenizer)  # back to the first settings, no --retokenize
+    run_build(corpus, tmp_path / "fresh", small_tokenizer)
+    assert rep.retokenized and tables(out) == tables(tmp_path / "fresh") and verify_manifest(out)[1] == []
+
+
+def test_two_builds_cannot_share_an_output(corpus, small_tokenizer, tmp_path):
+    import fcntl
+
+    from curriculum.errors import CurriculumError
+
+    work = tmp_path / "out" / ".work"
+    work.mkdir(parents=True)
+    with open(work / "lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # as a running build holds it
+        with pytest.raises(CurriculumError, match="another build is running"):
+            run_build(corpus, tmp_path / "out", small_tokenizer)
+    run_build(corpus, tmp_path / "out", small_tokenizer)  # free again
