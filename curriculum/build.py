@@ -12,7 +12,8 @@ a small stats record last (so a finished task is one whose record exists):
    cut where the running total passes the bound): tokenizes the survivors in doc-id order and
    writes size-bounded shards.
 Then the stats are merged into the manifest. Re-running a killed build skips finished tasks; the
-output does not depend on the worker count or the executor (local pool or Ray).
+output does not depend on the worker count or the executor (local pool or Ray). A rerun with other
+settings is refused, except that `retokenize` redoes only stage 3 when only its settings changed.
 """
 
 from __future__ import annotations
