@@ -746,16 +746,16 @@ def _build(cfg: BuildConfig, out: Path, remote: bool, executor: str, workers: in
                           key=lambda s: (s["index"], (s.get("row_groups") or [0])[0]))
         seconds["extract"] = time.perf_counter() - t0
 
-        by_lang: dict[str, list[str]] = defaultdict(list)
-        batches: dict[str, list[tuple[str, list[int]]]] = defaultdict(list)
+        batches: dict[str, list[tuple[str, list[int]]]] = defaultdict(list)  # per language: (part, text bytes per batch)
         for s in ex_stats:
             for lang in sorted(s["kept"]):
-                path = str(_extract_dir(work, s["index"], s.get("row_groups")) / f"{lang}.arrow")
-                by_lang[lang].append(path)
-                batches[lang].append((path, s["batch_bytes"][lang]))
-        langs = sorted(by_lang)
+                batches[lang].append((str(_extract_dir(work, s["index"], s.get("row_groups")) / f"{lang}.arrow"),
+                                      s["batch_bytes"][lang]))
+        langs = sorted(batches)
         t0 = time.perf_counter()
-        specs2 = _largest_first([DedupSpec(l, tuple(by_lang[l]), str(work), raw) for l in langs], lambda s: sum(map(_size, s.parts)))
+        text_bytes = {l: sum(sum(sizes) for _, sizes in batches[l]) for l in langs}
+        specs2 = _largest_first([DedupSpec(l, tuple(p for p, _ in batches[l]), str(work), raw) for l in langs],
+                                lambda s: text_bytes[s.language])
         dd_stats = {s["language"]: s for s in _run_stage(ex, dedup_task, specs2, "dedup (MinHash LSH per language)", prog)}
         seconds["dedup"] = time.perf_counter() - t0
 
