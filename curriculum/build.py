@@ -83,11 +83,15 @@ class BuildConfig(BaseModel):
 # -- small IO helpers --------------------------------------------------------------------------
 
 
-def _atomic_json(path: Path, data: dict) -> None:
+def _atomic_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    _atomic_text(path, json.dumps(data, sort_keys=True))
 
 
 def _rows(path: Path) -> int:
@@ -790,7 +794,11 @@ def _publish(staging: Path, uri: str, workers: int = 8) -> dict[str, int]:
     there with the same size and sha256 is skipped: the sha256 is known without reading it back
     when this staging directory's ledger (`.work/uploaded.jsonl`) recorded uploading it; otherwise
     it is streamed and hashed. If anything must be (re)written, a stale remote manifest.json is
-    deleted first, so an interrupted publish leaves no manifest pointing at mixed shards."""
+    deleted first, so an interrupted publish leaves no manifest pointing at mixed shards.
+
+    Once the manifest is up, objects that this staging directory uploaded before (its ledger says
+    so, and the size still matches) but the new manifest does not list are deleted: the shards of
+    a build that --retokenize replaced. Nothing the ledger does not name is ever touched."""
     import threading
 
     from curriculum import storage
@@ -839,7 +847,14 @@ def _publish(staging: Path, uri: str, workers: int = 8) -> dict[str, int]:
     done: list[str] = []
     for group, n in ((shards, workers), (list(tables[:2]), 2), ([MANIFEST_JSON], 1)):
         done += storage.upload_tree(staging, uri, group, skip=lambda rel: rel not in todo, workers=n, done=record)
-    return {"uploaded": len(done), "skipped": len(want) - len(done), "bytes": sum(want[r][0] for r in done)}
+    superseded = sorted(rel for rel, (size, _) in ledger.items() if rel not in want and remote.get(rel) == size)
+    for rel in superseded:
+        storage.delete_file(storage.join(uri, rel))
+    if superseded or len(ledger) > len(want):  # keep the ledger to what is published now
+        _atomic_text(ledger_path, "".join(json.dumps({"path": rel, "bytes": want[rel][0], "sha256": want[rel][1]}) + "\n"
+                                          for rel in sorted(want)))
+    return {"uploaded": len(done), "skipped": len(want) - len(done), "bytes": sum(want[r][0] for r in done),
+            "deleted": len(superseded)}
 
 
 def _capped(issues: list[dict]) -> list[dict]:

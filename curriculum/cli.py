@@ -314,7 +314,9 @@ def build(
                       "dedup decisions were kept")
     if rep.upload:
         console.print(f"uploaded {rep.upload['uploaded']:,} object(s) ({rep.upload['bytes']:,} bytes); "
-                      f"{rep.upload['skipped']:,} already there with the same size and sha256")
+                      f"{rep.upload['skipped']:,} already there with the same size and sha256"
+                      + (f"; deleted {rep.upload['deleted']:,} this staging directory had published that the new "
+                         f"manifest does not list" if rep.upload.get("deleted") else ""))
     if rep.drops:
         console.print("dropped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rep.drops.items())))
     for issue in rep.issues[:20]:

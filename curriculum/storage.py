@@ -128,6 +128,15 @@ def exists(location: str | Path) -> bool:
     return file_size(location) is not None
 
 
+def delete_file(location: str | Path) -> bool:
+    """Delete one file; False if there was none."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return False
+    fs.delete_file(path)
+    return True
+
+
 def read_bytes(location: str | Path) -> bytes:
     """The whole file; FileNotFoundError if there is none (so callers can say what is missing)."""
     with _open_input(location) as f:

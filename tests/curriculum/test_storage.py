@@ -109,7 +109,7 @@ def test_build_publishes_and_skips_what_is_already_there(corpus, small_tokenizer
     rep = build(cfg, workers=1, progress=False, work_dir=tmp_path / "stage")
     m = read_manifest(uri)
     n = m.shards.height + 3  # shards + languages.parquet, shards.parquet, manifest.json
-    assert rep.out == uri and rep.upload == {"uploaded": n, "skipped": 0, "bytes": rep.upload["bytes"]}
+    assert rep.out == uri and rep.upload == {"uploaded": n, "skipped": 0, "bytes": rep.upload["bytes"], "deleted": 0}
     assert set(storage.list_files(uri)) == set(m.shards["path"].to_list()) | {"languages.parquet", "shards.parquet", "manifest.json"}
     staged = read_manifest(tmp_path / "stage")
     assert staged.fingerprint == m.fingerprint
@@ -120,7 +120,7 @@ def test_build_publishes_and_skips_what_is_already_there(corpus, small_tokenizer
     assert read_manifest(local.out).fingerprint == m.fingerprint
 
     again = build(cfg, workers=1, progress=False, work_dir=tmp_path / "stage")
-    assert again.upload == {"uploaded": 0, "skipped": n, "bytes": 0}
+    assert again.upload == {"uploaded": 0, "skipped": n, "bytes": 0, "deleted": 0}
 
     # Same size, different bytes, and no ledger (another staging directory would have none): the
     # object is hashed, found different and re-uploaded; manifest.json is rewritten after it.
@@ -138,6 +138,36 @@ def test_build_publishes_and_skips_what_is_already_there(corpus, small_tokenizer
 
     with pytest.raises(CurriculumError, match="--work-dir is for a remote --out"):
         build(BuildConfig(**{**cfg.model_dump(), "out": str(tmp_path / "x")}), progress=False, work_dir=tmp_path / "w")
+
+
+def test_retokenized_build_removes_the_shards_it_replaced(small_tokenizer, tmp_path, s3):
+    """--retokenize into a remote --out: the earlier build's shards that the new manifest does not
+    list are deleted from the bucket once the new manifest is up; objects this staging directory
+    never uploaded (even with shard-like names) stay."""
+    uri = s3.uri("retok")
+    corpus = write_text_corpus(tmp_path / "corpus", n_files=12, docs_per_file=20)  # two files per language
+    cfg = BuildConfig(inputs=[str(corpus)], out=uri, tokenizer=str(small_tokenizer), chunk_bytes=1)
+    build(cfg, workers=1, progress=False, work_dir=tmp_path / "stage")
+    first = set(read_manifest(uri).shards["path"].to_list())
+    lang = sorted(first)[0].split("/")[0]
+    foreign = {f"{lang}/99999-0000.arrow": b"not ours", "notes/README.txt": b"kept"}
+    for rel, body in foreign.items():
+        s3.client.put_object(Bucket=s3.bucket, Key=f"retok/{rel}", Body=body)
+
+    one_chunk = BuildConfig(**{**cfg.model_dump(), "chunk_bytes": 1 << 30})  # one chunk, one shard per language
+    rep = build(one_chunk, workers=1, progress=False, work_dir=tmp_path / "stage", retokenize=True)
+    now = set(read_manifest(uri).shards["path"].to_list())
+    gone = first - now
+    assert len(first) > len(now)
+    assert rep.retokenized and rep.upload["deleted"] == len(gone)
+    assert set(storage.list_files(uri)) == now | set(foreign) | {"languages.parquet", "shards.parquet", "manifest.json"}
+    assert verify_manifest(uri)[1] == []
+    ledger = [json.loads(x)["path"] for x in (tmp_path / "stage" / ".work" / "uploaded.jsonl").read_text().splitlines()]
+    assert sorted(ledger) == sorted(now | {"languages.parquet", "shards.parquet", "manifest.json"})
+
+    # Publishing again finds nothing to upload or delete.
+    again = build(one_chunk, workers=1, progress=False, work_dir=tmp_path / "stage")
+    assert again.upload["uploaded"] == 0 and again.upload["deleted"] == 0
 
 
 def test_manifest_and_shards_roundtrip_bytes(tmp_path, s3):
