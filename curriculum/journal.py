@@ -5,7 +5,8 @@ O_APPEND descriptor followed by fsync, made under an exclusive `flock` of `<jour
 line is either wholly there or (after a crash mid-write) a torn tail without its newline, which
 readers ignore and the next append cuts off.
 
-`<journal>.watermark` holds the highest step any replica has served or any trainer reported.
+`<journal>.watermark` holds the highest step any replica has served or any trainer reported, and
+`<journal>.run` the run the journal belongs to (manifest + recipe + seed; see `claim`).
 The protocol that keeps replicas from ever serving a step >= an amendment's `from_step` with
 the old bytes:
 - a replica, before it first serves a step above its own watermark, takes the lock, raises the
@@ -21,14 +22,27 @@ replica's own watermark need no check: amendments admitted after its publish sta
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from curriculum.amend import Amendment, AmendmentConflict, AmendmentError, parse_amendment
+from curriculum.errors import CurriculumError
 
 SUFFIX = ".amendments.jsonl"
+
+
+class JournalOwnerError(CurriculumError):
+    """The journal belongs to another run (another manifest, recipe or seed)."""
+
+
+def owner_refusal(where: str, theirs: dict, owner: str, about: str, reset: str) -> JournalOwnerError:
+    return JournalOwnerError(
+        f"amendment journal {where} belongs to another run ({theirs.get('run') or theirs.get('owner')}); this server "
+        f"runs {about}. Its amendments and served steps are that run's: give each run its own journal (--journal "
+        f"PATH), or, if that run is over, {reset} to start this run's journal empty")
 
 
 def earliest_step(watermark: int, entries: list[Amendment]) -> int:
@@ -146,7 +160,32 @@ class Journal:
                           else self._tail[len(self._tail) - (offset - start):] + data[:end])
         return out, new_offset, lines_before + len(lines)
 
-    # -- the lock and the watermark --------------------------------------------------------
+    # -- the owner, the lock and the watermark ---------------------------------------------
+
+    @property
+    def run_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".run")
+
+    def claim(self, owner: str, about: str) -> None:
+        """Bind the journal to one run: the first server to open it records `owner` (the hash of
+        manifest + recipe + seed) and `about` (the same in words); a server of another run is
+        refused (JournalOwnerError). Runs that share a recipe file would otherwise share the
+        journal beside it, and a new run would inherit the last run's amendments and served steps.
+        A journal from before `.run` files existed is adopted by the first server to open it."""
+        with self.locked():
+            try:
+                theirs = json.loads(self.run_path.read_text())
+            except FileNotFoundError:
+                tmp = self.run_path.with_name(f".{self.run_path.name}.{os.getpid()}")
+                tmp.write_text(json.dumps({"owner": owner, "run": about}) + "\n")
+                os.replace(tmp, self.run_path)
+                return
+            except ValueError:
+                theirs = {"owner": None, "run": f"unreadable {self.run_path}"}
+            if not isinstance(theirs, dict) or theirs.get("owner") != owner:
+                theirs = theirs if isinstance(theirs, dict) else {"run": f"unreadable {self.run_path}"}
+                raise owner_refusal(str(self.path), theirs, owner, about,
+                                    f"delete {self.path} and its .watermark, .run and .lock files")
 
     @contextmanager
     def locked(self) -> Iterator[None]:

@@ -1,6 +1,7 @@
 """The amendment journal as one S3 object, for replicas that share no filesystem.
 
-The object holds `{"watermark": int, "entries": [amendment, ...]}`. Every change — raising the
+The object holds `{"watermark": int, "entries": [amendment, ...], "owner": str, "run": str}`
+(the run it belongs to: see `Journal.claim`). Every change — raising the
 served-step watermark (`publish`) or admitting an amendment (`append`) — is a read, then a PUT
 conditional on the ETag just read (`If-Match`; `If-None-Match: *` to create it): S3's
 compare-and-swap. A writer that lost the race re-reads and tries again. So publish and append
@@ -23,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from curriculum.amend import Amendment, parse_amendment
 from curriculum.errors import CurriculumError
-from curriculum.journal import admissible, earliest_step
+from curriculum.journal import admissible, earliest_step, owner_refusal
 
 CAS_ATTEMPTS = 64
 
@@ -142,6 +143,18 @@ class ObjectJournal:
 
     def earliest_step(self) -> int:
         return earliest_step(self.watermark(), self.entries)
+
+    def claim(self, owner: str, about: str) -> None:
+        """`Journal.claim`: the owner lives in the object, written by compare-and-swap."""
+        def take(state: dict) -> bool:
+            if state.get("owner") is None:
+                state["owner"], state["run"] = owner, about
+                return True
+            if state["owner"] != owner:
+                raise owner_refusal(self.path, state, owner, about, f"delete the object {self.path}")
+            return False
+
+        self._cas(take)
 
     def publish(self, step: int) -> bool:
         def raise_watermark(state: dict) -> bool:

@@ -235,6 +235,12 @@ class Live:
         }
 
 
+def claim_journal(journal, sampler) -> None:
+    """Bind `journal` (if any) to `sampler`'s run; JournalOwnerError when another run holds it."""
+    if journal is not None:
+        journal.claim(sampler.journal_owner, sampler.journal_owner_about)
+
+
 def open_journal(path: str | Path | None, recipe: Path, *, required: bool, manifest: object = None):
     """The journal at `path`: a file (default: beside the recipe) or an `s3://` object (default
     when the manifest is remote: `<manifest>/<recipe stem>.amendments.json`, shared by replicas

@@ -128,6 +128,11 @@ class Sampler:
         layout = "" if self.manifest.meta.kind == "synthetic" else f":b{block_tokens}"
         # The run id: manifest + recipe + seed (+ variant, block size). A step no amendment
         # reaches has it as its build id; amended steps hash it with the journal prefix.
+        # The journal's owner: manifest + recipe (every variant) + seed, what a run's amendments
+        # and served steps belong to (curriculum.journal.Journal.claim).
+        self.journal_owner = hashlib.sha256(f"{full.fingerprint()}:{self.manifest.fingerprint}:{self.seed}".encode()).hexdigest()[:16]
+        self.journal_owner_about = (f"manifest {self.manifest.fingerprint} at {self.manifest.root}, recipe "
+                                    f"{full.fingerprint()}, seed {self.seed}")
         self.build_id = self.run_id = hashlib.sha256(
             f"{self.base_recipe.fingerprint()}:{self.manifest.fingerprint}:{self.seed}:{self.variant or ''}{layout}".encode()
         ).hexdigest()[:16]

@@ -25,7 +25,7 @@ from curriculum.recipe import Recipe, load_recipe
 from curriculum.schedule import ScheduleError
 from curriculum.shards import ShardError, open_shard
 from sampler_server.kernels.wire_parts import wire_parts
-from sampler_server.live import Behind, JournalBroken, Live, open_journal
+from sampler_server.live import Behind, JournalBroken, Live, claim_journal, open_journal
 from sampler_server.metrics import TOP_GROUP, Metrics
 from sampler_server.progress import ProgressStore, consumed_per_phase, progress_summary
 from sampler_server.sampler import Sampler
@@ -69,6 +69,7 @@ def open_sampler(settings: ServerSettings) -> Sampler:
                                manifest=settings.manifest)
         entries = journal.entries if journal is not None else []
         sampler = make_sampler(settings, settings.manifest, load_recipe(settings.recipe), settings.variant, entries)
+        claim_journal(journal, sampler)
     except AmendmentError as exc:
         raise StartupError(f"{exc}; fix the journal or move it aside to serve the recipe unamended") from None
     except (ValueError, OSError, CurriculumError) as exc:  # e.g. a manifest without tokenizer metadata

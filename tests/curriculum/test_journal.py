@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from curriculum.amend import AmendmentConflict, AmendmentError, parse_amendment
-from curriculum.journal import Journal, journal_beside
+from curriculum.journal import Journal, JournalOwnerError, journal_beside
 
 
 def A(from_step: int, reason: str = "", **changes):
@@ -265,3 +265,24 @@ def test_refresh_reads_appends_incrementally_and_rereads_an_edited_file(path):
     with open(path, "r+b") as f:
         f.write(b"\n".join(lines))
     assert j.refresh() and [e.reason for e in j.entries] == ["uno", "two", "three"]
+
+
+def test_a_journal_belongs_to_one_run(path):
+    """The first claim records the run; the same run claims again freely; another is refused with
+    a message naming the journal, both runs and what to do. A journal with entries from before
+    `.run` files existed is adopted by the first claim."""
+    j = Journal(path)
+    j.append(A(3, "old run's"))
+    j.publish(40)
+    assert not j.run_path.exists()
+    j.claim("aaaa", "run A (seed 0)")  # adopted
+    assert json.loads(j.run_path.read_text()) == {"owner": "aaaa", "run": "run A (seed 0)"}
+    Journal(path).claim("aaaa", "run A (seed 0)")
+    with pytest.raises(JournalOwnerError) as exc:
+        Journal(path).claim("bbbb", "run B (seed 1)")
+    msg = str(exc.value)
+    assert str(path) in msg and "run A (seed 0)" in msg and "run B (seed 1)" in msg and "--journal" in msg
+    assert json.loads(j.run_path.read_text())["owner"] == "aaaa"  # a refusal changes nothing
+    j.run_path.write_text("{torn")
+    with pytest.raises(JournalOwnerError, match="unreadable"):
+        j.claim("aaaa", "run A (seed 0)")

@@ -14,6 +14,7 @@ from curriculum.amend import phase_allotments, plan_regimes, regimes
 from curriculum.journal import Journal, journal_beside
 from curriculum.recipe import parse_recipe
 from sampler_server.app import create_app
+from sampler_server.service import StartupError
 from sampler_server.policy import propose_multipliers
 from sampler_server.sampler import Sampler
 from test_app import SEED, make_corpus, same, settings_for, write_recipe
@@ -51,6 +52,22 @@ def reference(manifest, amendments=()) -> Sampler:
 def journal_bytes(recipe: Path) -> bytes:
     p = journal_beside(recipe)
     return p.read_bytes() if p.exists() else b""
+
+
+def test_another_run_cannot_take_over_a_journal(manifest, recipe):
+    """Runs that share a recipe file share the journal beside it unless told otherwise: a server of
+    another seed (another run) is refused at start-up, naming the journal; the same run restarts."""
+    with client(manifest, recipe) as c:
+        assert c.post("/v1/amendments", json={"from_step": 20, "changes": {"pretrain": {"tau": 0.2}}},
+                      headers=AUTH).status_code == 201
+    with pytest.raises(StartupError, match=rf"amendment journal {journal_beside(recipe)} belongs to another run.*seed {SEED}.*seed {SEED + 1}"):
+        create_app(settings_for(manifest, recipe, amend_token=TOKEN, warmup=False).model_copy(update={"seed": SEED + 1}))
+    with client(manifest, recipe) as c:  # the same run comes back to its journal
+        assert c.get("/v1/amendments").json()["version"] == 1
+    other = recipe.with_name("other.amendments.jsonl")
+    own = settings_for(manifest, recipe, warmup=False, journal=str(other)).model_copy(update={"seed": SEED + 1})
+    with TestClient(create_app(own)) as c:  # its own journal: fine
+        assert c.get("/healthz").status_code == 200
 
 
 def test_amend_over_http_serves_exactly_the_amended_run(manifest, recipe):

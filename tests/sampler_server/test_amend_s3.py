@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from conftest import SCALED_MMBERT
 from curriculum.amend import AmendmentConflict, AmendmentError, parse_amendment
+from curriculum.journal import JournalOwnerError
 from curriculum.journal_s3 import ObjectJournal
 from sampler_server.app import create_app
 from test_amend_http import AUTH, TOKEN, fetch, reference
@@ -45,6 +46,18 @@ def test_object_journal_appends_publishes_and_refuses_like_the_file_journal(s3, 
     assert s3.client.get_object(Bucket=s3.bucket, Key=a.key)["Body"].read() == body  # untouched by refusals
     b.append(A(12, "two"))
     assert a.publish(13) is True and [e.reason for e in a.entries] == ["one", "two"]  # saw b's entry
+
+
+def test_object_journal_belongs_to_one_run(s3, uri):
+    a = ObjectJournal(uri)
+    a.append(A(5, "one"))
+    a.claim("aaaa", "run A")
+    ObjectJournal(uri).claim("aaaa", "run A")
+    body = s3.client.get_object(Bucket=s3.bucket, Key=a.key)["Body"].read()
+    with pytest.raises(JournalOwnerError, match=r"belongs to another run \(run A\); this server runs run B.*delete the object"):
+        ObjectJournal(uri).claim("bbbb", "run B")
+    assert s3.client.get_object(Bucket=s3.bucket, Key=a.key)["Body"].read() == body
+    assert [e.reason for e in ObjectJournal(uri).entries] == ["one"]  # the owner fields leave entries alone
 
 
 def test_concurrent_appends_all_land_through_conditional_writes(uri):
