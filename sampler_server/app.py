@@ -14,6 +14,7 @@ import dataclasses
 import hmac
 import logging
 import os
+import re
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,9 +23,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from curriculum import storage
@@ -34,8 +37,8 @@ from curriculum.plan import EPOCH_WARNING, plan_all_variants
 from curriculum.recipe import load_recipe
 from curriculum.schedule import ScheduleError, StepInfo
 from curriculum.shards import ShardError
-from sampler_server.lane import BatchLane
-from sampler_server.live import JournalBroken, open_journal
+from sampler_server.lane import MAX_DIGITS, BatchLane
+from sampler_server.live import JournalBroken, claim_journal, open_journal
 from sampler_server.metrics import TOP_GROUP, MetricsMiddleware, PROMETHEUS_CONTENT_TYPE
 from sampler_server.progress import ProgressReport, progress_json
 from sampler_server.sampler import Sampler
@@ -47,18 +50,32 @@ log = logging.getLogger("sampler_server")
 
 STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "index.html": "text/html"}
 STREAM_PUBLISH_WINDOW = 16  # /v1/stream raises the amendment watermark this many of its steps at a time
+PLAIN_INT = re.compile(rf"-?[0-9]{{1,{MAX_DIGITS}}}")
 
+
+def _plain_int(value: object) -> object:
+    """Integer parameters are plain ASCII decimals, as the batch lane reads them: pydantic alone
+    would take ' 1', '+1', '1_000' and '1.0', and ints too long to print in an error message."""
+    if isinstance(value, str) and not PLAIN_INT.fullmatch(value):
+        raise PydanticCustomError("int_parsing", "Input should be a valid integer, unable to parse string as an "
+                                  f"integer: use ASCII digits 0-9 (at most {MAX_DIGITS}) with an optional leading '-'")
+    return value
+
+
+PlainInt = BeforeValidator(_plain_int)
 
 # Query parameters shared by the batch routes (module level: FastAPI resolves them by name).
-Rank = Annotated[int, Query(description="rank of the trainer process, 0 <= rank < world_size")]
-World = Annotated[int, Query(description="number of trainer ranks; must divide the global batch")]
+StepPath = Annotated[int, PathParam(description="global step, 0 <= step < total steps"), PlainInt]
+Rank = Annotated[int, Query(description="rank of the trainer process, 0 <= rank < world_size"), PlainInt]
+World = Annotated[int, Query(description="number of trainer ranks; must divide the global batch"), PlainInt]
+Start = Annotated[int, Query(description="first global step of the stream"), PlainInt]
 Labels = Annotated[Literal["sparse", "dense"], Query(description="label encoding")]
 Comp = Annotated[Literal["none", "zstd"], Query(description="Arrow buffer compression")]
-Count = Annotated[int | None, Query(description="batches; default: to the last step")]
-StepQuery = Annotated[int | None, Query(description="global step; omit for the phase table")]
+Count = Annotated[int | None, Query(description="batches; default: to the last step"), PlainInt]
+StepQuery = Annotated[int | None, Query(description="global step; omit for the phase table"), PlainInt]
 PhaseQuery = Annotated[str | None, Query(description="phase name or index; omit for all")]
 Variant = Annotated[str | None, Query(description="phase variant to serve; omit for the server's default")]
-Limit = Annotated[int, Query(ge=1, le=100_000, description="progress points to return")]
+Limit = Annotated[int, Query(ge=1, le=100_000, description="progress points to return"), PlainInt]
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -73,6 +90,15 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict]]:
     details = []
     for e in exc.errors():
         loc = [str(x) for x in e.get("loc", ())]
+        if e.get("type") == "json_invalid":  # loc is ("body", character offset): say so
+            problem = (e.get("ctx") or {}).get("error", "invalid")
+            message = f"request body: invalid JSON at character {loc[-1]} ({problem}); send one JSON object"
+            details.append({"param": "(whole body)", "in": "body", "problem": problem, "message": message})
+            continue
+        if loc == ["body"] and isinstance(e.get("input"), bytes):  # a body FastAPI did not read as JSON
+            message = "request body: not JSON; send one JSON object with 'Content-Type: application/json'"
+            details.append({"param": "(whole body)", "in": "body", "problem": e.get("msg", ""), "message": message})
+            continue
         kind = where.get(loc[0], loc[0]) if loc else "request"
         name = ".".join(loc[1:]) or "(whole body)"
         got = e.get("input")
@@ -96,6 +122,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         try:
             sampler.journal = open_journal(settings.journal, settings.recipe, required=settings.journal is not None,
                                            manifest=settings.manifest)
+            claim_journal(sampler.journal, sampler)
             if sampler.journal is not None and sampler.journal.entries:
                 sampler.amend(sampler.journal.entries)
         except (CurriculumError, OSError) as exc:
@@ -143,6 +170,8 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if (denied := await _token_first(request)) is not None:
+            return denied
         message, details = _describe_validation(exc)
         return _error(422, "invalid_request", message, details=details)
 
@@ -151,7 +180,24 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         msg = (f"no route {request.method} {request.url.path}; see the README's HTTP API" if exc.status_code == 404
                else f"{request.method} is not allowed on {request.url.path}" if exc.status_code == 405 else str(exc.detail))
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not read the body as JSON
+            if (denied := await _token_first(request)) is not None:
+                return denied
+            why = ("nested too deeply" if isinstance(exc.__cause__, RecursionError) else
+                   "not UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError) else "a number too long, or unreadable")
+            code, msg = "invalid_body", f"request body: not readable as JSON ({why}); send one JSON object"
         return _error(exc.status_code, code, msg, headers=getattr(exc, "headers", None))
+
+    async def _token_first(request: Request) -> JSONResponse | None:
+        # FastAPI parses a JSON body before it runs the route's dependencies: without this, a
+        # request with no token and a malformed body would get a 400/422 where it must get a 401.
+        for dep in getattr(request.scope.get("route"), "dependencies", ()):
+            if dep.dependency in (require_token, require_amend_token):
+                try:
+                    await dep.dependency(request)
+                except ApiError as exc:
+                    return await _api_error(request, exc)
+        return None
 
     def _token_ok(presented: str | None) -> bool:
         return presented is not None and hmac.compare_digest(presented.encode(), svc.token)
@@ -167,6 +213,14 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
             raise ApiError(401, "unauthorized", "this server requires a bearer token: send 'Authorization: Bearer <token>'")
         if scheme.lower() != "bearer" or not _token_ok(value.strip()):
             raise ApiError(401, "unauthorized", "invalid bearer token")
+
+    async def single_valued(request: Request) -> None:
+        # FastAPI takes the last of repeated values: `rank=1&rank=2` would silently serve rank 2.
+        seen: set[str] = set()
+        for key, _ in request.query_params.multi_items():
+            if key in seen:
+                raise ApiError(422, "invalid_request", f"query parameter {key!r} is given more than once; give it once")
+            seen.add(key)
 
     # -- health (never behind the token) ---------------------------------------------------
 
@@ -202,14 +256,14 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         body, media = static[name]
         return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})
 
-    api = APIRouter(dependencies=[Depends(require_token)])
+    api = APIRouter(dependencies=[Depends(require_token), Depends(single_valued)])
 
     @api.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(svc.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     @api.get("/v1/batches/{step}")
-    async def batch(step: int, rank: Rank = 0, world_size: World = 1, labels: Labels = "sparse",
+    async def batch(step: StepPath, rank: Rank = 0, world_size: World = 1, labels: Labels = "sparse",
                     compression: Comp = "none", variant: Variant = None) -> Response:
         """One rank's batch at a global step, as an Arrow IPC stream (see trainer_client.wire)."""
         comp = None if compression == "none" else compression
@@ -223,7 +277,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
             "X-Journal-Version": str(svc.live.version), "Cache-Control": "no-store"})
 
     @api.get("/v1/stream")
-    async def stream(rank: Rank = 0, world_size: World = 1, start: int = 0, count: Count = None,
+    async def stream(rank: Rank = 0, world_size: World = 1, start: Start = 0, count: Count = None,
                      labels: Labels = "sparse", compression: Comp = "none", variant: Variant = None) -> StreamingResponse:
         """Consecutive batches start, start+1, ... of one rank in one response."""
         build = await svc.build_async(variant)
@@ -327,7 +381,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         if phase is None:
             return {"build_id": bid, "phases": list(views.values())}
         names = list(views)
-        key = names[int(phase)] if phase.isdigit() and int(phase) < len(names) else phase
+        key = {str(i): n for i, n in enumerate(names)}.get(phase, phase)  # an index "0".."n-1", else a name
         if key not in views:
             raise ApiError(404, "unknown_phase", f"no phase {phase!r}; phases: {', '.join(names)} (or their index 0..{len(names) - 1})")
         return {"build_id": bid, **views[key]}

@@ -19,14 +19,19 @@ from trainer_client import wire
 
 BATCH_PREFIX = "/v1/batches/"
 BATCH_DEFAULTS = {"rank": "0", "world_size": "1", "labels": "sparse", "compression": "none", "variant": None}
+MAX_DIGITS = 18  # integer parameters (here and in the app's routes): every value fits an int64
+
+
+def _plain_digits(s: str) -> bool:
+    return len(s) <= MAX_DIGITS and s.isascii() and s.isdigit()
 
 
 def plain_batch_args(path: str, query_string: bytes) -> tuple[int, int, int, str, str, str | None] | None:
     """(step, rank, world_size, labels, compression, variant) of a `/v1/batches/{step}` request
-    whose parameters are plain: decimal digits, the literal choices, known names once each.
+    whose parameters are plain: up to 18 decimal digits, the literal choices, known names once each.
     None for anything else, which FastAPI then parses (and answers with a 422 where invalid)."""
     step = path[len(BATCH_PREFIX):]
-    if not (step.isascii() and step.isdigit()):
+    if not _plain_digits(step):
         return None
     q = dict(BATCH_DEFAULTS)
     seen = set()
@@ -37,7 +42,7 @@ def plain_batch_args(path: str, query_string: bytes) -> tuple[int, int, int, str
         seen.add(k)
         q[k] = v
     rank, world = q["rank"], q["world_size"]
-    if not (rank.isascii() and rank.isdigit() and world.isascii() and world.isdigit()):
+    if not (_plain_digits(rank) and _plain_digits(world)):
         return None
     if q["labels"] not in wire.LABEL_MODES or q["compression"] not in wire.COMPRESSIONS:
         return None

@@ -31,11 +31,13 @@ class ProgressReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     step: Annotated[int, Field(ge=0, description="last completed global step")]
-    tokens: Annotated[int, Field(ge=0, description="tokens the job has consumed so far, all ranks")]
+    # int64 at most: the metrics keep counts as floats, and a bigger count stored here would break
+    # every later read of the history.
+    tokens: Annotated[int, Field(ge=0, le=2**63 - 1, description="tokens the job has consumed so far, all ranks")]
     loss: float | None = Field(default=None, description="MLM loss of the step (all languages)")
     loss_by_language: dict[str, float] = Field(default_factory=dict, description="language key -> loss")
-    tokens_per_second: Annotated[float, Field(ge=0)] | None = None
-    time: Annotated[float, Field(gt=0, description="unix seconds; the server's clock when omitted")] | None = None
+    tokens_per_second: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    time: Annotated[float, Field(gt=0, allow_inf_nan=False, description="unix seconds; the server's clock when omitted")] | None = None
     rank: Annotated[int, Field(ge=0)] = 0
     run: Annotated[str, Field(max_length=128)] = ""
 

@@ -63,13 +63,12 @@ def make_sampler(settings: ServerSettings, manifest: object, recipe: Recipe, var
 def open_sampler(settings: ServerSettings) -> Sampler:
     """Build the Sampler of the default variant, amended by the journal, and check the manifest
     (every shard present with its recorded size; every checksum with `verify`); raise
-    StartupError listing the problems."""
+    StartupError listing the problems. Then bind the journal to this run (`Journal.claim`)."""
     try:
         journal = open_journal(settings.journal, settings.recipe, required=settings.journal is not None,
                                manifest=settings.manifest)
         entries = journal.entries if journal is not None else []
         sampler = make_sampler(settings, settings.manifest, load_recipe(settings.recipe), settings.variant, entries)
-        claim_journal(journal, sampler)
     except AmendmentError as exc:
         raise StartupError(f"{exc}; fix the journal or move it aside to serve the recipe unamended") from None
     except (ValueError, OSError, CurriculumError) as exc:  # e.g. a manifest without tokenizer metadata
@@ -79,6 +78,7 @@ def open_sampler(settings: ServerSettings) -> Sampler:
     if m.meta.kind != "built":
         log.warning("manifest %s is %r: serving generated random tokens of its sizes (for scale tests, not training)",
                     m.root, m.meta.kind)
+        _claim(journal, sampler)
         return sampler
     problems = []
     for r in m.shards.iter_rows(named=True):
@@ -96,7 +96,16 @@ def open_sampler(settings: ServerSettings) -> Sampler:
     if problems:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise StartupError(f"{len(problems)} problem(s) in manifest {storage.display(m.root)}:\n  " + "\n  ".join(problems[:20]) + more)
+    _claim(journal, sampler)
     return sampler
+
+
+def _claim(journal, sampler: Sampler) -> None:
+    """Bind the journal to this run, once the server is known to be able to serve it."""
+    try:
+        claim_journal(journal, sampler)
+    except CurriculumError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def phase_plan_json(plan: PhasePlan, planned_tokens: int) -> dict:

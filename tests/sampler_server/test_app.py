@@ -312,7 +312,8 @@ def test_serves_a_synthetic_manifest_as_generated_tokens(tmp_path, inputs):
     from curriculum.synth import synth_long_tail
 
     synth = synth_long_tail(tmp_path / "synth", 30, 1e9)
-    with TestClient(create_app(settings_for(synth, inputs[1], warmup=False))) as c:
+    # Another manifest is another run: it gets its own journal (the module's recipe's belongs to the first).
+    with TestClient(create_app(settings_for(synth, inputs[1], warmup=False, journal=str(tmp_path / "synth.amendments.jsonl")))) as c:
         r = c.get("/v1/batches/41", params={"rank": 1, "world_size": 2})
         assert r.status_code == 200, r.text
         w = wire.decode(r.content)
