@@ -38,6 +38,7 @@ from curriculum.recipe import load_recipe
 from curriculum.schedule import ScheduleError, StepInfo
 from curriculum.shards import ShardError
 from sampler_server.lane import MAX_DIGITS, BatchLane
+from sampler_server.limits import BodyLimit
 from sampler_server.live import JournalBroken, claim_journal, open_journal
 from sampler_server.metrics import TOP_GROUP, MetricsMiddleware, PROMETHEUS_CONTENT_TYPE
 from sampler_server.progress import ProgressReport, progress_json
@@ -472,6 +473,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     # Middleware: last added runs first. The lane runs inside the metrics, which label its
     # requests with the route it sets in the scope.
     app.add_middleware(BatchLane, route=route, handle=plain_batch)
+    app.add_middleware(BodyLimit)  # before any route or token check reads a body
     app.add_middleware(MetricsMiddleware, metrics=svc.metrics)
     return app
 

@@ -456,3 +456,28 @@ def test_cli_refuses_to_start_on_bad_inputs(inputs, tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 2 and f"shard {other.relative_to(manifest)} (l07_Latn): missing" in err
     assert "Traceback" not in err
+
+
+def test_request_bodies_are_bounded(inputs):
+    """A body past MAX_BODY_BYTES is refused with a JSON 413 before any route or token check reads
+    it — declared (Content-Length) or streamed (chunked) — and the server goes on serving."""
+    from sampler_server.limits import MAX_BODY_BYTES
+
+    app = create_app(settings_for(*inputs, warmup=False, token="s3cret-token"))
+    auth = {"Authorization": "Bearer s3cret-token"}
+    big = b'{"step": 1, "tokens": 1, "run": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        for headers in ({}, auth):  # with or without the token: the size is checked first
+            r = c.post("/v1/progress", content=big, headers={**headers, "Content-Type": "application/json"})
+            assert r.status_code == 413 and r.json()["error"] == "body_too_large", r.text
+            assert f"{len(big):,} bytes declared" in r.json()["message"]
+
+        def chunks():
+            for _ in range(40):
+                yield b" " * (64 << 10)
+
+        r = c.post("/v1/progress", content=chunks(), headers={**auth, "Content-Type": "application/json"})
+        assert r.status_code == 413 and "more than" in r.json()["message"]
+        ok = c.post("/v1/progress", json={"step": 1, "tokens": 1}, headers=auth)
+        assert ok.status_code == 201, ok.text
+        assert c.get("/healthz").status_code == 200
