@@ -58,7 +58,6 @@ def _fmt(x: float) -> str:
     return fmt_tokens(x)
 
 
-@app.command()
 def _change_text(field: str, value: object) -> str:
     """One change, short: multipliers of many languages are summarized by the largest moves."""
     if field == "language_weights" and isinstance(value, dict) and len(value) > 4:
@@ -293,16 +292,25 @@ def build(
                                     "delete its shards and manifest, tokenize again."),
 ) -> None:
     """Build token shards + manifest from raw multilingual text (resumable: rerun to finish)."""
-    from curriculum.build import BuildConfig, build as run_build
+    from pydantic import ValidationError
 
-    cfg = BuildConfig(
-        inputs=[str(p) for p in inputs], out=str(out), tokenizer=str(tokenizer), lid_model=str(lid_model) if lid_model else None,
-        lid_threshold=lid_threshold, lid_prefix_chars=lid_prefix_chars, lid_quick_chars=lid_quick_chars, lid_sure=lid_sure,
-        min_chars=min_chars, max_chars=max_chars,
-        dedup=not no_dedup, dedup_threshold=dedup_threshold, shard_bytes=_mb_bytes(shard_mb, "--shard-mb"),
-        chunk_bytes=_mb_bytes(chunk_mb, "--chunk-mb"), slice_bytes=_mb_bytes(slice_mb, "--slice-mb"),
-        cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id,
-    )
+    from curriculum.build import BuildConfig, build as run_build
+    from curriculum.storage import is_remote, local_path
+
+    if not is_remote(out) and local_path(out).exists() and not local_path(out).is_dir():
+        raise CurriculumError(f"--out {out}: exists and is not a directory; give a directory (or an s3:// URI)")
+    try:
+        cfg = BuildConfig(
+            inputs=[str(p) for p in inputs], out=str(out), tokenizer=str(tokenizer), lid_model=str(lid_model) if lid_model else None,
+            lid_threshold=lid_threshold, lid_prefix_chars=lid_prefix_chars, lid_quick_chars=lid_quick_chars, lid_sure=lid_sure,
+            min_chars=min_chars, max_chars=max_chars,
+            dedup=not no_dedup, dedup_threshold=dedup_threshold, shard_bytes=_mb_bytes(shard_mb, "--shard-mb"),
+            chunk_bytes=_mb_bytes(chunk_mb, "--chunk-mb"), slice_bytes=_mb_bytes(slice_mb, "--slice-mb"),
+            cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id,
+        )
+    except ValidationError as exc:
+        raise CurriculumError("; ".join(f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']} "
+                                        f"(got {e.get('input')!r})" for e in exc.errors())) from None
     rep = run_build(cfg, executor=executor, workers=workers, ray_address=ray_address, work_dir=work_dir, retokenize=retokenize)
     from curriculum.storage import display
 
@@ -320,8 +328,10 @@ def build(
     if rep.drops:
         console.print("dropped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rep.drops.items())))
     for issue in rep.issues[:20]:
-        line = f":{issue['line']}" if issue.get("line") else ""
-        err_console.print(f"[yellow]bad input:[/] {issue['path']}{line}: {issue['reason']}: {issue.get('message', '')}", highlight=False)
+        line = f":{issue['line']}" if issue.get("line") is not None else ""  # Parquet rows count from 0
+        # Paths and messages carry the input's own text: printed as text, never as rich markup.
+        err_console.print(f"[yellow]bad input:[/] {escape(str(issue['path']))}{line}: {issue['reason']}: "
+                          f"{escape(str(issue.get('message', '')))}", highlight=False)
     if len(rep.issues) > 20:
         err_console.print(f"... and {len(rep.issues) - 20} more (manifest.json: file_issues)")
     if strict and (rep.issues or any(k not in ("near_duplicate", "too_short", "too_long", "low_lid_confidence") for k in rep.drops)):
@@ -392,7 +402,12 @@ def tokenizer_train(
     from curriculum.ingest import discover_inputs, read_documents
     from curriculum.tokenize import train_tokenizer
 
-    files, _ = discover_inputs([str(p) for p in inputs])
+    if out.is_dir():
+        raise CurriculumError(f"--out {out}: is a directory; give the path of the tokenizer.json to write")
+    files, issues = discover_inputs([str(p) for p in inputs])
+    if not files:
+        why = "; ".join(f"{i.path}: {i.message or i.reason}" for i in issues[:5])
+        raise CurriculumError(f"no input files to train on under {', '.join(map(str, inputs))}" + (f" ({why})" if why else ""))
 
     def texts():
         for f in files:
@@ -424,6 +439,8 @@ def demo_corpus(out: Path = typer.Argument(..., help="Directory to write the cor
     """Write the embedded real multilingual demo corpus (from the PyPI package gflanguages)."""
     from curriculum.democorpus import write_demo_corpus
 
+    if out.exists() and not out.is_dir():
+        raise CurriculumError(f"{out}: exists and is not a directory; give a directory to write the corpus to")
     counts = write_demo_corpus(out)
     console.print(f"wrote {out}: {len(counts):,} languages, {sum(counts.values()):,} documents")
 
@@ -440,19 +457,24 @@ def main() -> None:
     except CurriculumError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code or 0)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        # Usage errors: click's, or those of the click typer vendors (typer >= 0.16), which share
+        # no base class with click's: recognized by what they do.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             sys.exit(130)
+        if isinstance(exc, OSError) and exc.filename is not None:  # names the file; rerun with --debug for more
+            err_console.print(f"[red]error:[/] {escape(f'{exc.filename}: {exc.strerror or exc}')}", highlight=False, soft_wrap=True)
+            sys.exit(2)
         raise
 
 

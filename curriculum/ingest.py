@@ -48,8 +48,8 @@ DROP_REASONS = (
 )
 # Per file (FileIssue with line=None; what was read before the damage is kept):
 FILE_REASONS = (
-    "not_found", "unsupported_format", "unknown_language_folder", "empty_file", "unreadable", "binary",
-    "corrupt_compressed", "not_parquet", "corrupt_parquet", "no_text_column", "non_string_text",
+    "not_found", "bad_file_name", "unsupported_format", "unknown_language_folder", "empty_file", "unreadable", "binary",
+    "corrupt_compressed", "not_parquet", "corrupt_parquet", "no_text_column", "non_string_text", "ambiguous_column",
 )
 
 Format = Literal["parquet", "jsonl", "txt"]
@@ -62,6 +62,7 @@ READ_CHUNK = 1 << 20
 # Compressed bytes per zstd call. One call's output is bounded by ~128 KiB per 4 input bytes (RLE
 # blocks), so 128 B caps it at 4 MiB; on text, decompression still runs at ~500 MB/s.
 _ZSTD_FEED = 128
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, dropped from the first line of a text file
 SNIFF_BYTES = 8000  # git's rule: a NUL in the first 8000 bytes means binary
 SPLIT_FOLDERS = frozenset({"train", "test", "validation", "valid", "dev"})
 # A folder named like a language key (`fra_Latn`, also `fra_Latn_removed`, which is then reported).
@@ -150,7 +151,7 @@ def folder_language(path: str | os.PathLike[str]) -> tuple[str | None, FileIssue
         return None, None
     try:
         return normalize_language(folder), None
-    except UnknownLanguageError as exc:
+    except (UnknownLanguageError, LookupError) as exc:  # langcodes: LookupError for private-use tags (`x_Latn`)
         msg = (
             f"folder {folder!r} is not a language ({exc}); the file was not read. Rename the folder to a "
             "language key such as fra_Latn, or move the file out of it to have its language identified"
@@ -199,6 +200,12 @@ def discover_inputs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Input
             if real in seen:
                 continue
             seen.add(real)
+            try:
+                str(p).encode("utf-8")
+            except UnicodeEncodeError:  # a name the OS gave as bytes: shards and the manifest record names in UTF-8
+                issues.append(FileIssue(os.fsencode(p).decode("utf-8", "backslashreplace"), None, "bad_file_name",
+                                        "not read: the file name is not valid UTF-8; rename the file"))
+                continue
             kind = classify(p)
             if kind is None:
                 known = ", ".join(sorted(_SUFFIXES))
@@ -220,7 +227,7 @@ def _label_key(label: str) -> str | None:
     """Normalized key of a per-document language label, None if it is not a language."""
     try:
         return normalize_language(label)
-    except UnknownLanguageError:
+    except (UnknownLanguageError, LookupError):  # langcodes: LookupError for private-use tags (`x-Latn`)
         return None
 
 
@@ -431,6 +438,8 @@ def _text_lines(f: InputFile, fh: BinaryIO, col: _Collector, max_line_bytes: int
     lineno = 0
     try:
         for lineno, line in _lines(stream(), max_line_bytes):
+            if lineno == 1 and line is not None and line.startswith(_BOM):
+                line = line[len(_BOM):]  # before the blank-line test: a first line of only a BOM is blank
             yield lineno, line
     except _Corrupt as exc:
         col.file_issue("corrupt_compressed", f"{exc}; read stopped after line {lineno}, the lines before it are kept")
@@ -447,10 +456,9 @@ def _decode(line: bytes, lineno: int) -> str | _Bad:
     if b"\0" in line:
         return _Bad("binary", f"line {lineno}: NUL bytes (binary data)")
     try:
-        s = line.decode("utf-8")
+        return line.decode("utf-8")
     except UnicodeDecodeError as exc:
         return _Bad("invalid_utf8", f"line {lineno}: invalid UTF-8 at byte {exc.start} ({exc.reason})")
-    return s[1:] if lineno == 1 and s.startswith("\ufeff") else s  # a UTF-8 byte-order mark
 
 
 def _row_language(label: object, default: str | None) -> str | None | _Bad:
@@ -478,7 +486,7 @@ def _read_jsonl(f: InputFile, col: _Collector, fh: BinaryIO, max_line_bytes: int
             continue
         try:
             obj = json.loads(s)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: arrays or objects nested too deep
             col.drop("malformed_json", lineno, f"line {lineno}: not valid JSON ({exc}); line dropped")
             continue
         if not isinstance(obj, dict):
@@ -552,16 +560,23 @@ def _read_txt(f: InputFile, col: _Collector, fh: BinaryIO, max_line_bytes: int) 
         yield col.take()
 
 
-def _arrow_texts(arr: object, as_str: bool) -> list[object]:
-    """Python values of a text column chunk: str, None, or bytes to decode (invalid UTF-8 inside)."""
+def _arrow_values(arr: pa.Array) -> list[object]:
+    """Python values of a column chunk (a dictionary one decoded); in a string column, a value that
+    is not valid UTF-8 comes back as bytes, the others as str, whatever their neighbours."""
     import pyarrow as pa
 
-    if as_str:
-        try:
-            return arr.to_pylist()  # type: ignore[attr-defined]
-        except UnicodeDecodeError:  # Arrow does not validate UTF-8 on read; find the bad rows below
-            arr = arr.cast(pa.large_binary())  # type: ignore[attr-defined]
-    return arr.to_pylist()  # type: ignore[attr-defined]
+    if pa.types.is_dictionary(arr.type):  # a pandas Categorical, say
+        arr = arr.dictionary_decode()
+    try:
+        return arr.to_pylist()
+    except UnicodeDecodeError:  # Arrow does not validate UTF-8 on read
+        out: list[object] = []
+        for v in arr.cast(pa.large_binary()).to_pylist():
+            try:
+                out.append(v if v is None else v.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append(v)  # `_decode` says why it is not text
+        return out
 
 
 def _clean_arrow_texts(arr: pa.Array) -> tuple[pa.LargeStringArray, np.ndarray] | None:
@@ -613,7 +628,8 @@ def _any_blank(data: np.ndarray, offsets: np.ndarray, space: np.ndarray) -> bool
 
 
 def _read_parquet(f: InputFile, col: _Collector, batch_size: int, text_field: str) -> Iterator[DocBatch]:
-    """Rows of the `text_field` column (and `language` / `language_script` columns when present).
+    """Rows of the `text_field` column (string, binary, or a dictionary of either) and of the
+    `language` / `language_script` columns when present.
 
     Memory is bounded by one row group: Arrow decodes a row group's column chunk at a time.
     """
@@ -622,7 +638,7 @@ def _read_parquet(f: InputFile, col: _Collector, batch_size: int, text_field: st
 
     try:
         pf = pq.ParquetFile(f.path)
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: a damaged footer's column name is not UTF-8
         with open(f.path, "rb") as fh:
             magic = fh.read(4)
         if magic == b"PAR1":
@@ -636,7 +652,14 @@ def _read_parquet(f: InputFile, col: _Collector, batch_size: int, text_field: st
         if whole:
             col.file_issue("no_text_column", f"no {text_field!r} column (columns: {', '.join(schema.names)}); file skipped")
         return
+    if schema.names.count(text_field) > 1:
+        if whole:
+            col.file_issue("ambiguous_column", f"{schema.names.count(text_field)} columns named {text_field!r}; file skipped. "
+                                               "Rename or drop all but one")
+        return
     t = schema.field(text_field).type
+    if pa.types.is_dictionary(t):  # a pandas Categorical, say: read as its values
+        t = t.value_type
 
     def is_type(*names: str) -> bool:  # the *_view checks arrived in pyarrow 16
         return any(getattr(pa.types, n, lambda _: False)(t) for n in names)
@@ -647,37 +670,62 @@ def _read_parquet(f: InputFile, col: _Collector, batch_size: int, text_field: st
             col.file_issue("non_string_text", f"column {text_field!r} has type {t}, not string; file skipped")
         return
     extra = [c for c in ("language", "language_script") if c in schema.names]
+    repeated = [c for c in extra if schema.names.count(c) > 1]
+    if repeated:
+        if whole:
+            col.file_issue("ambiguous_column", f"more than one column named {' or '.join(map(repr, repeated))}: the per-row "
+                                               "language labels are ignored (the folder's language or language ID decides)")
+        extra = []
+    counted = sum(max(0, pf.metadata.row_group(g).num_rows) for g in range(pf.num_row_groups))
+    if whole and counted != pf.metadata.num_rows:  # Arrow reads a group's rows up to its count, and no further
+        col.file_issue("corrupt_parquet", f"the footer says {pf.metadata.num_rows} rows, its row groups {counted} "
+                                          f"(damaged): rows past a group's count are not read")
     lo, hi = f.row_groups if f.row_groups is not None else (0, pf.num_row_groups)
     if hi > pf.num_row_groups:
         col.file_issue("corrupt_parquet", f"row groups {lo}..{hi - 1} asked, the file has {pf.num_row_groups}; nothing read")
         return
-    row = sum(pf.metadata.row_group(g).num_rows for g in range(lo))
+    # (A damaged footer can give a group a negative count: as 0, so row numbers stay unique and >= 0.)
+    row = sum(max(0, pf.metadata.row_group(g).num_rows) for g in range(lo))
     # Row group by row group, so a damaged one costs its own rows only, and a file reads the same
     # whether one task reads it or several read slices of its row groups.
     for g in range(lo, hi):
-        end = row + pf.metadata.row_group(g).num_rows
+        n = max(0, pf.metadata.row_group(g).num_rows)
+        end = row + n
+        pages = 0  # rows the pages hold; a damaged footer can say otherwise (a column chunk of 0 values reads as none)
         try:
             for rb in pf.iter_batches(batch_size=batch_size, columns=[text_field, *extra], row_groups=[g]):
+                pages += rb.num_rows
+                rb = rb.slice(0, max(0, end - row))  # rows past the group's end would take the next group's row numbers
                 yield from _parquet_batch(rb, row, f, col, as_str, extra, text_field)
                 row += rb.num_rows
         except (pa.ArrowException, OSError) as exc:
             col.file_issue("corrupt_parquet", f"row group {g} unreadable from row {row} on ({exc}); rows {row}..{end - 1} "
                                               f"skipped, the other row groups read")
+        else:
+            if pages != n:
+                lost = f"rows {row}..{end - 1} skipped" if pages < n else f"{pages - n} rows past its end ignored"
+                col.file_issue("corrupt_parquet", f"row group {g}: the footer says {n} rows, its pages hold {pages} "
+                                                  f"(damaged); {lost}, the other row groups read")
         row = end
 
 
 def _parquet_batch(rb, row: int, f: InputFile, col: _Collector, as_str: bool, extra: list[str], text_field: str) -> Iterator[DocBatch]:
     """The documents of one Parquet record batch whose first row is `row` in the file."""
+    import pyarrow as pa
+
+    column = rb.column(0)
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
     if as_str and not extra:
-        fast = _clean_arrow_texts(rb.column(0))
+        fast = _clean_arrow_texts(column)
         if fast is not None:  # every row is a document: no Python string per row
             arr, chars = fast
             yield from col.add_arrow(arr, chars, f.language, np.arange(row, row + rb.num_rows, dtype=np.int64))
             return
-    texts = _arrow_texts(rb.column(0), as_str)
-    labels = rb.column(1).to_pylist() if "language" in extra else [None] * rb.num_rows
+    texts = _arrow_values(column)  # str, None, or bytes (a binary column, or invalid UTF-8) to decode
+    labels = _arrow_values(rb.column(1)) if "language" in extra else [None] * rb.num_rows
     if "language_script" in extra:  # FineWeb-2 splits the key: language=fra, language_script=Latn
-        scripts = rb.column(len(extra)).to_pylist()
+        scripts = _arrow_values(rb.column(len(extra)))
         labels = [f"{l}_{s}" if isinstance(l, str) and l and "_" not in l and s else l for l, s in zip(labels, scripts)]
     for i, text in enumerate(texts):
         r = row + i

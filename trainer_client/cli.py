@@ -132,14 +132,15 @@ def train(
     from trainer_client.train import TrainConfig, TrainError, shutdown, summary_json
     from trainer_client.train import train as run_train
 
-    cfg = TrainConfig(
-        servers=[s for s in server.split(",") if s.strip()], model=model, steps=steps, checkpoint_dir=checkpoint_dir,
-        start_step=start_step, init_from=init_from, variant=variant, lr=lr, grad_clip=grad_clip, weight_decay=weight_decay,
-        report_every=report_every, checkpoint_every=checkpoint_every, keep_checkpoints=keep, log_dir=log_dir,
-        vocab_size=vocab_size, token=token, prefetch=prefetch, timeout=timeout, attn=attn, seed=seed, run_name=run_name,
-    )
     rank = os.environ.get("RANK", "0")
     try:
+        cfg = TrainConfig(
+            servers=[s for s in server.split(",") if s.strip()], model=model, steps=steps, checkpoint_dir=checkpoint_dir,
+            start_step=start_step, init_from=init_from, variant=variant, lr=lr, grad_clip=grad_clip,
+            weight_decay=weight_decay, report_every=report_every, checkpoint_every=checkpoint_every, keep_checkpoints=keep,
+            log_dir=log_dir, vocab_size=vocab_size, token=token, prefetch=prefetch, timeout=timeout, attn=attn, seed=seed,
+            run_name=run_name,
+        )
         result = run_train(cfg)
     except (SamplerError, TrainError, ValueError) as exc:
         if _state["debug"]:

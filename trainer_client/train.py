@@ -80,6 +80,36 @@ class TrainConfig:
     run_name: str = ""
     quiet: bool = False
 
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot work before anything starts (named as the CLI flags)."""
+        from trainer_client.model import PRESETS
+
+        problems = []
+        if not self.servers:
+            problems.append("--server: give at least one sampler URL")
+        if self.model not in PRESETS:
+            problems.append(f"--model {self.model!r}: choose one of {', '.join(PRESETS)}")
+        if self.attn not in ("auto", "flash_attention_2", "sdpa", "eager"):
+            problems.append(f"--attn {self.attn!r}: choose one of auto, flash_attention_2, sdpa, eager")
+        for flag, value, least in (("--steps", self.steps, 0), ("--start-step", self.start_step, 0),
+                                   ("--report-every", self.report_every, 1), ("--checkpoint-every", self.checkpoint_every, 1),
+                                   ("--keep", self.keep_checkpoints, 1), ("--prefetch", self.prefetch, 1),
+                                   ("--vocab-size", self.vocab_size, 1)):
+            if value is not None and value < least:
+                problems.append(f"{flag} {value}: must be >= {least}")
+        for flag, value in (("--lr", self.lr), ("--timeout", self.timeout), ("--grad-clip", self.grad_clip)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                problems.append(f"{flag} {value}: must be a positive number")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            problems.append(f"--weight-decay {self.weight_decay}: must be >= 0")
+        for flag, path in (("--checkpoint-dir", self.checkpoint_dir), ("--log-dir", self.log_dir)):
+            if path is not None and Path(path).exists() and not Path(path).is_dir():
+                problems.append(f"{flag} {path}: exists and is not a directory")
+        if self.init_from is not None and not Path(self.init_from).is_dir():
+            problems.append(f"--init-from {self.init_from}: no such checkpoint directory")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 @dataclass
 class PhaseSummary:

@@ -130,7 +130,9 @@ def data(tmp_path_factory, small_tokenizer):
 def servers(data):
     """Two replicas of the build (A, B) and one of another seed (C: another build id)."""
     d = data["tmp"]
-    srv = {name: Server(data["manifest"], data["recipe"], seed, d / f"server-{name}.log")
+    # C is another run (another seed): it gets its own amendment journal, as a user must give it.
+    srv = {name: Server(data["manifest"], data["recipe"], seed, d / f"server-{name}.log",
+                        () if seed == 0 else ("--journal", str(d / f"seed{seed}.amendments.jsonl")))
            for name, seed in (("A", 0), ("B", 0), ("C", 1))}
     try:
         ids = {name: s.wait_ready() for name, s in srv.items()}

@@ -1,0 +1,83 @@
+"""Every console command answers bad arguments with one line that names the flag or path, and an
+exit code of 2 — never a traceback. Run as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import RECIPES, ROOT
+
+
+def run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    (d / "file.txt").write_text("hello\n")
+    (d / "emptydir").mkdir()
+    return d
+
+
+CURRICULUM = [
+    (["plan", str(RECIPES / "demo.toml")], "Missing option '--manifest'"),
+    (["build", "file.txt", "--out", "file.txt", "--tokenizer", "file.txt"], "--out file.txt: exists and is not a directory"),
+    (["build", "file.txt", "--out", "o", "--tokenizer", "file.txt", "--workers", "0"], "'--workers'"),
+    (["build", "file.txt", "--out", "o", "--tokenizer", "file.txt", "--dedup-threshold", "2"], "--dedup-threshold: Input should be less than or equal to 1"),
+    (["tokenizer", "train", "nope", "--out", "t.json"], "nope: input 'nope' does not exist"),
+    (["tokenizer", "train", "file.txt", "--out", "emptydir"], "--out emptydir: is a directory"),
+    (["tokenizer", "train", "file.txt", "--out", "t.json", "--vocab-size", "0"], "'--vocab-size'"),
+    (["demo-corpus", "file.txt"], "file.txt: exists and is not a directory"),
+    (["synth", "s", "--languages", "0"], "'--languages'"),
+    (["amend", str(RECIPES / "demo.toml"), "--from-step", "-1", "--set", "tau=0.5"], "'--from-step'"),
+    (["amend", str(RECIPES / "demo.toml"), "--from-step", "1", "--set", "tau=0.5", "--journal", "emptydir"],
+     "amendment journal emptydir: is a directory"),
+    (["verify", "file.txt"], "manifest file.txt: not a directory"),
+    (["verify", "a[/]b"], "manifest a[/]b: not a directory"),  # printed as text, never read as rich markup
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+]
+
+
+@pytest.mark.parametrize("args,says", CURRICULUM, ids=[" ".join(a[:2]) + f" #{i}" for i, (a, _) in enumerate(CURRICULUM)])
+def test_curriculum_cli_errors(place, args, says):
+    p = run("curriculum.cli", *args, cwd=place)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and says in p.stderr, p.stderr
+    assert not (place / "file.txt").is_dir() and (place / "file.txt").read_text() == "hello\n"  # nothing clobbered
+
+
+def test_private_helpers_are_not_commands():
+    import typer
+
+    from curriculum.cli import app
+
+    assert set(typer.main.get_command(app).commands) == {"synth", "amend", "plan", "build", "verify", "inspect",
+                                                          "demo-corpus", "tokenizer"}
+
+
+def test_trainer_settings_are_checked_before_anything_starts(place):
+    from trainer_client.train import TrainConfig
+
+    TrainConfig(servers=["http://127.0.0.1:1"])  # the defaults are fine
+    bad = {"model": "huge", "steps": -1, "prefetch": 0, "timeout": 0.0, "lr": float("nan"), "attn": "xx",
+           "checkpoint_dir": place / "file.txt", "init_from": place / "nope", "keep_checkpoints": 0}
+    with pytest.raises(ValueError) as exc:
+        TrainConfig(servers=["http://127.0.0.1:1"], **bad)
+    for flag in ("--model 'huge'", "--steps -1", "--prefetch 0", "--timeout 0.0", "--lr nan", "--attn 'xx'",
+                 "--checkpoint-dir", "--init-from", "--keep 0"):
+        assert flag in str(exc.value), flag
+    # Through the console command: one line, exit 2, before any server is contacted.
+    p = run("trainer_client.cli", "train", "--server", "http://127.0.0.1:1", "--steps", "-1", cwd=place)
+    assert p.returncode == 2 and "--steps -1: must be >= 0" in p.stderr and "Traceback" not in p.stderr
+    assert "Connection refused" not in p.stderr
+
+
+def test_sampler_server_cli_errors(place):
+    p = run("sampler_server.cli", "serve", "--manifest", str(ROOT / "nope"), "--recipe", str(RECIPES / "demo.toml"),
+            "--journal", "emptydir", cwd=place)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "journal emptydir: is a directory" in p.stderr, p.stderr
