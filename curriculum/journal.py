@@ -80,6 +80,9 @@ class Journal:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise CurriculumError(f"amendment journal {self.path}: is a directory; give the path of a file, e.g. "
+                                  f"{self.path / ('run' + SUFFIX)}")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.watermark_path = self.path.with_name(self.path.name + ".watermark")
         self.entries: list[Amendment] = []
