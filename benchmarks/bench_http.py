@@ -75,6 +75,9 @@ def bench_inputs(cache: Path, tokens: float = 6.4e7, languages: int = 60) -> tup
         write_random_corpus(corpus, sizes, mean_doc_tokens=400, shard_tokens=8 << 20)
     recipe = cache / "bench-http.toml"
     recipe.write_text(bench_recipe())
+    # Each benchmark run is a new run: no amendments, watermark or owner left by an earlier one.
+    for side in ("", ".run", ".watermark", ".lock"):
+        (cache / f"bench-http.amendments.jsonl{side}").unlink(missing_ok=True)
     return corpus, recipe
 
 

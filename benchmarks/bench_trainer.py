@@ -61,8 +61,11 @@ def random_manifest(cache: Path) -> tuple[Path, int]:
 def start_server(manifest: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     log = tempfile.TemporaryFile()
+    # A fresh amendment journal per run: one beside the repo's recipe would bind it to this corpus.
+    journal = Path(tempfile.mkdtemp(prefix="bench-trainer-")) / "demo.amendments.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "sampler_server.cli", "serve", "--manifest", str(manifest), "--recipe",
-                             str(RECIPE), "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+                             str(RECIPE), "--journal", str(journal), "--host", "127.0.0.1", "--port", str(port),
+                             "--no-access-log"],
                             cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180

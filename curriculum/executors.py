@@ -14,9 +14,30 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
+from curriculum.errors import CurriculumError
+
 Task = Callable[[Any], dict]
+# How often a task may be running in a pool process that dies (the OS's OOM killer, a crash in a
+# native library) before the build stops: its spec is the likely cause, not bad luck.
+MAX_WORKER_DEATHS = 2
+
+
+class WorkerDied(CurriculumError):
+    """A pool process died more than MAX_WORKER_DEATHS times while running the same task."""
+
+
+def describe_task(spec: Any) -> str:
+    """A task's spec in words, for messages: its file (and row groups) or its language (and chunk)."""
+    path, language = getattr(spec, "path", None), getattr(spec, "language", None)
+    if path is not None:
+        groups = getattr(spec, "row_groups", None)
+        return f"{type(spec).__name__.removesuffix('Spec').lower()} of {path}" + (
+            f" (row groups {groups[0]}..{groups[1] - 1})" if groups else "")
+    chunk = getattr(spec, "chunk", None)
+    return f"{type(spec).__name__.removesuffix('Spec').lower()} of {language}" + (f" (chunk {chunk})" if chunk is not None else "")
 
 
 class Executor(Protocol):
@@ -75,34 +96,55 @@ class LocalExecutor:
 
     def __init__(self, workers: int, warm: Callable[[], Any] | None = None):
         self.workers = max(2, workers)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers - 1, mp_context=mp.get_context("spawn"),
-                                         initializer=_init_pool_process, initargs=(warm,))
         self._warm = warm
+        self._pool = self._new_pool()
         self._probes: list[Future] | None = None  # one per pool process, from the first stage of 2+ tasks
         self.warm_seconds: float | None = None  # from creating this executor until the pool was warm
+        self.pools_replaced = 0  # pools that broke (a process died) and were started again
         self._t0 = time.perf_counter()
 
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers - 1, mp_context=mp.get_context("spawn"),
+                                   initializer=_init_pool_process, initargs=(self._warm,))
+
     def map_unordered(self, fn: Task, specs: Sequence[Any]) -> Iterator[tuple[Any, dict]]:
-        stage = _Stage(self._pool, self.workers - 1, fn, specs)
+        stage = _Stage(self._pool, self.workers - 1, fn, specs, self._replace_pool)
         # This process takes the first task, so a stage of one task never starts (or waits for)
         # a pool process.
         if self._warm is None:
             stage.top_up()
         elif stage.todo:
-            if self._probes is None:
-                try:  # starts the pool processes; each runs `warm` before the probe
-                    self._probes = [self._pool.submit(_ready) for _ in range(self.workers - 1)]
-                except BaseException as e:  # noqa: BLE001 - e.g. no process could be started: raised by results()
-                    stage.done.put((None, None, e))
-                    return stage.results()
-                for f in self._probes:
-                    f.add_done_callback(self._warmed)
-            for f in self._probes:  # runs at once for a finished probe
-                f.add_done_callback(stage.warmed)
+            self._start(stage)
         return stage.results()
 
+    def _start(self, stage: _Stage) -> None:
+        """Give `stage` the pool once it is warm (starting its processes on first use)."""
+        if self._probes is None:
+            try:  # starts the pool processes; each runs `warm` before the probe
+                self._probes = [self._pool.submit(_ready) for _ in range(self.workers - 1)]
+            except BaseException as e:  # noqa: BLE001 - e.g. no process could be started: raised by results()
+                stage.done.put((None, None, e, stage.gen))
+                return
+            for f in self._probes:
+                f.add_done_callback(self._warmed)
+        gen = stage.gen  # the pool these probes belong to
+        for f in self._probes:  # runs at once for a finished probe
+            f.add_done_callback(lambda f, gen=gen: stage.warmed(f, gen))
+
+    def _replace_pool(self, stage: _Stage) -> None:
+        """A pool process died, which breaks the whole pool: start a new one for `stage` (its
+        tasks that were in the dead pool are queued again; finished ones are kept)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = stage.pool = self._new_pool()
+        self._probes = None
+        self.pools_replaced += 1
+        if self._warm is None:
+            stage.top_up()
+        else:
+            self._start(stage)
+
     def _warmed(self, probe: Future) -> None:
-        if not probe.cancelled() and probe.exception() is None:
+        if self.warm_seconds is None and not probe.cancelled() and probe.exception() is None:
             self.warm_seconds = time.perf_counter() - self._t0
 
     def close(self) -> None:
@@ -114,12 +156,16 @@ class _Stage:
     `results`) and by the pool, which is given two tasks per process while plenty are left and
     one towards the end (so no task waits in a busy process's queue while this process is idle)."""
 
-    def __init__(self, pool: ProcessPoolExecutor, procs: int, fn: Task, specs: Sequence[Any]):
+    def __init__(self, pool: ProcessPoolExecutor, procs: int, fn: Task, specs: Sequence[Any],
+                 replace_pool: Callable[[_Stage], None] | None = None):
         self.pool, self.procs, self.fn, self.n = pool, procs, fn, len(specs)
+        self.replace_pool = replace_pool
         self.lock = threading.Lock()
-        self.done: queue.SimpleQueue = queue.SimpleQueue()  # (spec, result, exception) from the pool
+        self.done: queue.SimpleQueue = queue.SimpleQueue()  # (spec, result, exception, pool generation)
         self.stop = threading.Event()
         self.inflight = 0  # given to the pool, not finished
+        self.gen = 0  # which pool: one that broke is replaced once, however many of its tasks report it
+        self.deaths: dict[int, int] = {}  # id(spec) -> pool deaths while it ran
         self.todo = deque(specs)
         self.first = self.todo.popleft() if self.todo else None  # this process's, whatever the pool does
 
@@ -129,11 +175,11 @@ class _Stage:
                 return False, None
             return True, self.todo.popleft()
 
-    def warmed(self, probe: Future) -> None:
+    def warmed(self, probe: Future, gen: int) -> None:
         exc = CancelledError() if probe.cancelled() else probe.exception()
         if exc is not None:
-            self.done.put((None, None, exc))
-        else:
+            self.done.put((None, None, exc, gen))
+        elif gen == self.gen:
             self.top_up()
 
     def top_up(self) -> None:
@@ -144,20 +190,44 @@ class _Stage:
                     return
                 spec = self.todo.popleft()
                 self.inflight += 1
+                gen = self.gen
             try:
                 fut = self.pool.submit(self.fn, spec)
             except BaseException as e:  # a broken pool: say so instead of waiting forever
-                self.done.put((spec, None, e))
+                self.done.put((spec, None, e, gen))
                 return
-            fut.add_done_callback(lambda fut, spec=spec: self._finished(spec, fut))
+            fut.add_done_callback(lambda fut, spec=spec, gen=gen: self._finished(spec, fut, gen))
 
-    def _finished(self, spec: Any, fut: Future) -> None:
+    def _finished(self, spec: Any, fut: Future, gen: int) -> None:
         exc = CancelledError() if fut.cancelled() else fut.exception()
-        self.done.put((spec, None if exc else fut.result(), exc))
+        self.done.put((spec, None if exc else fut.result(), exc, gen))
         if exc is None:
             with self.lock:
                 self.inflight -= 1
             self.top_up()
+
+    def _requeue(self, spec: Any, exc: BaseException, gen: int) -> None:
+        """A task lost to a dead pool process: run it again (tasks are pure and write their outputs
+        atomically, so a cut-short attempt leaves nothing), unless it was running every time a
+        process died. `spec` None: a new pool's processes died while starting."""
+        fresh = gen == self.gen  # the first report of this pool's death replaces it
+        with self.lock:
+            key = id(spec) if spec is not None else -1
+            deaths = self.deaths[key] = self.deaths.get(key, 0) + (spec is not None or fresh)
+            if spec is not None:
+                self.inflight -= 1
+                self.todo.appendleft(spec)
+            if deaths > MAX_WORKER_DEATHS:
+                self.stop.set()
+                what = f"running the {describe_task(spec)}" if spec is not None else "starting (its warm-up)"
+                raise WorkerDied(
+                    f"a worker process died {deaths} times while {what} (killed by the OS, often for lack of memory, "
+                    f"or a crash in a native library: {exc}); the finished tasks are kept: rerun with fewer "
+                    f"--workers, or a smaller --chunk-mb / --slice-mb") from exc
+            if fresh:
+                self.gen += 1
+        if fresh and not self.stop.is_set():
+            self.replace_pool(self)  # type: ignore[misc]
 
     def results(self) -> Iterator[tuple[Any, dict]]:
         """What the pool finished, as it comes; in between, this process's own tasks."""
@@ -175,7 +245,10 @@ class _Stage:
                         yield spec, result
                         continue
                     item = self.done.get()  # nothing left to take: wait for the pool
-                spec, result, exc = item
+                spec, result, exc, gen = item
+                if isinstance(exc, BrokenProcessPool) and self.replace_pool is not None:
+                    self._requeue(spec, exc, gen)
+                    continue
                 if exc is not None:
                     raise exc
                 left -= 1

@@ -152,24 +152,25 @@ def _warm_fails() -> None:
     raise RuntimeError("warm-up failed")
 
 
-def test_a_failed_warm_up_breaks_the_next_stage_not_silently() -> None:
+def _slow_abs(x: int) -> int:
     import time
-    from concurrent.futures.process import BrokenProcessPool
 
+    time.sleep(0.05)
+    return abs(x)
+
+
+def test_a_warm_up_that_always_fails_stops_the_stage_not_silently() -> None:
+    # Each failed start breaks the pool; it is started again, and the third failure stops the
+    # stage with a message (this process alone would need 10 s for these tasks).
     import pytest
+
+    from curriculum.executors import MAX_WORKER_DEATHS, WorkerDied
 
     ex = LocalExecutor(2, warm=_warm_fails)
     try:
-        try:  # starts the pool; this process may run the whole stage before the warm-up fails
-            list(ex.map_unordered(abs, [-1, -2, -3]))
-        except BrokenProcessPool:
-            pass
-        deadline = time.monotonic() + 60
-        while not all(p.done() for p in ex._probes) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        with pytest.raises(BrokenProcessPool):
-            list(ex.map_unordered(abs, [-1, -2]))
-        assert ex.warm_seconds is None
+        with pytest.raises(WorkerDied, match=rf"died {MAX_WORKER_DEATHS + 1} times while starting \(its warm-up\)"):
+            list(ex.map_unordered(_slow_abs, list(range(-200, 0))))
+        assert ex.warm_seconds is None and ex.pools_replaced == MAX_WORKER_DEATHS
     finally:
         ex.close()
 
@@ -188,17 +189,19 @@ def _pool_process_dies(spec: tuple[int, str, int]) -> int:
     return index
 
 
-def test_a_killed_pool_process_fails_the_stage(tmp_path) -> None:
+def test_pool_processes_that_die_on_every_task_fail_the_stage(tmp_path) -> None:
     import os
-    from concurrent.futures.process import BrokenProcessPool
 
     import pytest
 
+    from curriculum.executors import WorkerDied
+
     ex = LocalExecutor(2)
     try:
-        with pytest.raises(BrokenProcessPool):
-            # This process runs its share at 0.05 s a task (up to 10 s): the pool process dies
-            # on its first task, which must surface as an error, not as a missing result.
+        with pytest.raises(WorkerDied, match="died 3 times while running"):
+            # This process runs its share at 0.05 s a task (up to 10 s): every pool process dies
+            # on its first task; each is started again until one task has been lost three times,
+            # which must surface as an error, not as a missing result or an endless restart.
             list(ex.map_unordered(_pool_process_dies, [(os.getpid(), str(tmp_path), i) for i in range(200)]))
     finally:
         ex.close()
@@ -236,3 +239,73 @@ def test_ctrl_c_stops_the_task_running_in_this_process(tmp_path) -> None:
         timer.cancel()
         ex.close()
     assert not (tmp_path / "finished").exists()
+
+
+def _die_once_in_a_pool_process(spec: tuple[str, int]) -> tuple[int, int]:
+    """The first task a pool process starts kills that process (SIGKILL, as the OS's OOM killer
+    would), once in all; every other attempt returns (i, pid) after 0.05 s."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    marks, i = Path(spec[0]), spec[1]
+    if os.getpid() != int((marks / "parent").read_text()):
+        try:
+            fd = os.open(marks / "died", os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # exactly one process wins
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, str(i).encode())
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)
+    return i, os.getpid()
+
+
+def _always_die_in_a_pool_process(spec: tuple[str, int]) -> int:
+    import os
+    import signal
+    from pathlib import Path
+
+    if spec[1] == 1 and os.getpid() != int((Path(spec[0]) / "parent").read_text()):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return spec[1]
+
+
+def test_a_dead_pool_process_is_replaced_and_its_task_run_again(tmp_path) -> None:
+    """A pool process killed mid-task breaks the whole pool: a new pool is started, the tasks that
+    were in the dead one run again, and every result comes back exactly once."""
+    import os
+
+    (tmp_path / "parent").write_text(str(os.getpid()))
+    ex = LocalExecutor(2, warm=_warm_up)
+    try:
+        # 40 tasks of 0.05 s: this process alone would need 2 s, so the pool takes some.
+        got = sorted(r for _, r in ex.map_unordered(_die_once_in_a_pool_process, [(str(tmp_path), i) for i in range(40)]))
+        assert [i for i, _ in got] == list(range(40))  # each exactly once, the lost one included
+        assert (tmp_path / "died").exists() and ex.pools_replaced == 1
+        assert len({pid for _, pid in got}) >= 2  # the new pool took tasks too
+        # The new pool serves the next stage as the old one did.
+        again = sorted(r for _, r in ex.map_unordered(_die_once_in_a_pool_process, [(str(tmp_path), i) for i in range(20)]))
+        assert [i for i, _ in again] == list(range(20)) and ex.pools_replaced == 1
+    finally:
+        ex.close()
+
+
+def test_a_task_that_kills_every_worker_stops_the_build_naming_it(tmp_path) -> None:
+    import os
+
+    import pytest
+
+    from curriculum.executors import MAX_WORKER_DEATHS, WorkerDied
+
+    (tmp_path / "parent").write_text(str(os.getpid()))
+    ex = LocalExecutor(2)  # no warm-up: tasks go to the pool at once
+    try:
+        specs = [(str(tmp_path), 0), (str(tmp_path), 1)]  # 0: this process's; 1: the pool's, every time
+        with pytest.raises(WorkerDied, match=rf"died {MAX_WORKER_DEATHS + 1} times while running the tuple of .*--workers"):
+            list(ex.map_unordered(_always_die_in_a_pool_process, specs))
+        assert ex.pools_replaced == MAX_WORKER_DEATHS
+    finally:
+        ex.close()
