@@ -15,11 +15,12 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, model_validator
 
 from curriculum.errors import ManifestError
 
@@ -53,12 +54,37 @@ class TokenizerMeta(BaseModel):
 
     name: str
     sha256: str
-    vocab_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0, le=2**31)  # ids travel as int32 on the wire
     cls_id: int = Field(ge=0)
     sep_id: int = Field(ge=0)
     mask_id: int = Field(ge=0)
     pad_id: int = Field(ge=0)
-    special_ids: list[int] = Field(default_factory=list)
+    special_ids: list[NonNegativeInt] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _ids_in_vocabulary(self) -> TokenizerMeta:
+        # The same rules as curriculum.tokenize.load_tokenizer: an id outside the vocabulary
+        # would reach the model's embedding, a MASK equal to another role hides masked positions.
+        ids = {"cls_id": self.cls_id, "sep_id": self.sep_id, "mask_id": self.mask_id, "pad_id": self.pad_id}
+        ids.update({f"special_ids[{i}]": v for i, v in enumerate(self.special_ids)})
+        out = [f"{k}={v}" for k, v in ids.items() if v >= self.vocab_size]
+        if out:
+            raise ValueError(f"{', '.join(out[:5])} outside the vocabulary [0, {self.vocab_size})")
+        if self.mask_id in (self.cls_id, self.sep_id, self.pad_id):
+            raise ValueError(f"mask_id {self.mask_id} equals the CLS, SEP or PAD id")
+        if len({*ids.values()}) >= self.vocab_size:
+            raise ValueError(f"all {self.vocab_size} ids are special: no ordinary token is left to mask with")
+        return self
+
+
+class DocumentCounts(BaseModel):
+    """`documents` of a built manifest.json: input = kept + sum(dropped)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    input: NonNegativeInt
+    kept: NonNegativeInt
+    dropped: dict[str, NonNegativeInt]
 
 
 class ManifestMeta(BaseModel):
@@ -72,6 +98,19 @@ class ManifestMeta(BaseModel):
     build: dict = Field(default_factory=dict)
     file_issues: list[dict] = Field(default_factory=list)
     mean_doc_tokens: float | None = None
+
+    @model_validator(mode="after")
+    def _documents_shape(self) -> ManifestMeta:
+        # Kept as an extra field (so the fingerprint of existing manifests does not move), but
+        # checked: `verify` and `inspect` read its counts.
+        docs = (self.model_extra or {}).get("documents")
+        if docs is not None:
+            try:
+                DocumentCounts.model_validate(docs)
+            except ValidationError as exc:
+                e = exc.errors()[0]
+                raise ValueError(f"{'.'.join(['documents', *(str(x) for x in e['loc'])])}: {e['msg']}") from None
+        return self
 
 
 @dataclass(frozen=True)
@@ -105,10 +144,15 @@ class Manifest:
 
     def shard_location(self, rel: str) -> Path | str:
         """Where shard `rel` (a `path` of shards.parquet) lives: a `Path` under a local root, a
-        URI string (query kept) under a remote one."""
+        URI string (query kept) under a remote one. ManifestError when a local shard resolves
+        (through a symlink) outside the manifest directory: it is never opened."""
         from curriculum.storage import join
 
-        return join(self.root, rel)
+        loc = join(self.root, rel)
+        if isinstance(loc, Path) and not loc.resolve().is_relative_to(Path(self.root).resolve()):
+            raise ManifestError(f"shard {rel}: leads to {loc.resolve()}, outside the manifest directory {self.root}; "
+                                "copy the shard into the manifest (or rebuild that language)")
+        return loc
 
 
 def drop_columns(df: pl.DataFrame) -> list[str]:
@@ -120,9 +164,23 @@ def _check_columns(df: pl.DataFrame, schema: dict[str, pl.DataType], where: Path
     if missing:
         raise ManifestError(f"{where}: missing column(s) {', '.join(missing)}; rebuild the manifest")
     try:
-        return df.with_columns([pl.col(c).cast(t, strict=True) for c, t in schema.items()])
+        df = df.with_columns([pl.col(c).cast(t, strict=True) for c, t in schema.items()])
     except pl.exceptions.PolarsError as exc:
         raise ManifestError(f"{where}: a column has the wrong type ({exc}); rebuild the manifest") from None
+    nulls = [c for c in schema if df[c].null_count()]
+    if nulls:
+        raise ManifestError(f"{where}: null values in column(s) {', '.join(nulls)}; rebuild the manifest")
+    counts = [c for c, t in schema.items() if t.is_integer()]
+    negative = [c for c in counts if df.height and df[c].min() < 0]
+    if negative:
+        raise ManifestError(f"{where}: negative values in column(s) {', '.join(negative)}; rebuild the manifest")
+    return df
+
+
+def _unsafe_shard_path(rel: str) -> bool:
+    """True unless `rel` is a relative path that stays inside the manifest (no `..`, not absolute)."""
+    p = PurePosixPath(rel)
+    return not rel or "\x00" in rel or p.is_absolute() or ".." in p.parts or p.parts in ((), (".",))
 
 
 def read_manifest(root: str | Path) -> Manifest:
@@ -135,13 +193,11 @@ def read_manifest(root: str | Path) -> Manifest:
     root = storage.local_path(root)
     if not root.is_dir():
         raise ManifestError(f"manifest {root}: not a directory; run `curriculum build` or `curriculum synth` first")
-    return _validate(root, lambda name: (root / name).read_bytes(), lambda name: pl.read_parquet(root / name),
+    return _validate(root, lambda name: (root / name).read_bytes(), lambda name: _parquet((root / name).read_bytes()),
                      lambda name: root / name)
 
 
 def _read_remote(root: str) -> Manifest:
-    import io
-
     from curriculum import storage
 
     def where(name: str) -> str:
@@ -149,9 +205,19 @@ def _read_remote(root: str) -> Manifest:
 
     try:
         return _validate(root, lambda name: storage.read_bytes(storage.join(root, name)),
-                         lambda name: pl.read_parquet(io.BytesIO(storage.read_bytes(storage.join(root, name)))), where)
+                         lambda name: _parquet(storage.read_bytes(storage.join(root, name))), where)
     except storage.StorageError as exc:
         raise ManifestError(str(exc)) from None
+
+
+def _parquet(data: bytes) -> pl.DataFrame:
+    """A Parquet table read by pyarrow: on corrupt bytes it raises, where polars' own reader can
+    abort the whole process (a failed allocation for a corrupt length)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(pa.BufferReader(data))
+    table.validate(full=True)  # e.g. strings that are not UTF-8, which polars would panic on later
+    return pl.from_arrow(table)
 
 
 def _validate(root: Path | str, read_bytes, read_table, where) -> Manifest:
@@ -163,10 +229,13 @@ def _validate(root: Path | str, read_bytes, read_table, where) -> Manifest:
         meta = ManifestMeta.model_validate_json(read_bytes(MANIFEST_JSON))
     except FileNotFoundError:
         raise ManifestError(f"{mpath}: missing; is {display(root)} a manifest directory?") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise ManifestError(f"{mpath}: cannot read it ({exc.strerror or exc})") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise ManifestError(f"{mpath}: field {loc!r}: {first['msg']}") from None
+        what = (f"field {loc!r}: " if loc else "") + first["msg"].removeprefix("Value error, ")
+        raise ManifestError(f"{mpath}: {what}; rebuild the manifest (`curriculum build`)") from None
     if meta.format_version != FORMAT_VERSION:
         raise ManifestError(
             f"{mpath}: format_version {meta.format_version} is not supported (expected {FORMAT_VERSION})"
@@ -178,19 +247,33 @@ def _validate(root: Path | str, read_bytes, read_table, where) -> Manifest:
             df = read_table(name)
         except FileNotFoundError:
             raise ManifestError(f"{p}: missing; the manifest is incomplete") from None
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            raise ManifestError(f"{p}: not a readable Parquet file ({exc})") from None
+        except (pa.ArrowException, OSError, ValueError, pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
+            # (polars panics, a BaseException, on a column name that is not UTF-8)
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise ManifestError(f"{p}: not a readable Parquet file ({first_line})") from None
         tables[name] = _check_columns(df, schema, p)
+        if name == LANGUAGES_PARQUET:  # drop counts are counts too (inspect and the report sum them)
+            _check_columns(df.select(drop_columns(df)), {c: pl.Int64() for c in drop_columns(df)}, p)
     langs, shards = tables[LANGUAGES_PARQUET], tables[SHARDS_PARQUET]
 
     dup = langs.filter(pl.col("language").is_duplicated())["language"].unique().sort().to_list()
     if dup:
         raise ManifestError(f"{where(LANGUAGES_PARQUET)}: language(s) listed twice: {', '.join(dup)}")
-    bad = langs.filter((pl.col("tokens") < 0) | (pl.col("docs") < 0))["language"].to_list()
-    if bad:
-        raise ManifestError(f"{where(LANGUAGES_PARQUET)}: negative counts for {', '.join(bad[:10])}")
     if meta.kind == "built":
         _check_shards_agree(display(root), langs, shards, where(SHARDS_PARQUET))
+    unsafe = [r for r in shards["path"].to_list() if _unsafe_shard_path(r)]
+    if unsafe:
+        raise ManifestError(f"{where(SHARDS_PARQUET)}: shard path(s) {', '.join(repr(r) for r in unsafe[:5])} are not "
+                            "relative paths inside the manifest directory; rebuild the manifest")
+    dup = shards.filter(pl.col("path").is_duplicated())["path"].unique().sort().to_list()
+    if dup:
+        raise ManifestError(f"{where(SHARDS_PARQUET)}: shard(s) listed twice: {', '.join(dup[:5])}; "
+                            "rebuild the manifest")
+    dup = shards.filter(pl.struct("language", "index").is_duplicated())
+    if dup.height:
+        r = dup.row(0, named=True)
+        raise ManifestError(f"{where(SHARDS_PARQUET)}: language {r['language']} has two shards with index {r['index']}; "
+                            "rebuild the manifest")
     return Manifest(root=root, meta=meta, languages=langs, shards=shards)
 
 

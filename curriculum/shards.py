@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curriculum.errors import CurriculumError
+
 SHARD_SCHEMA = pa.schema(
     [
         pa.field("tokens", pa.large_list(pa.uint32())),
@@ -29,8 +31,9 @@ SHARD_SCHEMA = pa.schema(
 DEFAULT_SHARD_BYTES = 256 << 20
 
 
-class ShardError(Exception):
-    """A shard file is missing, corrupt or not in the shard format."""
+class ShardError(CurriculumError):
+    """A shard file is missing, corrupt or not in the shard format (a CurriculumError, so every
+    command reports it in one line)."""
 
 
 @dataclass(frozen=True)
@@ -118,22 +121,27 @@ class _HashingSink:
 
 
 def open_shard(path: str | Path) -> ShardView:
-    """Memory-map a shard; the returned arrays are views of the file, nothing is copied."""
+    """Memory-map a shard; the returned arrays are views of the file, nothing is copied. Raises
+    ShardError naming the file for anything that is not a well-formed shard: the offsets are
+    validated (monotone, inside the token buffer) before the kernels read through them."""
     path = Path(path)
     try:
         source = pa.memory_map(str(path), "r")
         reader = pa.ipc.open_file(source)
+        schema = reader.schema
+        i = schema.get_field_index("tokens")  # -1 when absent or repeated
+        if i < 0 or schema.field(i).type != SHARD_SCHEMA.field("tokens").type or reader.num_record_batches != 1:
+            raise ShardError(f"shard {path}: unexpected layout (schema {schema}); rebuild it")
+        batch = reader.get_batch(0)
+        col = batch.column(i)
+        col.validate(full=True)  # Arrow's checks of untrusted offsets: O(docs), ~1 ms a million
+        offsets = np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col) + 1, offset=col.offset * 8)
+        values = col.values
+        tokens = np.frombuffer(values.buffers()[1], dtype=np.uint32, count=len(values), offset=values.offset * 4)
     except FileNotFoundError:
         raise ShardError(f"shard {path}: missing; rerun `curriculum build` or check the manifest path") from None
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError, ValueError) as exc:  # corrupt, truncated, a directory, ...
         raise ShardError(f"shard {path}: not a readable Arrow IPC file ({exc}); rebuild it") from None
-    if reader.schema.field("tokens").type != SHARD_SCHEMA.field("tokens").type or reader.num_record_batches != 1:
-        raise ShardError(f"shard {path}: unexpected layout (schema {reader.schema}); rebuild it")
-    batch = reader.get_batch(0)
-    col = batch.column("tokens")
-    offsets = np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col) + 1)
-    values = col.values
-    tokens = np.frombuffer(values.buffers()[1], dtype=np.uint32, count=len(values))
     if offsets[0] != 0 or offsets[-1] != tokens.size:
         raise ShardError(f"shard {path}: offsets do not match the token buffer; rebuild it")
     return ShardView(offsets=offsets, tokens=tokens, _source=batch)

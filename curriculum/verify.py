@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from curriculum import storage
-from curriculum.errors import CurriculumError
+from curriculum.errors import CurriculumError, ManifestError
 from curriculum.manifest import Manifest, read_manifest
 from curriculum.shards import ShardError, open_shard, sha256_file
 
@@ -22,7 +22,15 @@ def verify_manifest(root: str | Path) -> tuple[int, list[str]]:
     with tempfile.TemporaryDirectory(prefix="curriculum-verify-") as scratch:
         for r in m.shards.iter_rows(named=True):
             where = f"shard {r['path']} ({r['language']})"
-            fetched = _fetch(m, r["path"], Path(scratch) / "shard.arrow")
+            try:
+                fetched = _fetch(m, r["path"], Path(scratch) / "shard.arrow")
+            except ManifestError as exc:  # a symlink out of the manifest directory: never read
+                problems.append(str(exc))
+                continue
+            except (OSError, storage.StorageError) as exc:  # a directory, no permission, ...
+                problems.append(f"{where}: cannot read it ({getattr(exc, 'strerror', None) or exc}); "
+                                "rerun `curriculum build` with the same settings to rewrite it")
+                continue
             if fetched is None:
                 problems.append(f"{where}: missing; rerun `curriculum build` with the same settings to rewrite it")
                 continue
@@ -58,7 +66,7 @@ def _fetch(m: Manifest, rel: str, scratch: Path) -> tuple[Path, str] | None:
     """(local path to open, sha256) of a shard, or None if it is missing. Local shards are read in
     place; remote ones are downloaded to `scratch` (overwritten shard after shard)."""
     if not m.is_remote:
-        path = m.root / rel
+        path = m.shard_location(rel)
         return (path, sha256_file(path)) if path.exists() else None
     # A new file each time (never truncate the previous one in place: it may still be mapped).
     scratch.unlink(missing_ok=True)

@@ -140,7 +140,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     if settings.warmup:
         try:
             sampler.batch(0)  # loads the kernels, opens step 0's shards: the first request is not slow
-        except ShardError as exc:
+        except (ShardError, ValueError) as exc:
             raise StartupError(f"warm-up (step 0) failed: {exc}") from None
     static = _load_static()
     variant_plans = _variant_plans(svc)

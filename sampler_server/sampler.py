@@ -30,7 +30,7 @@ from curriculum.manifest import Manifest, read_manifest
 from curriculum.plan import PhasePlan, plan_phase
 from curriculum.recipe import Phase, Recipe, load_recipe
 from curriculum.schedule import StepInfo, Timeline
-from curriculum.shards import open_shard
+from curriculum.shards import ShardError, open_shard
 from sampler_server.cache import DEFAULT_CACHE_BYTES, ShardCache
 from sampler_server.kernels.blend import BlendIndex, adaptive_chunk
 from sampler_server.kernels.assemble import assemble
@@ -281,6 +281,19 @@ class Sampler:
     def _segments(self) -> list[list[_Segment]]:
         return self._state.segments
 
+    def _raise_bad_shard(self, langs: np.ndarray, exc: ValueError) -> None:
+        """A batch read a token id past the vocabulary: name the shard (ShardError: the server's
+        503 and /readyz false, as for any shard that breaks while serving). Only on this error
+        path are the shards' tokens scanned; checking every shard as it opens would read whole
+        files where a batch reads a few pages."""
+        V = self.tokenizer.vocab_size
+        for i in sorted(set(langs.tolist())):
+            found = self._streams[i].token_at_least(V) if self._streams[i] is not None else None
+            if found is not None:
+                raise ShardError(f"shard {found[0]}: token id {found[1]} is not below the tokenizer's vocabulary size "
+                                 f"{V} (damaged, or built with another tokenizer); run `curriculum verify` and rebuild "
+                                 f"{self.languages[i]}") from exc
+
     def _make_streams(self, block_tokens: int) -> list[LanguageStream | None]:
         if self.manifest.meta.kind == "synthetic":
             # No shards: a virtual corpus of the manifest's sizes, generated on read.
@@ -501,6 +514,10 @@ class Sampler:
             cu = assemble(table, row_first, np.int64(tok.cls_id), np.int64(tok.sep_id), input_ids, labels, keys,
                           ratios, self._is_special, np.int32(tok.mask_id), self._random_pool, self._pool_run,
                           self._free_range)
+        except ValueError as exc:
+            if "token id lies outside" in str(exc):
+                self._raise_bad_shard(langs, exc)
+            raise
         finally:
             numba.set_num_threads(prev)
         del runs  # the arrays the runs pointed into may go now

@@ -160,6 +160,14 @@ class LanguageStream:
             self._addrs = [(v.tokens.ctypes.data, v.offsets.ctypes.data) for v in shards]
             self._shards, self._table = shards, table
 
+    def token_at_least(self, limit: int) -> tuple[Path | str, int] | None:
+        """(path, id) of the first loaded shard holding a token id >= `limit` (damage a size check
+        misses, or a shard of another tokenizer). Reads every token: for the error path only."""
+        for path, view in zip(self.paths, self._shards or ()):
+            if view.tokens.size and int(view.tokens.max()) >= limit:
+                return path, int(view.tokens.max())
+        return None
+
     @property
     def table(self) -> BlockTable:
         if self._table is None:

@@ -40,11 +40,16 @@ concatenates header + messages + end-of-stream in order.
 Decoded arrays equal the sampler's `Batch` fields byte for byte: `input_ids` (and dense
 `labels`) are zero-copy, read-only views of the Arrow buffer (of the decompressed buffer with
 zstd); sparse labels are expanded into a fresh int32[B, L] filled with -100; `cu_seqlens` is
-rebuilt over the flattened B·L tokens (FlashAttention-2 varlen layout).
+rebuilt over the flattened B·L tokens (FlashAttention-2 varlen layout). Decoding checks what it
+reads first (columns and types against the schema above, Arrow's full validation of every buffer,
+positions inside their rows and ascending, language indices inside the dictionary) and raises
+WireError, a ValueError, for anything else: corrupt or truncated bytes never decode into arrays
+of other shapes.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -322,39 +327,98 @@ def _matrix(col: pa.Array, B: int, L: int) -> np.ndarray:
 def _parse_metadata(raw: Mapping[bytes, bytes] | None) -> dict[str, str | int | float]:
     if raw is None:
         raise WireError("record batch without metadata: not a batch stream of wire version " + WIRE_VERSION)
-    md = {k.decode(): v.decode() for k, v in raw.items()}
+    try:
+        md = {k.decode(): v.decode() for k, v in raw.items()}
+    except UnicodeDecodeError:
+        raise WireError("batch metadata is not UTF-8: the response is corrupt") from None
     missing = [k for k in METADATA_FIELDS if k not in md]
     if missing:
         raise WireError(f"batch metadata lacks {', '.join(missing)}; server and client wire versions differ?")
     types = {**OPTIONAL_METADATA, **METADATA_FIELDS}
-    return {k: (types[k](v) if k in types else v) for k, v in md.items()}
+    out: dict[str, str | int | float] = {}
+    for k, v in md.items():
+        try:
+            out[k] = types[k](v) if k in types else v
+        except ValueError:
+            raise WireError(f"batch metadata {k}={v!r} is not a {types[k].__name__}: the response is corrupt") from None
+    return out
+
+
+def _check_layout(rb: pa.RecordBatch) -> tuple[int, int, bool]:
+    """(B, L, dense labels) of a record batch that is exactly a batch of this wire version:
+    the schema's columns and types, then Arrow's full validation (offsets within their buffers,
+    dictionary indices within the dictionary) before any buffer is read, so corrupt bytes raise
+    WireError instead of reading out of bounds (pyarrow aborts the process on such offsets)."""
+    meta = rb.schema.metadata or {}
+    if meta.get(b"lc.wire") != WIRE_VERSION.encode():
+        raise WireError(f"stream is wire version {meta.get(b'lc.wire')!r}, this client reads {WIRE_VERSION!r}")
+    mode = meta.get(b"lc.labels", b"").decode(errors="replace")
+    if mode not in LABEL_MODES:
+        raise WireError(f"schema metadata lc.labels={mode!r}, expected one of {', '.join(LABEL_MODES)}")
+    try:
+        got = [(f.name, f.type) for f in rb.schema]
+    except UnicodeDecodeError:
+        raise WireError("a column name is not UTF-8: the response is corrupt") from None
+    ids = dict(got).get("input_ids")
+    L = ids.list_size if isinstance(ids, pa.FixedSizeListType) else 0
+    if L < 1 or got != _layout(L, mode):
+        shown = ", ".join(f"{n}: {t}" for n, t in got)
+        raise WireError(f"record batch columns ({shown}) are not a {mode}-label batch of wire version {WIRE_VERSION}")
+    if rb.num_rows < 1:
+        raise WireError("record batch has no rows: a batch holds at least one sequence")
+    try:
+        rb.validate(full=True)
+    except pa.ArrowException as exc:
+        raise WireError(f"corrupt record batch ({exc})") from None
+    for f, col in zip(rb.schema, rb.columns):
+        child = col.indices if f.name == "lang" else col.values
+        if col.null_count or child.null_count:
+            raise WireError(f"column {f.name} holds nulls: the response is corrupt")
+    return rb.num_rows, L, mode == "dense"
+
+
+@functools.lru_cache(maxsize=16)
+def _layout(seq_len: int, labels: str) -> list[tuple[str, pa.DataType]]:
+    """(name, type) of each column of a batch with rows of `seq_len` tokens."""
+    return [(f.name, f.type) for f in batch_schema(seq_len, labels)]  # type: ignore[arg-type]
+
+
+def _row_positions(name: str, off: np.ndarray, pos: np.ndarray, B: int, L: int) -> np.ndarray:
+    """Flat positions (row * L + pos) of a per-row list of positions; WireError unless every
+    position lies in its row and they ascend strictly."""
+    if pos.size and (int(pos.min()) < 0 or int(pos.max()) >= L):
+        raise WireError(f"column {name}: a position lies outside [0, {L}): the response is corrupt")
+    flat = np.repeat(np.arange(B, dtype=np.int64), np.diff(off)) * L + pos
+    if np.any(np.diff(flat) <= 0):
+        raise WireError(f"column {name}: positions do not ascend within their rows: the response is corrupt")
+    return flat
 
 
 def from_record_batch(rb: pa.RecordBatch, custom_metadata: Mapping[bytes, bytes] | None,
                       languages: tuple[str, ...] | None = None) -> WireBatch:
-    """Decode one record batch (plus its custom metadata) of a batch stream."""
-    meta = rb.schema.metadata or {}
-    if meta.get(b"lc.wire") != WIRE_VERSION.encode():
-        raise WireError(f"stream is wire version {meta.get(b'lc.wire')!r}, this client reads {WIRE_VERSION!r}")
-    ids_col = rb.column("input_ids")
-    L = ids_col.type.list_size
-    B = rb.num_rows
-    input_ids = _matrix(ids_col, B, L)
-    if meta.get(b"lc.labels") == b"dense":
+    """Decode one record batch (plus its custom metadata) of a batch stream; WireError when it
+    is not a well-formed batch (shapes, positions and language indices are checked)."""
+    B, L, dense = _check_layout(rb)
+    input_ids = _matrix(rb.column("input_ids"), B, L)
+    if dense:
         labels = _matrix(rb.column("labels"), B, L)
     else:
         off, pos = _values(rb.column("mask_pos"))
-        _, lab = _values(rb.column("mask_label"))
+        off2, lab = _values(rb.column("mask_label"))
+        if not np.array_equal(off, off2):
+            raise WireError("columns mask_pos and mask_label differ in length per row: the response is corrupt")
         labels = np.full((B, L), IGNORE_INDEX, np.int32)
-        rows = np.repeat(np.arange(B, dtype=np.int64), np.diff(off))
-        labels.reshape(-1)[rows * L + pos] = lab
+        labels.reshape(-1)[_row_positions("mask_pos", off, pos, B, L)] = lab
     off, starts = _values(rb.column("doc_starts"))
-    rows = np.repeat(np.arange(B, dtype=np.int64), np.diff(off))
+    if np.any(np.diff(off) < 1) or np.any(starts[off[:-1]] != 0):
+        raise WireError("column doc_starts: a row does not start with position 0: the response is corrupt")
     cu = np.empty(starts.size + 1, np.int32)
-    cu[:-1] = rows * L + starts
+    cu[:-1] = _row_positions("doc_starts", off, starts, B, L)
     cu[-1] = B * L
     lang_col = rb.column("lang")
     lang = lang_col.indices.to_numpy(zero_copy_only=True)
+    if int(lang.min()) < 0 or int(lang.max()) >= len(lang_col.dictionary):
+        raise WireError(f"column lang: an index lies outside the {len(lang_col.dictionary)} languages")
     if languages is None:
         languages = dictionary_names(lang_col.dictionary)
     return WireBatch(input_ids, labels, cu, lang, languages, _parse_metadata(custom_metadata))
@@ -388,14 +452,16 @@ def decode_stream(source: bytes | bytearray | memoryview | pa.Buffer | io.RawIOB
     while not at_end():
         try:
             reader = pa.ipc.open_stream(reader_src)
-        except pa.ArrowInvalid as exc:
+        except (pa.ArrowException, OSError, ValueError) as exc:
             raise WireError(f"not an Arrow IPC stream ({exc})") from None
         while True:
             try:
                 rb, md = reader.read_next_batch_with_custom_metadata()
             except StopIteration:
                 break
-            yield from_record_batch(rb, md, dictionary_names(rb.column("lang").dictionary))
+            except (pa.ArrowException, OSError, ValueError) as exc:  # truncated or corrupt bytes
+                raise WireError(f"corrupt Arrow IPC stream ({exc})") from None
+            yield from_record_batch(rb, md)
 
 
 def _peek(f: io.IOBase) -> bool:
@@ -409,7 +475,7 @@ def _peek(f: io.IOBase) -> bool:
 
 
 def decode(data: bytes | bytearray | memoryview | pa.Buffer) -> WireBatch:
-    """The single batch of a `GET /v1/batches/{step}` response."""
+    """The single batch of a `GET /v1/batches/{step}` response; WireError if it is not one."""
     out = list(decode_stream(data))
     if len(out) != 1:
         raise WireError(f"expected one batch, the stream holds {len(out)}; use decode_stream for /v1/stream")
