@@ -5,8 +5,9 @@ O_APPEND descriptor followed by fsync, made under an exclusive `flock` of `<jour
 line is either wholly there or (after a crash mid-write) a torn tail without its newline, which
 readers ignore and the next append cuts off.
 
-`<journal>.watermark` holds the highest step any replica has served or any trainer reported, and
-`<journal>.run` the run the journal belongs to (manifest + recipe + seed; see `claim`).
+`<journal>.watermark` holds the highest step any replica has served or any trainer reported,
+`<journal>.run` the run the journal belongs to (manifest + recipe + seed; see `claim`), and
+`<journal>.policy` which replica runs the feedback policy (a lease; see `hold_policy`).
 The protocol that keeps replicas from ever serving a step >= an amendment's `from_step` with
 the old bytes:
 - a replica, before it first serves a step above its own watermark, takes the lock, raises the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -179,9 +181,7 @@ class Journal:
             try:
                 theirs = json.loads(self.run_path.read_text())
             except FileNotFoundError:
-                tmp = self.run_path.with_name(f".{self.run_path.name}.{os.getpid()}")
-                tmp.write_text(json.dumps({"owner": owner, "run": about}) + "\n")
-                os.replace(tmp, self.run_path)
+                _write_json(self.run_path, {"owner": owner, "run": about})
                 return
             except ValueError:
                 theirs = {"owner": None, "run": f"unreadable {self.run_path}"}
@@ -189,6 +189,22 @@ class Journal:
                 theirs = theirs if isinstance(theirs, dict) else {"run": f"unreadable {self.run_path}"}
                 raise owner_refusal(str(self.path), theirs, owner, about,
                                     f"delete {self.path} and its .watermark, .run and .lock files")
+
+    @property
+    def policy_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".policy")
+
+    def hold_policy(self, holder: str, ttl: float) -> dict | None:
+        """Take or renew the lease on running the feedback policy: None when `holder` holds it
+        now, else the record of the replica that does (renewed less than `ttl` seconds ago).
+        Replicas started alike all ask; one runs the policy, and another takes over `ttl` after
+        it stops renewing (it died, or progress reports stopped reaching it)."""
+        with self.locked():
+            try:
+                theirs = json.loads(self.policy_path.read_text())
+            except (FileNotFoundError, ValueError):
+                theirs = None
+            return lease(theirs, holder, ttl, lambda rec: _write_json(self.policy_path, rec))
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -250,6 +266,26 @@ class Journal:
             _fsync_dir(self.path.parent)
             self.refresh()
         return a
+
+
+def lease(theirs: object, holder: str, ttl: float, write: Callable[[dict], None]) -> dict | None:
+    """The lease rule, for both journal kinds: `theirs` (the stored record, if any) stands while
+    it is another holder's and fresh; otherwise `holder` takes it (`write`) and None is returned."""
+    now = time.time()
+    if isinstance(theirs, dict) and theirs.get("holder") != holder:
+        try:
+            if now - float(theirs.get("seen", 0)) < ttl:
+                return theirs
+        except (TypeError, ValueError):
+            pass  # an unreadable record does not hold the lease
+    write({"holder": holder, "seen": now})
+    return None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data) + "\n")
+    os.replace(tmp, path)
 
 
 def _cut_torn_tail(fd: int) -> None:

@@ -1,7 +1,8 @@
 """The amendment journal as one S3 object, for replicas that share no filesystem.
 
-The object holds `{"watermark": int, "entries": [amendment, ...], "owner": str, "run": str}`
-(the run it belongs to: see `Journal.claim`). Every change — raising the
+The object holds `{"watermark": int, "entries": [amendment, ...], "owner": str, "run": str,
+"policy": {"holder": str, "seen": float}}` (the run it belongs to, `Journal.claim`; the replica
+running the feedback policy, `Journal.hold_policy`). Every change — raising the
 served-step watermark (`publish`) or admitting an amendment (`append`) — is a read, then a PUT
 conditional on the ETag just read (`If-Match`; `If-None-Match: *` to create it): S3's
 compare-and-swap. A writer that lost the race re-reads and tries again. So publish and append
@@ -24,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from curriculum.amend import Amendment, parse_amendment
 from curriculum.errors import CurriculumError
-from curriculum.journal import admissible, earliest_step, owner_refusal
+from curriculum.journal import admissible, earliest_step, lease, owner_refusal
 
 CAS_ATTEMPTS = 64
 
@@ -155,6 +156,20 @@ class ObjectJournal:
             return False
 
         self._cas(take)
+
+    def hold_policy(self, holder: str, ttl: float) -> dict | None:
+        """`Journal.hold_policy`: the lease lives in the object, taken by compare-and-swap."""
+        held: list[dict | None] = [None]
+
+        def take(state: dict) -> bool:
+            written: list[dict] = []
+            held[0] = lease(state.get("policy"), holder, ttl, written.append)
+            if written:
+                state["policy"] = written[0]
+            return bool(written)
+
+        self._cas(take)
+        return held[0]
 
     def publish(self, step: int) -> bool:
         def raise_watermark(state: dict) -> bool:

@@ -15,12 +15,21 @@ least lo/hi of its recipe share (before epoch caps): 1/4 with the default [0.5, 
 The proposal is an ordinary amendment (source `policy:loss-balance`) at
 max(watermark + lookahead, earliest allowed step): replaying the journal reproduces every byte
 without running the policy.
+
+One replica at a time runs it: each holds a lease in the journal (`Journal.hold_policy`),
+renewed as progress reports reach it. Replicas started alike (`--policy` on all of them) are
+safe: the others stand by, and one takes over `lease_seconds` after the holder stops renewing.
+Two policies acting on one run would each move the multipliers, compounding every step.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import socket
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +43,7 @@ log = logging.getLogger("sampler_server.policy")
 
 NAME = "loss-balance"
 MIN_CHANGE = 1e-3  # relative changes below this are not worth an amendment
+LEASE_SECONDS = 600.0  # a policy replica that stopped renewing is replaced after this long
 
 
 def propose_multipliers(loss: dict[str, float], shares: dict[str, float], current: dict[str, float],
@@ -62,10 +72,26 @@ def propose_multipliers(loss: dict[str, float], shares: dict[str, float], curren
     return out
 
 
+def _gone(holder: str) -> bool:
+    """A lease holder on this host whose process no longer exists (so its lease need not lapse)."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 class LossBalancePolicy:
     """Acts from `POST /v1/progress` (see `maybe_amend`); one per server process."""
 
-    def __init__(self, every: int, lookahead: int, max_change: float, bounds: tuple[float, float]):
+    def __init__(self, every: int, lookahead: int, max_change: float, bounds: tuple[float, float],
+                 holder: str | None = None, lease_seconds: float = LEASE_SECONDS):
         lo, hi = bounds
         if not 0 < lo <= 1 <= hi:
             raise ValueError(f"policy bounds must satisfy 0 < lo <= 1 <= hi, got {bounds}")
@@ -74,11 +100,38 @@ class LossBalancePolicy:
         self.last_step = -1  # reports after this step feed the next proposal
         self.proposals = 0
         self.refused = 0
+        # host:pid:object — two apps in one process (tests) are two replicas too.
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.lease_seconds = float(lease_seconds)
+        self.standby_for: dict | None = None  # the lease holder's record while another replica runs the policy
+        self._renewed = -math.inf  # time.monotonic() of the last renewal of our lease
         self._lock = threading.Lock()
 
+    def holds_lease(self, journal) -> bool:
+        """Whether this replica runs the policy now (renewing its lease at most every quarter
+        lease; a replica on standby asks on every report, to take over once the lease lapses)."""
+        now = time.monotonic()
+        if self.standby_for is None and now - self._renewed < self.lease_seconds / 4:
+            return True
+        other = journal.hold_policy(self.holder, self.lease_seconds)
+        if other is not None and _gone(str(other.get("holder", ""))):  # a replica restarted on this host
+            other = journal.hold_policy(self.holder, 0.0)
+        if other is None:
+            if self.standby_for is not None:
+                log.warning("policy: taking over from %s (its lease lapsed)", self.standby_for.get("holder"))
+            self._renewed, self.standby_for = now, None
+            return True
+        if self.standby_for is None:
+            log.warning("policy: on standby, %s runs it on this journal (one replica at a time)", other.get("holder"))
+        self.standby_for = other
+        return False
+
     def maybe_amend(self, svc: Service, step: int) -> Amendment | None:
-        """Propose and admit an amendment when `step` reached the next policy step."""
-        if step < self.next_step or not svc.live.enabled:
+        """Propose and admit an amendment when `step` reached the next policy step (and this
+        replica holds the policy lease)."""
+        if not svc.live.enabled or not self.holds_lease(svc.live.journal):
+            return None
+        if step < self.next_step:
             return None
         with self._lock:
             if step < self.next_step:

@@ -286,3 +286,16 @@ def test_a_journal_belongs_to_one_run(path):
     j.run_path.write_text("{torn")
     with pytest.raises(JournalOwnerError, match="unreadable"):
         j.claim("aaaa", "run A (seed 0)")
+
+
+def test_the_policy_lease_goes_to_one_holder_at_a_time(path):
+    j = Journal(path)
+    assert j.hold_policy("A", ttl=60) is None  # A takes it
+    assert j.hold_policy("A", ttl=60) is None  # and renews it
+    theirs = Journal(path).hold_policy("B", ttl=60)
+    assert theirs["holder"] == "A"  # B stands by while A's lease is fresh
+    assert json.loads(j.policy_path.read_text())["holder"] == "A"  # asking changed nothing
+    assert Journal(path).hold_policy("B", ttl=0.0) is None  # lapsed (ttl 0): B takes over
+    assert j.hold_policy("A", ttl=60)["holder"] == "B"
+    j.policy_path.write_text("{torn")
+    assert j.hold_policy("A", ttl=60) is None  # an unreadable record holds nothing

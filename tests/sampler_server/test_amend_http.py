@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -199,6 +200,37 @@ def test_loss_balance_policy_amends_within_its_bounds_and_replays(manifest, reci
     replay = reference(manifest, entries)
     for step, w in served.items():
         assert same(w, replay.batch(step)), step
+
+
+def test_one_replica_at_a_time_runs_the_policy(manifest, recipe):
+    """Two replicas started alike with --policy on one journal: reports reach both, but only the
+    lease holder amends; when it stops renewing (lease lapsed), the other takes over."""
+    kw = dict(policy="loss-balance", policy_every=4, policy_lookahead=3)
+    with client(manifest, recipe, **kw) as a, client(manifest, recipe, **kw) as b:
+        pa_, pb = a.app.state.service.policy, b.app.state.service.policy
+        keys = [x["language"] for x in a.get("/v1/mixture", params={"phase": "pretrain"}).json()["languages"]]
+        loss = {k: 3.0 for k in keys} | {keys[-1]: 6.0}
+
+        def report(c, step):
+            fetch(c, step)
+            r = c.post("/v1/progress", json={"step": step, "tokens": (step + 1) * 8192, "loss_by_language": loss})
+            assert r.status_code == 201, r.text
+            return r.json().get("amendment")
+
+        made = [(name, report(c, step)) for step in range(0, 12) for name, c in (("a", a), ("b", b))]
+        holders = {name for name, amendment in made if amendment}
+        assert len(holders) == 1  # one replica amended, whichever asked first
+        first, other = (pa_, pb) if holders == {"a"} else (pb, pa_)
+        assert other.standby_for["holder"] == first.holder and other.proposals == 0
+        before = len(Journal(journal_beside(recipe)).entries)
+        # The holder stops renewing: its lease lapses, and the next report to the other takes over.
+        record = journal_beside(recipe).with_name(journal_beside(recipe).name + ".policy")
+        record.write_text(json.dumps({"holder": first.holder, "seen": 0}))
+        second = b if other is pb else a
+        taken = [report(second, step) for step in range(12, 24)]
+        assert other.standby_for is None and other.proposals >= 1 and any(taken)
+        assert json.loads(record.read_text())["holder"] == other.holder
+        assert len(Journal(journal_beside(recipe)).entries) > before
 
 
 def test_propose_multipliers_rule():

@@ -60,6 +60,14 @@ def test_object_journal_belongs_to_one_run(s3, uri):
     assert [e.reason for e in ObjectJournal(uri).entries] == ["one"]  # the owner fields leave entries alone
 
 
+def test_object_journal_policy_lease(uri):
+    a, b = ObjectJournal(uri), ObjectJournal(uri)
+    a.append(A(5, "one"))
+    assert a.hold_policy("A", 60) is None and b.hold_policy("B", 60)["holder"] == "A"
+    assert b.hold_policy("B", 0.0) is None and a.hold_policy("A", 60)["holder"] == "B"
+    assert [e.reason for e in ObjectJournal(uri).entries] == ["one"]  # the lease leaves entries alone
+
+
 def test_concurrent_appends_all_land_through_conditional_writes(uri):
     writers = [ObjectJournal(uri) for _ in range(3)]
     errors = []
