@@ -53,7 +53,19 @@ class AmendmentConflict(AmendmentError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Finite numbers only: an entry is stored as JSON, where NaN and Infinity become null, so a
+    # journal line with one would no longer read back (and an infinite budget has no schedule).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _unicode(text: str, what: str) -> str:
+    """`text`, unless it holds a lone surrogate (JSON's "\\ud800" reads as one): such a string
+    cannot be written to the journal or put in an error response (UTF-8 has no encoding for it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {ascii(text)[:80]} is not valid Unicode (a lone surrogate); send UTF-8 text") from None
+    return text
 
 
 class PhaseChanges(_Model):
@@ -69,6 +81,13 @@ class PhaseChanges(_Model):
     mask_ratio: Scalar | None = None
     tokens: Annotated[float, Field(gt=0)] | None = Field(None, description="budget; phases after from_step's only")
 
+    @field_validator("languages", "language_weights")
+    @classmethod
+    def _language_text(cls, v: object) -> object:
+        for label in v if isinstance(v, (list, dict)) else ():
+            _unicode(label, "language")
+        return v
+
     def is_empty(self) -> bool:
         return not self.model_dump(exclude_none=True)
 
@@ -82,9 +101,16 @@ class Amendment(_Model):
     source: Annotated[str, Field(max_length=200)] = "manual"
     created_at: datetime | None = None
 
+    @field_validator("reason", "source")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return _unicode(v, "text")
+
     @field_validator("changes")
     @classmethod
     def _non_empty(cls, v: dict[str, PhaseChanges]) -> dict[str, PhaseChanges]:
+        for name in v:
+            _unicode(name, "phase")
         empty = [k for k, c in v.items() if c.is_empty()]
         if empty:
             raise ValueError(f"no change given for phase(s) {', '.join(empty)}")
@@ -323,13 +349,15 @@ def parse_sets(items: list[str], phase_names: list[str]) -> dict[str, dict]:
         key, sep, raw = item.partition("=")
         if not sep or not key or not raw:
             raise AmendmentError(f"--set {item!r}: expected FIELD=VALUE, e.g. tau=0.4 or decay.tokens=5e9", ["--set"])
-        phase, rest = CURRENT, key
-        # The longest phase name that prefixes the key (phase names may contain dots).
-        for name in sorted([*phase_names, CURRENT], key=len, reverse=True):
-            if key.startswith(name + "."):
-                phase, rest = name, key[len(name) + 1:]
-                break
-        parts = [] if key in phase_names or key == CURRENT else rest.split(".")
+        # The phase prefix (phase names may contain dots, or be field names): the longest one that
+        # a field follows; none when the key starts with a field; else the longest (the error
+        # then names the unknown field after it).
+        prefixes = [n for n in sorted([*phase_names, CURRENT], key=len, reverse=True) if key.startswith(n + ".")]
+        fits = [n for n in prefixes if key[len(n) + 1:].split(".")[0] in SETTABLE]
+        chosen = fits[0] if fits else None if key.split(".")[0] in SETTABLE else next(iter(prefixes), None)
+        phase, rest = (chosen, key[len(chosen) + 1:]) if chosen else (CURRENT, key)
+        # A bare phase name sets nothing; a field name is a field even when a phase has that name.
+        parts = [] if chosen is None and key in (*phase_names, CURRENT) and key not in SETTABLE else rest.split(".")
         if not parts or parts[0] not in SETTABLE:
             raise AmendmentError(f"--set {item!r}: unknown field {'.'.join(parts) or '(none)'}; settable: {', '.join(SETTABLE)} "
                                  f"(prefix a phase name for another phase: {', '.join(phase_names)})", ["--set"])

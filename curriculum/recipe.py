@@ -19,7 +19,9 @@ from curriculum.errors import RecipeError
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN / Infinity: TOML and JSON both spell them, and an infinite budget or cap has no
+    # schedule (an infinite phase has no step count; JSON would write it back as null).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Anneal(_Model):
@@ -35,7 +37,9 @@ Scalar = Union[float, Anneal]
 class TopN(_Model):
     """The N languages with the most available tokens (ties broken by key)."""
 
-    top: Annotated[int, Field(gt=0)]
+    # Bounded: more than any manifest has (mmBERT's run: 1,833), and small enough for the
+    # dataframe `head` that takes it (an int64).
+    top: Annotated[int, Field(gt=0, le=1_000_000)]
 
 
 LanguageSelection = Union[Literal["all"], TopN, list[str]]
@@ -72,6 +76,9 @@ class LRSchedule(_Model):
         if self.decay == "one_minus_sqrt":
             return 1.0 - (1.0 - f) * math.sqrt(x)
         return 1.0 / math.sqrt(1.0 + x * (1.0 / (f * f) - 1.0))
+
+
+MAX_WARMUP_STEPS = 1_000_000  # the schedule keeps one entry per warm-up step (mmBERT's ramp: ~25k steps)
 
 
 class BatchWarmup(_Model):
@@ -159,9 +166,28 @@ class Phase(_Model):
                 )
             if w.tokens > self.tokens:
                 raise ValueError("batch_warmup.tokens exceeds the phase's tokens")
+            # Steps of the ramp, integrated in tokens (the schedule rounds each batch down, so a
+            # few more): refused before the schedule walks them one by one, a hang for a typo.
+            L, b0 = self.seq_len, w.min_sequences
+            steps = w.tokens / (b0 * L) if B == b0 else w.tokens / ((B - b0) * L) * math.log(B / b0)
+            if steps > MAX_WARMUP_STEPS:
+                raise ValueError(
+                    f"batch_warmup: a ramp over {w.tokens:.4g} tokens from {b0} to {B} sequences takes about "
+                    f"{steps:,.0f} steps, more than {MAX_WARMUP_STEPS:,}; lower batch_warmup.tokens or raise "
+                    "batch_warmup.min_sequences"
+                )
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique; got {names}")
+        # Each variant must make a valid phase too (a tau out of range, a budget below the
+        # warm-up): found here, naming the variant, not when a plan or a server first resolves it.
+        for v in self.variants:
+            try:
+                self.resolve(v.name)
+            except ValidationError as exc:
+                raise ValueError(f"variant {v.name!r}: " + "; ".join(
+                    f"{_field_path(e['loc']) or 'phase'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+                )) from None
         return self
 
     def resolve(self, variant: str | None = None) -> Phase:
@@ -231,6 +257,9 @@ class Recipe(_Model):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"phase names must be unique; repeated: {', '.join(dup)}")
+        if "current" in names:  # curriculum.amend.CURRENT: an amendment's key for the phase of its from_step
+            raise ValueError("phase name 'current' is reserved (amendments use it for the phase containing their "
+                             "from_step); rename the phase")
         return self
 
     def variant_names(self) -> dict[str, list[str]]:
@@ -288,6 +317,14 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(data, str(p))
 
 
+def _field_path(loc: tuple) -> str:
+    """A pydantic error location as a dotted field path, without pydantic's union-branch tags
+    (e.g. 'TopN', 'float')."""
+    return ".".join(
+        str(x) for x in loc if not (isinstance(x, str) and (x[:1].isupper() or x in {"float", "int", "list[str]", "literal['all']"}))
+    )
+
+
 def _describe(exc: ValidationError, data: dict, source: str) -> str:
     phases = data.get("phases") if isinstance(data, dict) else None
     lines = []
@@ -301,10 +338,7 @@ def _describe(exc: ValidationError, data: dict, source: str) -> str:
                 name = phases[idx].get("name")
             where = f"phase {name!r} (phases[{idx}])" if name else f"phases[{idx}]"
             loc = loc[2:]
-        # Drop pydantic's union-branch tags (e.g. 'TopN', 'float') from the field path.
-        field = ".".join(
-            str(x) for x in loc if not (isinstance(x, str) and (x[:1].isupper() or x in {"float", "int", "list[str]", "literal['all']"}))
-        )
+        field = _field_path(loc)
         parts = [p for p in (where, f"field {field!r}" if field else "") if p]
         key = f"{where}/{field.split('.')[0]}"
         lines.append((key, len(field.split(".")) if field else 0, f"{', '.join(parts) or 'recipe'}: {err['msg']}"))

@@ -23,8 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from curriculum.amend import Amendment, AmendmentError, resolve_current
+import numpy as np
+
+from curriculum.amend import Amendment, AmendmentError, regimes, resolve_current
 from curriculum.journal import Journal
+from sampler_server.kernels.blend import BlendIndex
 from sampler_server.sampler import Sampler
 
 log = logging.getLogger("sampler_server.live")
@@ -50,9 +53,13 @@ class Live:
     """One server process's view of the journal; `samplers()` lists every build to keep amended."""
 
     def __init__(self, journal: Journal | None, samplers: Callable[[], list[Sampler]],
-                 on_applied: Callable[[], None] | None = None):
+                 on_applied: Callable[[], None] | None = None,
+                 check_samplers: Callable[[], list[Sampler]] | None = None):
         self.journal = journal
         self._samplers = samplers
+        # What an admission checks (default: `samplers`, the builds made so far). A server with
+        # variants passes one that builds every variant: an amendment must apply to all of them.
+        self._check_samplers = check_samplers or samplers
         self._on_applied = on_applied
         self._preparing: threading.Thread | None = None
         self._prepare_again = False
@@ -201,12 +208,18 @@ class Live:
         leave the journal as it was."""
         if self.journal is None:
             raise AmendmentError("this server has no amendment journal (see --journal)")
-        samplers = self._samplers()
+        samplers = self._check_samplers()
         amendment = resolve_current(amendment, samplers[0].timeline)
 
         def check(entries: list[Amendment]) -> None:
             for s in samplers:
-                s.check_amendments(entries)
+                try:
+                    s.check_amendments(entries)
+                    check_blends(s, entries)
+                except AmendmentError as exc:
+                    if s.variant is None:
+                        raise
+                    raise AmendmentError(f"variant {s.variant!r}: {exc}", exc.fields) from None
 
         stored = self.journal.append(amendment, check)
         self.sync()
@@ -233,6 +246,31 @@ class Live:
             "watermark": self.journal.watermark(), "earliest_from_step": self.journal.earliest_step(),
             "total_steps": tl.total_steps, "error": self.error, "amendments": out,
         }
+
+
+def check_blends(sampler: Sampler, entries: list[Amendment]) -> None:
+    """Raise AmendmentError when a blend of the last amendment's regime, from its phase on, has a
+    language share too small for the blend kernel (its deadlines overflow the kernel's packed
+    keys, ~1e-17 for a few dozen languages): the run would plan, then fail at that batch. Such a
+    share comes from a multiplier near 0; a multiplier of 0 leaves the language out instead."""
+    prior = sampler.regimes if tuple(entries[: sampler.journal_version]) == sampler.amendments else None
+    last = regimes(sampler.base_recipe, list(entries), prior)[-1]
+    tl = last.timeline
+    for i in range(tl.phase_of(last.from_step), len(last.recipe.phases)):
+        phase = last.recipe.phases[i]
+        plan = sampler._plan(phase, i, tl)  # planned (and cached) by check_amendments just before
+        for seg in plan.segments:
+            w = seg.allocation.weights
+            keep = w > 0
+            try:
+                BlendIndex(w[keep] / w[keep].sum(), 1).languages(0, 1)
+            except ValueError:
+                j = int(np.argmin(np.where(keep, w, np.inf)))
+                where = f"changes.{phase.name}.language_weights"
+                raise AmendmentError(
+                    f"{where}: language {plan.languages[j]!r} would get a share of {w[j]:.3g} of phase {phase.name!r}, "
+                    "too small for the sampler's blend to place; raise its multiplier, or set it to 0 to leave the "
+                    "language out of the phase", [where]) from None
 
 
 def claim_journal(journal, sampler) -> None:
