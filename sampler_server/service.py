@@ -219,21 +219,13 @@ class Service:
         self.failed_shards: dict[str, str] = {}
         self.started = time.time()
         self.amend_token = settings.amend_token_value.encode() if settings.amend_token_value else None
-        self.live = Live(getattr(sampler, "journal", None), self.samplers, self.refresh_builds,
-                         check_samplers=self.every_sampler)
+        self.live = Live(getattr(sampler, "journal", None), self.samplers, self.refresh_builds)
         self.policy = None
         self._pool: ThreadPoolExecutor | None = None
 
     def refresh_builds(self) -> None:
         for b in list(self._builds.values()):
             b.refresh()
-
-    def every_sampler(self) -> list[Sampler]:
-        """Every variant's Sampler, building those not built yet: an amendment is admitted only
-        if it applies to all of them (a variant first asked for later must not find it broken)."""
-        for v in self.variants:
-            self.build(v)
-        return self.samplers()
 
     def samplers(self) -> list[Sampler]:
         """Every Sampler this process serves (the default and the variants built so far)."""

