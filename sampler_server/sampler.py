@@ -130,11 +130,11 @@ class Sampler:
         # reaches has it as its build id; amended steps hash it with the journal prefix.
         # The journal's owner: manifest + recipe (every variant) + seed, what a run's amendments
         # and served steps belong to (curriculum.journal.Journal.claim).
-        self.journal_owner = hashlib.sha256(f"{full.fingerprint()}:{self.manifest.fingerprint}:{self.seed}".encode()).hexdigest()[:16]
-        self.journal_owner_about = (f"manifest {self.manifest.fingerprint} at {self.manifest.root}, recipe "
-                                    f"{full.fingerprint()}, seed {self.seed}")
+        recipe_fp, manifest_fp = full.fingerprint(), self.manifest.fingerprint
+        self.journal_owner = hashlib.sha256(f"{recipe_fp}:{manifest_fp}:{self.seed}".encode()).hexdigest()[:16]
+        self.journal_owner_about = f"manifest {manifest_fp} at {self.manifest.root}, recipe {recipe_fp}, seed {self.seed}"
         self.build_id = self.run_id = hashlib.sha256(
-            f"{self.base_recipe.fingerprint()}:{self.manifest.fingerprint}:{self.seed}:{self.variant or ''}{layout}".encode()
+            f"{self.base_recipe.fingerprint()}:{manifest_fp}:{self.seed}:{self.variant or ''}{layout}".encode()
         ).hexdigest()[:16]
         self._streams = self._make_streams(block_tokens)
         self._chunk = chunk
