@@ -126,13 +126,13 @@ class Sampler:
         self._lang_index = {k: i for i, k in enumerate(self.languages)}
         # block_tokens shapes the shuffle of a built corpus, so it is part of what a batch is.
         layout = "" if self.manifest.meta.kind == "synthetic" else f":b{block_tokens}"
-        # The run id: manifest + recipe + seed (+ variant, block size). A step no amendment
-        # reaches has it as its build id; amended steps hash it with the journal prefix.
         # The journal's owner: manifest + recipe (every variant) + seed, what a run's amendments
         # and served steps belong to (curriculum.journal.Journal.claim).
         recipe_fp, manifest_fp = full.fingerprint(), self.manifest.fingerprint
         self.journal_owner = hashlib.sha256(f"{recipe_fp}:{manifest_fp}:{self.seed}".encode()).hexdigest()[:16]
         self.journal_owner_about = f"manifest {manifest_fp} at {self.manifest.root}, recipe {recipe_fp}, seed {self.seed}"
+        # The run id: manifest + recipe + seed (+ variant, block size). A step no amendment
+        # reaches has it as its build id; amended steps hash it with the journal prefix.
         self.build_id = self.run_id = hashlib.sha256(
             f"{self.base_recipe.fingerprint()}:{manifest_fp}:{self.seed}:{self.variant or ''}{layout}".encode()
         ).hexdigest()[:16]
