@@ -67,6 +67,9 @@ SNIFF_BYTES = 8000  # git's rule: a NUL in the first 8000 bytes means binary
 SPLIT_FOLDERS = frozenset({"train", "test", "validation", "valid", "dev"})
 # A folder named like a language key (`fra_Latn`, also `fra_Latn_removed`, which is then reported).
 _LANG_FOLDER = re.compile(r"^[A-Za-z]{2,3}_[A-Za-z]{4}(?:_\w+)?$")
+# Above a split folder, a name shaped like a key (any tag, a 4-letter script) is meant as a
+# language and reported when it is none; other names there are a dataset's own folder.
+_LANG_LIKE = re.compile(r"^[A-Za-z]{1,8}_[A-Za-z]{4}(?:_\w+)?$")
 _SUFFIXES: dict[str, tuple[Format, Compression]] = {
     ".parquet": ("parquet", "none"),
     ".jsonl": ("jsonl", "none"), ".ndjson": ("jsonl", "none"),
@@ -139,8 +142,11 @@ def folder_language(path: str | os.PathLike[str]) -> tuple[str | None, FileIssue
     """The language a FineWeb-2-style folder gives a file: (key, None), (None, None) or (None, issue).
 
     The folder is the grandparent when the parent is a split (`train`, `test`…), else the parent;
-    it counts as a language folder if the parent is a split or its name looks like `xxx_Scrp`.
-    A bare name such as `web` or `new` is never read as a language (`new` is Newari).
+    it counts as a language folder if it names a language (`fra_Latn`, also `fra` above a split)
+    or looks like one (`xxx_Scrp`: reported when it is not one, e.g. FineWeb-2's `fra_Latn_removed`).
+    Other names are no language: a bare `web` or `new` folder (`new` is Newari), and a dataset
+    folder above its split (`mydata/train/*.parquet`, Hugging Face's layout), whose files are
+    then labeled by their `language` column or by language ID.
     """
     parts = Path(path).parts
     if len(parts) >= 3 and parts[-2].lower() in SPLIT_FOLDERS:
@@ -152,6 +158,8 @@ def folder_language(path: str | os.PathLike[str]) -> tuple[str | None, FileIssue
     try:
         return normalize_language(folder), None
     except (UnknownLanguageError, LookupError) as exc:  # langcodes: LookupError for private-use tags (`x_Latn`)
+        if not _LANG_LIKE.match(folder):  # a dataset's own folder above its split, not a language's
+            return None, None
         msg = (
             f"folder {folder!r} is not a language ({exc}); the file was not read. Rename the folder to a "
             "language key such as fra_Latn, or move the file out of it to have its language identified"

@@ -73,7 +73,10 @@ def test_folder_language_fineweb2_layout():
     assert folder_language("corpus/new/x.jsonl") == (None, None)
     assert folder_language("corpus/web/x.jsonl") == (None, None)
     assert folder_language("x.jsonl") == (None, None)
-    for path in ("data/fra_Latn_removed/train/0.parquet", "data/mystuff/train/0.parquet", "c/xyz_Qqqq/a.jsonl"):
+    # A dataset's folder above its split (Hugging Face's layout) is no language: language ID decides.
+    assert folder_language("data/mystuff/train/0.parquet") == (None, None)
+    assert folder_language("data/fra/train/0.parquet") == ("fra_Latn", None)  # an ISO code still counts
+    for path in ("data/fra_Latn_removed/train/0.parquet", "c/xyz_Qqqq/a.jsonl"):
         key, issue = folder_language(path)
         assert key is None and issue is not None
         assert issue.reason == "unknown_language_folder" and issue.path == path and issue.line is None
