@@ -87,7 +87,8 @@ def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], 
     return keys, warnings
 
 
-def _multipliers(phase: Phase, keys: list[str], sources: list[str], manifest_keys: set[str]) -> np.ndarray | None:
+def _multipliers(phase: Phase, keys: list[str], sources: list[str], manifest_keys: set[str],
+                 ignore_unselected: bool = False) -> np.ndarray | None:
     if not phase.source_weights and not phase.language_weights:
         return None
     m = np.array([phase.source_weights.get(s, 1.0) for s in sources], dtype=np.float64)
@@ -96,7 +97,7 @@ def _multipliers(phase: Phase, keys: list[str], sources: list[str], manifest_key
         key = _key(label, manifest_keys, phase, "language_weights")
         if key in index:
             m[index[key]] *= w
-        elif phase.on_missing == "error":
+        elif phase.on_missing == "error" and not ignore_unselected:
             raise RecipeError(
                 f"phase {phase.name!r}, field 'language_weights': {label!r} ({key}) is not among the phase's languages"
             )
@@ -127,12 +128,17 @@ def phase_segments(phase: Phase, available: np.ndarray, multipliers: np.ndarray 
     return out
 
 
-def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: int = 0, start_tokens: float = 0.0) -> PhasePlan:
+def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: int = 0, start_tokens: float = 0.0,
+               ignore_unselected_weights: bool = False) -> PhasePlan:
+    """The plan of one phase. `ignore_unselected_weights`: multipliers of manifest languages the
+    phase does not select are ignored instead of refused (a server's other phase variants, under
+    amendments written for its default one; the default keeps the check, so typos are refused)."""
     keys, warnings = select_languages(phase, languages)
     sub = pl.DataFrame({"language": keys}).join(languages, on="language", how="left", maintain_order="left")
     available = sub["tokens"].to_numpy().astype(np.int64)
     sources = sub["source"].to_list()
-    segments = phase_segments(phase, available, _multipliers(phase, keys, sources, set(languages["language"].to_list())))
+    mult = _multipliers(phase, keys, sources, set(languages["language"].to_list()), ignore_unselected_weights)
+    segments = phase_segments(phase, available, mult)
     allotted = np.sum([s.allocation.allotted for s in segments], axis=0)
     capped = np.any([s.allocation.capped for s in segments], axis=0)
     table = pl.DataFrame(

@@ -104,7 +104,14 @@ class Sampler:
         cache_dir: str | Path | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         amendments: list[Amendment] | tuple[Amendment, ...] = (),
+        strict_weights: bool | None = None,
     ):
+        # Whether multipliers of languages a phase does not select are refused (True) or ignored.
+        # A server's default variant refuses them, so a typo'd amendment is refused at admission;
+        # its other variants ignore them (an amendment written for the default names languages
+        # they may not select). Default: strict for the default variant, lenient for a named one,
+        # so replaying any variant from its journal works.
+        self.strict_weights = variant is None if strict_weights is None else bool(strict_weights)
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         # Shards of a remote manifest (s3://…) are served from a verified local cache.
         self.shard_cache = ShardCache(cache_dir, cache_bytes) if self.manifest.is_remote else None
@@ -220,7 +227,8 @@ class Sampler:
         hit = self._plan_cache.get(key)
         if hit is None:
             hit = self._plan_cache[key] = plan_phase(phase, index, self.manifest.languages, timeline.phase_start[index],
-                                                     float(timeline.tokens_start[index]))
+                                                     float(timeline.tokens_start[index]),
+                                                     ignore_unselected_weights=not self.strict_weights)
         return hit
 
     def _make_state(self, amendments: tuple[Amendment, ...], dry_run: bool = False) -> _State:

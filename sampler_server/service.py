@@ -54,10 +54,13 @@ class ApiError(Exception):
 
 def make_sampler(settings: ServerSettings, manifest: object, recipe: Recipe, variant: str | None,
                  amendments: list[Amendment] | tuple[Amendment, ...] = ()) -> Sampler:
-    """A Sampler of `variant` with the server's settings (manifest: a path or a read Manifest)."""
+    """A Sampler of `variant` with the server's settings (manifest: a path or a read Manifest).
+    Variants other than the server's default ignore an amendment's multipliers of languages they
+    do not select (`Sampler.strict_weights`)."""
     return Sampler(manifest, recipe, settings.seed, variant=variant, chunk=settings.chunk,
                    block_tokens=settings.block_tokens, threads=settings.kernel_threads, index_dir=settings.index_dir,
-                   cache_dir=settings.cache_dir, cache_bytes=settings.cache_bytes, amendments=amendments)
+                   cache_dir=settings.cache_dir, cache_bytes=settings.cache_bytes, amendments=amendments,
+                   strict_weights=variant == settings.variant)
 
 
 def open_sampler(settings: ServerSettings) -> Sampler:
@@ -219,13 +222,21 @@ class Service:
         self.failed_shards: dict[str, str] = {}
         self.started = time.time()
         self.amend_token = settings.amend_token_value.encode() if settings.amend_token_value else None
-        self.live = Live(getattr(sampler, "journal", None), self.samplers, self.refresh_builds)
+        self.live = Live(getattr(sampler, "journal", None), self.samplers, self.refresh_builds,
+                         check_samplers=self.every_sampler)
         self.policy = None
         self._pool: ThreadPoolExecutor | None = None
 
     def refresh_builds(self) -> None:
         for b in list(self._builds.values()):
             b.refresh()
+
+    def every_sampler(self) -> list[Sampler]:
+        """Every variant's Sampler, building those not built yet: an amendment is admitted only
+        if every variant can serve it (a variant first asked for later must not find it broken)."""
+        for v in self.variants:
+            self.build(v)
+        return self.samplers()
 
     def samplers(self) -> list[Sampler]:
         """Every Sampler this process serves (the default and the variants built so far)."""

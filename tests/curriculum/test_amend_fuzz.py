@@ -41,10 +41,12 @@ from curriculum.randomcorpus import write_random_corpus
 from curriculum.recipe import load_recipe, parse_recipe
 from curriculum.schedule import Timeline
 from sampler_server.app import create_app
+from sampler_server.sampler import Sampler
+from trainer_client import wire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sampler_server"))  # the server tests' helpers
 from test_amend_http import AUTH, TOKEN, fetch, journal_bytes, reference  # noqa: E402
-from test_app import make_corpus, same, settings_for, toml_value, write_recipe  # noqa: E402
+from test_app import SEED, make_corpus, same, settings_for, toml_value, write_recipe  # noqa: E402
 
 FUZZ = settings(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -843,19 +845,23 @@ def test_regression_a_phase_named_like_a_field_or_current():
         parse_recipe(data)
 
 
-@pytest.mark.xfail(strict=True, reason="admission checks only the variants built so far. Checking every variant "
-                   "refuses legitimate amendments (multipliers of the default variant's languages that another variant "
-                   "does not select, as the policy writes on mmbert.toml's decay); the fix is for a variant to ignore "
-                   "multipliers of languages it does not select, not yet done")
 def test_an_amendment_is_checked_against_variants_not_built_yet(corpus, tmp_path, ranked):
     # The default decay variant blends every language, `few` only the top 3: a multiplier for a
-    # language outside the top 3 plans for the default and was admitted, and from then on every
-    # request for `few` was a 409 variant_unavailable (it was served before the amendment).
+    # language outside the top 3 was admitted (checked against the default only), and from then
+    # on every request for `few` was a 409 variant_unavailable. Now every variant is checked, and
+    # a variant other than the default ignores multipliers of languages it does not select.
     data = copy.deepcopy(SCALED_MMBERT)
     data["phases"][2]["variants"] = [{"name": "all"}, {"name": "few", "languages": {"top": 3}}]
     recipe = write_recipe(tmp_path / "run.toml", data)
     with TestClient(create_app(settings_for(corpus, recipe, amend_token=TOKEN, warmup=False))) as c:
         r = c.post("/v1/amendments", json={"from_step": 3, "changes": {"decay": {"language_weights": {ranked[10]: 2.0}}}},
                    headers=AUTH)
-        assert c.get("/v1/batches/51", params={"variant": "few"}).status_code == 200
-        assert r.status_code == 422 and "variant 'few'" in r.json()["message"], r.text
+        assert r.status_code == 201, r.text  # the default variant selects that language: it applies there
+        # A multiplier no variant can use is still refused, by the default variant's check.
+        typo = c.post("/v1/amendments", json={"from_step": 4, "changes": {"decay": {"language_weights": {"zzz_Latn": 2.0}}}},
+                      headers=AUTH)
+        assert typo.status_code == 422 and "zzz_Latn" in typo.json()["message"], typo.text
+        after = c.get("/v1/batches/51", params={"variant": "few"})
+        assert after.status_code == 200, after.text  # `few` does not select it: ignored there
+        unamended = Sampler(corpus, parse_recipe(data), seed=SEED, variant="few", chunk=64, block_tokens=4096)
+        assert same(wire.decode(after.content), unamended.batch(51))
