@@ -157,7 +157,7 @@ def folder_language(path: str | os.PathLike[str]) -> tuple[str | None, FileIssue
         return None, None
     try:
         return normalize_language(folder), None
-    except (UnknownLanguageError, LookupError) as exc:  # langcodes: LookupError for private-use tags (`x_Latn`)
+    except (UnknownLanguageError, LookupError) as exc:  # LookupError: any other langcodes refusal, to be safe
         if not _LANG_LIKE.match(folder):  # a dataset's own folder above its split, not a language's
             return None, None
         msg = (
@@ -235,7 +235,7 @@ def _label_key(label: str) -> str | None:
     """Normalized key of a per-document language label, None if it is not a language."""
     try:
         return normalize_language(label)
-    except (UnknownLanguageError, LookupError):  # langcodes: LookupError for private-use tags (`x-Latn`)
+    except (UnknownLanguageError, LookupError):  # LookupError: any other langcodes refusal, to be safe
         return None
 
 

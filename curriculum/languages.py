@@ -198,6 +198,8 @@ def normalize_language(label: str) -> str:
         elif modifier != "euro":  # `@euro` names a currency; anything else must be a registered variant
             tag = f"{tag}-{modifier}"
     first = tag.split("-", 1)[0].lower()
+    if first == "x":  # BCP 47: `x-...` is a private-use tag, whatever follows
+        raise _unknown(label, "an 'x-' tag is private use, not a language")
     if first in _NOT_LANGUAGES:
         raise _unknown(label, f"{first!r} is the code for '{_NOT_LANGUAGES[first]}', not a language")
     try:
@@ -220,7 +222,10 @@ def normalize_language(label: str) -> str:
         raise _unknown(label, "its script, region or variant subtag is not a registered one")
 
     norm = Language.get(raw.to_tag())  # CLDR aliases: 2-letter/B codes, retired codes, sh → sr-Latn
-    code = norm.to_alpha3()
+    try:
+        code = norm.to_alpha3()
+    except LookupError:  # langcodes' own error for a code with no ISO 639-3 form
+        raise _unknown(label, f"{norm.language!r} has no ISO 639-3 code") from None
     if lang in fineweb2 and code != lang:  # e.g. swc → sw-CD: FineWeb-2 keeps swc as its own subset
         code, norm = lang, raw
     script = norm.script

@@ -86,6 +86,8 @@ BAD = [
     "", "   ", "__label__", "xx-garbage", "qqq", "qaa_Latn", "und", "und_Latn", "mul", "zxx", "mis", "sla",
     "French", "fra_Xqzw", "fr-QQ-x", "fr-Latn-garbage", "sr-Cyrl@latin", "fr@nonsense", "fr/FR", "__label__xx",
     "a", "12", "fra_Latn_removed",
+    # private-use `x-` tags: langcodes raised LookupError for these, or made `x-a` a key
+    "x-Latn", "x_Zzzz", "x-1901", "x-a", "x_Latn",
 ]
 
 
