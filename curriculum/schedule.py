@@ -156,6 +156,24 @@ class Timeline:
             lr_factor=p.lr.factor(first * p.seq_len, p.tokens),
         )
 
+    def first_unsplittable(self, start: int, stop: int, world_size: int) -> int | None:
+        """The first step in [start, stop) whose global batch `world_size` does not divide, or
+        None: a stream can refuse such a range up front, not cut it partway (warm-up steps vary)."""
+        for i, lay in enumerate(self.layouts):
+            p0 = self.phase_start[i]
+            lo, hi = max(start, p0) - p0, min(stop, p0 + lay.steps) - p0
+            if lo >= hi:
+                continue
+            w = lay.warm_steps
+            if lo < w:  # warm-up steps of the range: their sizes, vectorized
+                sizes = np.diff(lay.warm_first[lo : min(hi, w) + 1])
+                bad = np.flatnonzero(sizes % world_size)
+                if bad.size:
+                    return p0 + lo + int(bad[0])
+            if hi > w and lay.batch % world_size:
+                return p0 + max(lo, w)
+        return None
+
     def rank_slice(self, info: StepInfo, rank: int, world_size: int) -> tuple[int, int]:
         """Phase sequence range [start, stop) of `rank` of `world_size` at this step."""
         if world_size < 1:

@@ -304,15 +304,16 @@ class Service:
     # -- batches ---------------------------------------------------------------------------
 
     def check_range(self, build: Build, start: int, count: int, rank: int, world_size: int) -> None:
-        """Raise ApiError(400) unless the range's first and last steps, and the first step of each
-        phase it enters, can be served (a later step that cannot aborts the stream)."""
+        """Raise ApiError(400) unless every step of the range can be served to this rank: the
+        first and last exist, and `world_size` divides each step's batch (warm-up steps vary),
+        so a stream is refused up front instead of cut partway."""
         s = build.sampler
         try:
             s.timeline.rank_slice(s.schedule(start), rank, world_size)
             s.schedule(start + count - 1)
-            for p0 in s.timeline.phase_start:
-                if start < p0 < start + count:
-                    s.timeline.rank_slice(s.schedule(p0), rank, world_size)
+            bad = s.timeline.first_unsplittable(start, start + count, world_size)
+            if bad is not None:
+                s.timeline.rank_slice(s.schedule(bad), rank, world_size)  # raises, naming the step
         except ScheduleError as exc:
             raise ApiError(400, "invalid_step", str(exc)) from None
 

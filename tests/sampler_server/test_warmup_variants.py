@@ -118,3 +118,40 @@ def test_reference_manifest_is_reproducible_and_plans(tmp_path):
         assert (tmp_path / "ref" / f).read_bytes() == (shipped / f).read_bytes(), f
     out = run_cli("plan", str(RECIPES / "mmbert.toml"), "--manifest", str(shipped))
     assert "decay:eng" in out.stdout and "batch warm-up: 48 → 4,608" in out.stdout
+
+
+def test_first_unsplittable_step_of_a_range():
+    """Ramp sizes 8, 16, 24 (multiples of 8) then 32: a world size of 16 splits steps of 16 and
+    32 but not 8 or 24; the first step of a range it cannot split is found without a walk."""
+    tl = Timeline(parse_recipe(RECIPE).resolve())
+    sizes = [tl.locate(s).global_batch for s in range(tl.total_steps)]
+
+    def brute(start: int, stop: int, world: int) -> int | None:
+        return next((s for s in range(start, stop) if sizes[s] % world), None)
+
+    for world in (1, 2, 4, 8, 16, 32, 3, 64):
+        for start, stop in ((0, tl.total_steps), (1, 5), (5, 40), (30, tl.total_steps), (58, 63), (60, 61)):
+            assert tl.first_unsplittable(start, stop, world) == brute(start, stop, world), (world, start, stop)
+
+
+def test_a_stream_is_refused_up_front_when_a_later_warmup_step_cannot_split(corpus):
+    # A stream starting at a ramp step of 16 sequences, over a later step of 24, for 16 ranks:
+    # refused with a 400 naming that step, before any batch goes out (it used to be cut there).
+    from fastapi.testclient import TestClient
+
+    from sampler_server.app import create_app
+    from sampler_server.settings import ServerSettings
+    from test_app import write_recipe
+
+    tl = Timeline(parse_recipe(RECIPE).resolve())
+    sizes = [tl.locate(s).global_batch for s in range(tl.total_steps)]
+    start = sizes.index(16)
+    later = next(s for s in range(start, tl.total_steps) if sizes[s] % 16)
+    recipe = write_recipe(corpus.parent / "warm.toml", RECIPE)
+    settings = ServerSettings(manifest=corpus, recipe=recipe, seed=0, chunk=64, warmup=False,
+                              journal=str(corpus.parent / "warm.amendments.jsonl"))
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/v1/stream", params={"start": start, "count": later - start + 2, "rank": 0, "world_size": 16})
+        assert r.status_code == 400 and f"at step {later}" in r.json()["message"], r.text
+        ok = c.get("/v1/stream", params={"start": start, "count": later - start, "rank": 0, "world_size": 16})
+        assert ok.status_code == 200
