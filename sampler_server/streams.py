@@ -164,8 +164,9 @@ class LanguageStream:
         """(path, id) of the first loaded shard holding a token id >= `limit` (damage a size check
         misses, or a shard of another tokenizer). Reads every token: for the error path only."""
         for path, view in zip(self.paths, self._shards or ()):
-            if view.tokens.size and int(view.tokens.max()) >= limit:
-                return path, int(view.tokens.max())
+            top = int(view.tokens.max()) if view.tokens.size else -1
+            if top >= limit:
+                return path, top
         return None
 
     @property
