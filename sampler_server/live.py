@@ -23,11 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
 
 from curriculum.amend import Amendment, AmendmentError, regimes, resolve_current
 from curriculum.journal import Journal
-from sampler_server.kernels.blend import BlendIndex
 from sampler_server.sampler import Sampler
 
 log = logging.getLogger("sampler_server.live")
@@ -215,7 +213,6 @@ class Live:
             for s in samplers:
                 try:
                     s.check_amendments(entries)
-                    check_blends(s, entries)
                 except AmendmentError as exc:
                     if s.variant is None:
                         raise
@@ -246,31 +243,6 @@ class Live:
             "watermark": self.journal.watermark(), "earliest_from_step": self.journal.earliest_step(),
             "total_steps": tl.total_steps, "error": self.error, "amendments": out,
         }
-
-
-def check_blends(sampler: Sampler, entries: list[Amendment]) -> None:
-    """Raise AmendmentError when a blend of the last amendment's regime, from its phase on, has a
-    language share too small for the blend kernel (its deadlines overflow the kernel's packed
-    keys, ~1e-17 for a few dozen languages): the run would plan, then fail at that batch. Such a
-    share comes from a multiplier near 0; a multiplier of 0 leaves the language out instead."""
-    prior = sampler.regimes if tuple(entries[: sampler.journal_version]) == sampler.amendments else None
-    last = regimes(sampler.base_recipe, list(entries), prior)[-1]
-    tl = last.timeline
-    for i in range(tl.phase_of(last.from_step), len(last.recipe.phases)):
-        phase = last.recipe.phases[i]
-        plan = sampler._plan(phase, i, tl)  # planned (and cached) by check_amendments just before
-        for seg in plan.segments:
-            w = seg.allocation.weights
-            keep = w > 0
-            try:
-                BlendIndex(w[keep] / w[keep].sum(), 1).languages(0, 1)
-            except ValueError:
-                j = int(np.argmin(np.where(keep, w, np.inf)))
-                where = f"changes.{phase.name}.language_weights"
-                raise AmendmentError(
-                    f"{where}: language {plan.languages[j]!r} would get a share of {w[j]:.3g} of phase {phase.name!r}, "
-                    "too small for the sampler's blend to place; raise its multiplier, or set it to 0 to leave the "
-                    "language out of the phase", [where]) from None
 
 
 def claim_journal(journal, sampler) -> None:

@@ -80,15 +80,18 @@ def _pop(heap: np.ndarray, size: np.int64) -> np.int64:
 
 
 @njit(cache=True, nogil=True)
-def _open_time(c: np.int64, p: np.float64, delta: np.float64) -> np.int64:
-    """First integer time at which occurrence c + 1 may be placed: ceil((c + delta) / p)."""
-    return np.int64(np.ceil((np.float64(c) + delta) / p))
+def _open_time(c: np.int64, p: np.float64, delta: np.float64, limit: np.int64) -> np.int64:
+    """First integer time at which occurrence c + 1 may be placed: ceil((c + delta) / p), or
+    `limit` when that is later (compared as a float: a tiny p gives times past int64)."""
+    x = np.ceil((np.float64(c) + delta) / p)
+    return limit if x >= limit else np.int64(x)
 
 
 @njit(cache=True, nogil=True)
-def _deadline(c: np.int64, p: np.float64, one_minus_delta: np.float64) -> np.int64:
-    """Last integer time for occurrence c + 1: floor((c + 1 - delta) / p + 1)."""
-    return np.int64(np.floor((np.float64(c) + one_minus_delta) / p + 1.0))
+def _deadline(c: np.int64, p: np.float64, one_minus_delta: np.float64, limit: np.int64) -> np.int64:
+    """Last integer time for occurrence c + 1: floor((c + 1 - delta) / p + 1), or `limit` when later."""
+    x = np.floor((np.float64(c) + one_minus_delta) / p + 1.0)
+    return limit if x >= limit else np.int64(x)
 
 
 @njit(cache=True, nogil=True)
@@ -118,17 +121,22 @@ def blend_run(weights: np.ndarray, counts: np.ndarray, t0: np.int64, n: np.int64
     while (1 << shift) < K:
         shift += 1
     lang_mask = (1 << shift) - 1
-    limit = np.int64(1) << (62 - shift)  # times at or past this would overflow the packing
+    # Times are packed below 2^62; any time at or past `limit` is stored as `limit`. A window
+    # opening there is never reached (positions stop short of it), and deadlines there all fall
+    # after every position served, so EDF meets every deadline that matters whatever order it
+    # gives them. This is what lets a language with a vanishing share (a multiplier of 1e-12, a
+    # weight of 1e-300) blend: it never comes up, as the bound requires.
+    limit = np.int64(1) << (62 - shift)
+    if t0 + n >= limit:
+        raise ValueError("blend_run: positions past 2^(62 - ceil(log2 K)) cannot be packed; split the segment")
     waiting = np.empty(K, np.int64)  # (window-open time, language) of languages not yet open
     ready = np.empty(K, np.int64)  # (deadline, language) of languages whose window is open
     due = np.empty(K, np.int64)  # deadline of each language's next occurrence
     n_wait = 0
     n_ready = 0
     for i in range(K):
-        due[i] = _deadline(counts[i], weights[i], one_minus_delta)
-        if due[i] >= limit:
-            raise ValueError("blend_run: a deadline overflows the heap packing; a weight is too small")
-        opens = _open_time(counts[i], weights[i], delta)
+        due[i] = _deadline(counts[i], weights[i], one_minus_delta, limit)
+        opens = _open_time(counts[i], weights[i], delta, limit)
         if opens <= t0 + 1:
             n_ready = _push(ready, n_ready, (due[i] << shift) | i)
         else:
@@ -150,10 +158,8 @@ def blend_run(weights: np.ndarray, counts: np.ndarray, t0: np.int64, n: np.int64
             fallbacks += 1
         out[s] = i
         counts[i] += 1
-        due[i] = _deadline(counts[i], weights[i], one_minus_delta)
-        if due[i] >= limit:
-            raise ValueError("blend_run: a deadline overflows the heap packing; a weight is too small")
-        opens = _open_time(counts[i], weights[i], delta)
+        due[i] = _deadline(counts[i], weights[i], one_minus_delta, limit)
+        opens = _open_time(counts[i], weights[i], delta, limit)
         # Entering ready now or via waiting at t + 1 gives the same set there: the choice
         # depends only on the keys.
         if opens <= t + 1:

@@ -29,8 +29,10 @@ def reference_blend(weights: np.ndarray, counts0: np.ndarray, n: int) -> tuple[n
         return out, c
     delta = 1.0 / (2.0 * K - 2.0)
     one_minus_delta = 1.0 - delta
-    opens = np.ceil((c + delta) / p).astype(np.int64)
-    due = np.floor((c + one_minus_delta) / p + 1.0).astype(np.int64)
+    # Times at or past the kernel's packing limit are all taken as the limit (see blend_run).
+    limit = float(2 ** (62 - max(1, math.ceil(math.log2(K)))))
+    opens = np.minimum(np.ceil((c + delta) / p), limit).astype(np.int64)
+    due = np.minimum(np.floor((c + one_minus_delta) / p + 1.0), limit).astype(np.int64)
     big = np.iinfo(np.int64).max
     t0 = int(c.sum())
     for s in range(n):
@@ -42,8 +44,8 @@ def reference_blend(weights: np.ndarray, counts0: np.ndarray, n: int) -> tuple[n
             i = int(np.argmin(opens))
         out[s] = i
         c[i] += 1
-        opens[i] = math.ceil((float(c[i]) + delta) / p[i])
-        due[i] = math.floor((float(c[i]) + one_minus_delta) / p[i] + 1.0)
+        opens[i] = int(min(np.ceil((float(c[i]) + delta) / p[i]), limit))
+        due[i] = int(min(np.floor((float(c[i]) + one_minus_delta) / p[i] + 1.0), limit))
     return out, c
 
 
@@ -300,6 +302,39 @@ def test_property_matches_reference_and_bound(raw: list[float], n: int, split: i
     head, c, _ = run(w, split)
     tail, _, _ = run(w, n - split, c)
     np.testing.assert_array_equal(np.concatenate([head, tail]), got)
+
+
+@pytest.mark.parametrize("tiny", [1e-12, 1e-17, 1e-300, 5e-324])
+def test_vanishing_shares_blend_and_never_come_up(tiny: float) -> None:
+    # Such shares used to make the kernel raise (a deadline past its packed keys) -- every batch
+    # of a phase amended with a multiplier of 1e-12 beside 1e6 was a 500 -- or, past int64,
+    # convert to garbage times. A share this small must simply never come up within any run.
+    with np.errstate(divide="ignore", over="ignore"):
+        for K in (2, 3, 40, 1833):
+            w = np.full(K, 1.0 / (K - 1))
+            w[K // 2] = tiny
+            w /= w.sum()
+            assert w[K // 2] > 0
+            n = 20_000
+            got, counts, fallbacks = run(w, n)
+            want, want_counts = reference_blend(w, np.zeros(K, np.int64), n)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(counts, want_counts)
+            assert fallbacks == 0 and counts[K // 2] == 0
+            assert max_discrepancy(w, got) <= bound(K) + tolerance(n)
+            # Far into a segment (random access through checkpoints) it still never comes up.
+            idx = BlendIndex(w, chunk=1 << 12)
+            far = idx.languages(3_000_000, 4_096)
+            assert not np.any(far == K // 2)
+            np.testing.assert_array_equal(idx.languages(0, n), got)
+
+
+def test_positions_past_the_packing_limit_are_refused() -> None:
+    w = np.full(1833, 1 / 1833)
+    c = np.zeros(1833, np.int64)
+    c[0] = 2**51 - 1
+    with pytest.raises(ValueError, match="cannot be packed"):
+        blend_run(w, c, int(c.sum()), 1, np.empty(1, np.int32))
 
 
 def test_invalid_inputs_name_the_parameter() -> None:
