@@ -115,6 +115,18 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
     return {name: ((base / name).read_bytes(), media) for name, media in STATIC_FILES.items()}
 
 
+def _query_names(route: object) -> tuple[str, ...]:
+    """The query parameters `route` (a FastAPI APIRoute) and its dependencies declare, sorted."""
+    names: set[str] = set()
+    todo = [getattr(route, "dependant", None)]
+    while todo:
+        d = todo.pop()
+        if d is not None:
+            names.update(f.alias for f in d.query_params)
+            todo.extend(d.dependencies)
+    return tuple(sorted(names))
+
+
 def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> FastAPI:
     """The FastAPI app for one manifest + recipe + seed. Builds (and checks) the Sampler of the
     default variant unless one is given; raises StartupError when the inputs cannot be served."""
@@ -215,10 +227,23 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         if scheme.lower() != "bearer" or not _token_ok(value.strip()):
             raise ApiError(401, "unauthorized", "invalid bearer token")
 
+    known_params: dict[int, tuple[str, ...]] = {}  # id(route) -> its query parameters, sorted
+
     async def single_valued(request: Request) -> None:
-        # FastAPI takes the last of repeated values: `rank=1&rank=2` would silently serve rank 2.
+        # FastAPI takes the last of repeated values (`rank=1&rank=2` would silently serve rank 2)
+        # and ignores names it does not know (`?rnak=1` would silently serve rank 0).
+        route = request.scope.get("route")
+        names = known_params.get(id(route))
+        if names is None:
+            names = known_params[id(route)] = _query_names(route)
+        keys = [key for key, _ in request.query_params.multi_items()]
+        for key in keys:
+            if key not in names:
+                known = f"its parameters are {', '.join(names)}" if names else "it takes no query parameters"
+                raise ApiError(422, "invalid_request",
+                               f"unknown query parameter {key[:80]!r} for {request.url.path}; {known}")
         seen: set[str] = set()
-        for key, _ in request.query_params.multi_items():
+        for key in keys:
             if key in seen:
                 raise ApiError(422, "invalid_request", f"query parameter {key!r} is given more than once; give it once")
             seen.add(key)
