@@ -27,10 +27,10 @@ from datetime import datetime, timezone
 from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from curriculum.errors import CurriculumError
-from curriculum.recipe import Anneal, LanguageSelection, Phase, Recipe, Scalar, TopN
+from curriculum.recipe import Anneal, LanguageSelection, Number, Phase, Recipe, Scalar, TopN
 from curriculum.schedule import Timeline
 
 CURRENT = "current"  # phase key meaning "the phase containing from_step" (resolved on admission)
@@ -72,14 +72,14 @@ class PhaseChanges(_Model):
     """What an amendment sets for one phase; unset fields keep their value."""
 
     tau: Scalar | None = None
-    tau_end: Annotated[float, Field(ge=0, le=1)] | None = Field(
+    tau_end: Annotated[Number, Field(ge=0, le=1)] | None = Field(
         None, description="end of an annealed τ (its start is kept)")
     languages: LanguageSelection | None = None
-    language_weights: dict[str, Annotated[float, Field(ge=0)]] | None = Field(
+    language_weights: dict[str, Annotated[Number, Field(ge=0)]] | None = Field(
         None, description="weight multipliers merged into the phase's (1 resets a language)")
-    max_epochs: Annotated[float, Field(gt=0)] | None = None
+    max_epochs: Annotated[Number, Field(gt=0)] | None = None
     mask_ratio: Scalar | None = None
-    tokens: Annotated[float, Field(gt=0)] | None = Field(None, description="budget; phases after from_step's only")
+    tokens: Annotated[Number, Field(gt=0)] | None = Field(None, description="budget; phases after from_step's only")
 
     @field_validator("languages", "language_weights")
     @classmethod
@@ -95,7 +95,7 @@ class PhaseChanges(_Model):
 class Amendment(_Model):
     """One journal entry."""
 
-    from_step: Annotated[int, Field(ge=0)]
+    from_step: Annotated[int, Strict(), Field(ge=0)]
     changes: Annotated[dict[str, PhaseChanges], Field(min_length=1)]
     reason: str = ""
     source: Annotated[str, Field(max_length=200)] = "manual"

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from curriculum.errors import RecipeError
 
@@ -24,14 +24,19 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# A number, never a bool or a numeric string: pydantic's lax mode reads JSON `true` as 1.0 and
+# "0.4" as 0.4, so a UI's checkbox or a quoted value in an amendment would change a phase.
+Number = Annotated[float, Strict()]
+
+
 class Anneal(_Model):
     """A value that moves linearly from `start` to `end` across a phase."""
 
-    start: float
-    end: float
+    start: Number
+    end: Number
 
 
-Scalar = Union[float, Anneal]
+Scalar = Union[Number, Anneal]
 
 
 class TopN(_Model):
@@ -39,7 +44,7 @@ class TopN(_Model):
 
     # Bounded: more than any manifest has (mmBERT's run: 1,833), and small enough for the
     # dataframe `head` that takes it (an int64).
-    top: Annotated[int, Field(gt=0, le=1_000_000)]
+    top: Annotated[int, Strict(), Field(gt=0, le=1_000_000)]
 
 
 LanguageSelection = Union[Literal["all"], TopN, list[str]]

@@ -28,7 +28,8 @@ MAX_LANGUAGES_PER_REPORT = 4096
 class ProgressReport(BaseModel):
     """One report from a trainer (usually rank 0, after an optimizer step)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON `true` is not step 1, "5" is not 5 (lax mode reads both as numbers).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     step: Annotated[int, Field(ge=0, description="last completed global step")]
     # int64 at most: the metrics keep counts as floats, and a bigger count stored here would break

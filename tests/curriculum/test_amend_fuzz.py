@@ -761,6 +761,15 @@ def test_cli_plan_of_a_bad_recipe_is_one_line(tmp_path, plan_manifest):
     ('{"from_step": 3, "changes": {"pretrain": {"language_weights": {"l01_Latn": Infinity}}}}',
      "changes.pretrain.language_weights"),
     ('{"from_step": 3, "changes": {"pretrain": {"tau": NaN}}}', "changes.pretrain.tau"),
+    # Bools and numeric strings were read as numbers (pydantic's lax mode): `true` as 1.0.
+    ('{"from_step": 3, "changes": {"pretrain": {"tau": true}}}', "changes.pretrain.tau"),
+    ('{"from_step": 3, "changes": {"pretrain": {"mask_ratio": "0.2"}}}', "changes.pretrain.mask_ratio"),
+    ('{"from_step": true, "changes": {"pretrain": {"tau": 0.4}}}', "from_step"),
+    ('{"from_step": "3", "changes": {"pretrain": {"tau": 0.4}}}', "from_step"),
+    ('{"from_step": 3, "changes": {"pretrain": {"languages": {"top": true}}}}', "changes.pretrain.languages"),
+    ('{"from_step": 3, "changes": {"decay": {"tokens": "1e9"}}}', "changes.decay.tokens"),
+    ('{"from_step": 3, "changes": {"pretrain": {"language_weights": {"l01_Latn": false}}}}',
+     "changes.pretrain.language_weights"),
     # top-N past an int64: 500 (OverflowError in the dataframe's head).
     ('{"from_step": 3, "changes": {"pretrain": {"languages": {"top": 1000000000000000000000000000000}}}}',
      "changes.pretrain.languages"),

@@ -186,7 +186,7 @@ def test_invalid_requests_get_4xx_json(server, method, url, status, message):
     ({"tokens": 5}, 422, "body field 'step': Field required"),
     ({"step": -1, "tokens": 5}, 422, "body field 'step': Input should be greater than or equal to 0"),
     ({"step": "x", "tokens": 5}, 422, "body field 'step'"),
-    ({"step": 1, "tokens": 5, "loss": "NaN"}, 422, "loss must be a finite number"),
+    ({"step": 1, "tokens": 5, "loss": "NaN"}, 422, "body field 'loss': Input should be a valid number (got 'NaN')"),  # a string is no number
     ({"step": 1, "tokens": 5, "loss_by_language": {"xx_Zzzz": 1.0}}, 422, "unknown language key(s) xx_Zzzz"),
     ({"step": 1, "tokens": 5, "colour": "red"}, 422, "body field 'colour': Extra inputs are not permitted"),
     ({"step": 56, "tokens": 5}, 400, "step 56 is past the last step (55)"),

@@ -464,6 +464,11 @@ def test_progress_reports(client, report_posts, data):
         stored = strict_json(r.text)["stored"]
         assert isinstance(sent, dict) and ctype in JSON_TYPES
         assert 0 <= stored["step"] < TOTAL_STEPS and 0 <= stored["tokens"] < 2**63
+        # Numbers only: no bool read as 0/1, no string read as its number.
+        assert type(sent["step"]) is int and type(sent["tokens"]) is int and type(sent.get("rank", 0)) is int
+        assert all(type(v) in (int, float) for k, v in sent.items() if k in ("loss", "tokens_per_second", "time")
+                   and v is not None)
+        assert all(type(v) in (int, float) for v in sent.get("loss_by_language", {}).values())
         assert all(stored[k] is None or math.isfinite(stored[k]) for k in ("loss", "tokens_per_second", "time"))
     else:
         msg = check_error(r)["message"]
@@ -482,6 +487,18 @@ def test_a_huge_token_count_is_refused_and_does_not_break_later_reads(client):
     assert post_progress(client, b'{"step": 2, "tokens": %d}' % (2**63 - 1), "application/json").status_code == 201
     check_progress_readable(client)
     check_alive(client)
+
+
+@pytest.mark.parametrize("body, field", [
+    # Were: stored as step 1, tokens 5, loss 0.0 -- pydantic's lax mode reads bools and numeric strings.
+    (b'{"step": true, "tokens": 1}', "step"),
+    (b'{"step": 1, "tokens": "5"}', "tokens"),
+    (b'{"step": 1, "tokens": 1, "loss": false}', "loss"),
+    (b'{"step": 1, "tokens": 1, "loss_by_language": {"x": "2.5"}}', "loss_by_language.x"),
+    (b'{"step": 1.0, "tokens": 1}', "step"),
+])
+def test_numbers_must_be_numbers(client, body, field):
+    check_error(post_progress(client, body, "application/json"), 422, f"body field {field!r}")
 
 
 @pytest.mark.parametrize("field", ["time", "tokens_per_second"])
