@@ -579,6 +579,20 @@ class BuildReport:
     workers_note: str = ""  # with workers="auto": the count chosen and why
 
 
+def _inputs_change(before: object, now: list[list]) -> str:
+    """What differs between two builds' input lists ([path, size, mtime_ns] each), in words."""
+    def table(rows: object) -> dict[str, tuple]:
+        return {str(r[0]): tuple(r[1:]) for r in rows if isinstance(r, list) and r} if isinstance(rows, list) else {}
+
+    old, new = table(before), table(now)
+    parts = []
+    for what, paths in (("added", [p for p in new if p not in old]), ("removed", [p for p in old if p not in new]),
+                        ("changed size or modification time", [p for p in new if p in old and new[p] != old[p]])):
+        if paths:
+            parts.append(f"{len(paths):,} {what}, e.g. {paths[0]}")
+    return "; ".join(parts) or "their order"
+
+
 def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, retokenize: bool = False) -> bool:
     """Record what this build is; refuse to resume a work dir left by a different build (its
     finished tasks would be reused for other inputs or settings). With `retokenize`, a change of
@@ -605,9 +619,12 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, 
         if diff != ["tokenize"] or not (retokenize or interrupted):
             named = []
             for k in diff:
+                if k == "inputs":
+                    named.append(f"inputs ({_inputs_change(old.get(k), ident[k])})")
+                    continue
                 before = old.get(k) if isinstance(old.get(k), dict) else {}
                 changed = sorted(x for x in set(ident[k]) | set(before) if ident[k].get(x) != before.get(x))
-                named.append(f"{k} ({', '.join(changed)})" if k != "inputs" else "inputs")
+                named.append(f"{k} ({', '.join(changed)})")
             hint = (" To keep its language ID, signatures and dedup and tokenize again, add --retokenize (this "
                     "deletes its shards and manifest)." if diff == ["tokenize"] else "")
             raise CurriculumError(
@@ -723,8 +740,11 @@ def _build(cfg: BuildConfig, out: Path, remote: bool, executor: str, workers: in
 
     work = out / WORK
     files, file_issues = discover_inputs(cfg.inputs)
-    if not files and not file_issues:
-        raise CurriculumError(f"no input files found under {', '.join(cfg.inputs)}")
+    if not files:
+        why = "; ".join(i.message for i in file_issues[:5]) + ("; …" if len(file_issues) > 5 else "")
+        raise CurriculumError(f"no input files found under {', '.join(cfg.inputs)}" + (f": {why}" if why else ""))
+    if cfg.lid_model is not None or any(not f.language for f in files):
+        _identifier(cfg)  # a bad --lid-model fails here, before any work, not at the manifest
     workers_note = ""
     if workers == "auto":
         if executor == "ray":

@@ -15,8 +15,10 @@ from rich.table import Table
 from curriculum.errors import CurriculumError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build, plan and verify language-curriculum corpora.")
-console = Console()
-err_console = Console(stderr=True)
+# No emoji codes (a user's `top:abc:` or a path `x:smile:` printed as 🔤 / 😄) and no hard wraps
+# (JSON and paths printed to be copied must stay whole at any terminal width).
+console = Console(emoji=False, soft_wrap=True)
+err_console = Console(stderr=True, emoji=False, soft_wrap=True)
 _state = {"debug": False}
 
 
@@ -154,7 +156,7 @@ def amend(
 
     if dry_run:
         check([*j.entries, a])
-        console.print(f"ok (dry run): would append {a.model_dump_json(exclude_none=True)}")
+        console.print(f"ok (dry run): would append {a.model_dump_json(exclude_none=True)}", markup=False, highlight=False)
         return
     stored = j.append(a, check)
     console.print(f"journal {j.path}: entry {j.version} from step {stored.from_step:,}: "
@@ -308,6 +310,8 @@ def build(
     from curriculum.storage import is_remote, local_path
 
     n_workers = _workers(workers)
+    if executor not in ("local", "ray"):
+        raise typer.BadParameter(f"give local or ray (got {executor!r})", param_hint="'--executor'")
     if not is_remote(out) and local_path(out).exists() and not local_path(out).is_dir():
         raise CurriculumError(f"--out {out}: exists and is not a directory; give a directory (or an s3:// URI)")
     try:

@@ -40,6 +40,16 @@ CURRICULUM = [
     (["verify", "file.txt"], "manifest file.txt: not a directory"),
     (["verify", "a[/]b"], "manifest a[/]b: not a directory"),  # printed as text, never read as rich markup
     (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    (["verify", "x:smile:"], "manifest x:smile:: not a directory"),  # was printed as "x😄"
+    (["amend", str(RECIPES / "demo.toml"), "--from-step", "1", "--set", "languages=top:abc", "--dry-run"],
+     "--set languages=top:abc: expected top:<N>"),  # was "top🔤"
+    # Were tracebacks, or a build of nothing that exited 0.
+    (["build", "file.txt", "--out", "o", "--tokenizer", "file.txt", "--executor", "dask"], "'--executor'"),
+    (["build", "nope", "--out", "o", "--tokenizer", "file.txt"],
+     "no input files found under nope: input 'nope' does not exist"),
+    # Was reported after the whole build of labeled input, its shards written and no manifest.
+    (["build", "file.txt", "--out", "o", "--tokenizer", "file.txt", "--lid-model", "nope.ftz"],
+     "--lid-model nope.ftz: no such file"),
 ]
 
 
@@ -49,6 +59,24 @@ def test_curriculum_cli_errors(place, args, says):
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert "Traceback" not in p.stderr and says in p.stderr, p.stderr
     assert not (place / "file.txt").is_dir() and (place / "file.txt").read_text() == "hello\n"  # nothing clobbered
+
+
+def test_dry_run_json_is_never_wrapped(tmp_path):
+    # Was hard-wrapped at the terminal's width mid-word ("langu" / "age_weights"), even piped.
+    import json
+    import os
+    import shutil
+
+    recipe = tmp_path / "demo.toml"
+    shutil.copy(RECIPES / "demo.toml", recipe)
+    reason = "a long reason [bold]with[/bold] :smile: markup " * 4
+    p = subprocess.run([sys.executable, "-m", "curriculum.cli", "amend", str(recipe), "--from-step", "1", "--set",
+                        "language_weights.fra_Latn=2", "--reason", reason, "--dry-run"], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path, env={**os.environ, "COLUMNS": "40"})
+    assert p.returncode == 0, p.stderr
+    line = next(x for x in p.stdout.splitlines() if x.startswith("ok (dry run): would append "))
+    entry = json.loads(line.removeprefix("ok (dry run): would append "))
+    assert entry["reason"] == reason and entry["changes"] == {"pretrain": {"language_weights": {"fra_Latn": 2.0}}}
 
 
 def test_private_helpers_are_not_commands():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -145,6 +146,30 @@ def test_resuming_into_a_work_dir_of_another_build_is_refused(corpus, small_toke
         run_build(corpus, out, small_tokenizer, min_chars=200)
     run_build(corpus, out, small_tokenizer)  # same build: resumes
     assert (out / "manifest.json").exists()
+
+
+def test_a_rerun_with_changed_inputs_is_refused_naming_them(corpus, small_tokenizer, tmp_path):
+    # Was: TypeError (unhashable list) and a traceback, e.g. after `demo-corpus` was run again.
+    import shutil
+
+    from curriculum.errors import CurriculumError
+
+    src = tmp_path / "in"
+    shutil.copytree(corpus, src)
+    out = tmp_path / "out"
+    run_build(src, out, small_tokenizer)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    os.utime(files[0], ns=(files[0].stat().st_atime_ns, files[0].stat().st_mtime_ns + 10**9))
+    with pytest.raises(CurriculumError, match=r"other inputs \(1 changed size or modification time, e\.g\. .*"
+                                              + re.escape(files[0].name) + r"\).*Use a new --out"):
+        run_build(src, out, small_tokenizer)
+    extra = files[1].with_name("zz-extra" + files[1].suffix)
+    shutil.copy(files[1], extra)
+    files[2].unlink()
+    with pytest.raises(CurriculumError) as info:
+        run_build(src, out, small_tokenizer)
+    msg = str(info.value)
+    assert f"1 added, e.g. {extra}" in msg and f"1 removed, e.g. {files[2]}" in msg and "1 changed" in msg
 
 
 def test_normalize_texts_matches_normalize_text():
