@@ -30,8 +30,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on 
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Directory to write the manifest to."),
-    languages: int = typer.Option(1833, "--languages", min=1, help="Number of languages."),
-    total_tokens: float = typer.Option(3e12, "--total-tokens", min=1, help="Total available tokens."),
+    languages: Optional[int] = typer.Option(None, "--languages", min=1, help="Number of languages (default 1833)."),
+    total_tokens: Optional[float] = typer.Option(None, "--total-tokens", min=1, help="Total available tokens (default 3e12)."),
     from_mmbert_counts: bool = typer.Option(
         False, "--from-mmbert-counts", help="Reference manifest from the published run's per-language counts."
     ),
@@ -42,6 +42,14 @@ def synth(
     """Write a synthetic manifest (no shards) with a realistic long tail, for planning at scale."""
     from curriculum.synth import synth_from_mmbert_counts, synth_from_stats, synth_long_tail
 
+    if from_stats is not None and from_mmbert_counts:
+        raise typer.BadParameter("give one of --from-stats and --from-mmbert-counts", param_hint="'--from-stats'")
+    if (from_stats is not None or from_mmbert_counts) and (languages is not None or total_tokens is not None):
+        raise typer.BadParameter("--languages and --total-tokens shape a long-tail manifest; --from-stats and "
+                                 "--from-mmbert-counts take the languages and sizes from their data",
+                                 param_hint="'--languages' / '--total-tokens'")
+    languages = 1833 if languages is None else languages
+    total_tokens = 3e12 if total_tokens is None else total_tokens
     if from_stats is not None:
         synth_from_stats(out, from_stats)
         console.print(f"wrote manifest from {from_stats}: {out}")
@@ -185,6 +193,15 @@ def plan(
     from curriculum.recipe import load_recipe
 
     rec = load_recipe(recipe)
+    if variant is not None and journal is None:
+        raise typer.BadParameter("goes with --journal (without it, plan shows every variant of the recipe)",
+                                 param_hint="'--variant'")
+    if journal not in (None, "-") and "://" not in journal and not Path(journal).is_file():
+        # An explicit path that is not there is a typo more often than a journal with no entries.
+        from curriculum.journal import journal_beside
+
+        raise CurriculumError(f"--journal {journal}: no such file (give '-' for the default "
+                              f"{journal_beside(recipe).name} beside the recipe, which may not exist yet)")
     man = read_manifest(manifest)
     if journal is not None:
         _plan_amended(rec, man, recipe, journal, variant, as_json, top)

@@ -47,6 +47,12 @@ CURRICULUM = [
     (["build", "file.txt", "--out", "o", "--tokenizer", "file.txt", "--executor", "dask"], "'--executor'"),
     (["build", "nope", "--out", "o", "--tokenizer", "file.txt"],
      "no input files found under nope: input 'nope' does not exist"),
+    # Were silently ignored.
+    (["plan", str(RECIPES / "demo.toml"), "--manifest", "emptydir", "--variant", "nope"], "'--variant': goes with --journal"),
+    (["plan", str(RECIPES / "demo.toml"), "--manifest", "emptydir", "--journal", "nope.jsonl"],
+     "--journal nope.jsonl: no such file"),
+    (["synth", "--out", "s", "--from-mmbert-counts", "--languages", "5"], "'--languages' / '--total-tokens'"),
+    (["synth", "--out", "s", "--from-mmbert-counts", "--from-stats", "file.txt"], "give one of --from-stats and"),
     # Was reported after the whole build of labeled input, its shards written and no manifest.
     (["build", "file.txt", "--out", "o", "--tokenizer", "file.txt", "--lid-model", "nope.ftz"],
      "--lid-model nope.ftz: no such file"),

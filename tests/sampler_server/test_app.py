@@ -456,6 +456,12 @@ def test_cli_refuses_to_start_on_bad_inputs(inputs, tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 2 and f"shard {other.relative_to(manifest)} (l07_Latn): missing" in err
     assert "Traceback" not in err
+    # --verify lists every problem at once (it stopped at the missing shard, hiding the corrupt one).
+    p = cli("serve", "--manifest", str(manifest), "--recipe", str(inputs[1]), "--verify", "--port", str(free_port()))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "2 problem(s)" in err, err
+    assert f"shard {other.relative_to(manifest)} (l07_Latn): missing" in err
+    assert f"shard {shard.relative_to(manifest)} (l05_Latn): checksum mismatch" in err
 
 
 def test_request_bodies_are_bounded(inputs):
