@@ -39,9 +39,17 @@ CURRENT = "current"  # phase key meaning "the phase containing from_step" (resol
 class AmendmentError(CurriculumError):
     """An amendment that cannot apply; the message names the field (`changes.<phase>.<field>`)."""
 
-    def __init__(self, message: str, fields: list[str] | None = None):
+    def __init__(self, message: str, fields: list[str] | None = None, *, entry: int | None = None,
+                 bare: str | None = None):
         super().__init__(message)
         self.fields = fields or []
+        # Raised for journal entry `entry` (1-based); `bare`: the message without that prefix.
+        self.entry, self.bare = entry, bare if bare is not None else message
+
+    def as_new_entry(self, n: int) -> AmendmentError:
+        """This error as the answer to the amendment being added as entry `n`: without the
+        'journal entry n (from_step …):' prefix, which reads as if it were in the journal already."""
+        return AmendmentError(self.bare, self.fields) if self.entry == n else self
 
 
 class AmendmentConflict(AmendmentError):
@@ -263,7 +271,8 @@ def regimes(recipe: Recipe, amendments: list[Amendment], prior: list[Regime] | N
         try:
             cur = apply_amendment(cur, a)
         except AmendmentError as exc:
-            raise AmendmentError(f"journal entry {n} (from_step {a.from_step}): {exc}", exc.fields) from None
+            raise AmendmentError(f"journal entry {n} (from_step {a.from_step}): {exc}", exc.fields, entry=n,
+                                 bare=str(exc)) from None
         reg = Regime(a.from_step, n, cur, Timeline(cur))
         if a.from_step == last.from_step:
             out[-1] = reg  # the same step: one regime with every entry so far

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from curriculum.errors import CurriculumError
+from curriculum.errors import CurriculumError, RecipeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build, plan and verify language-curriculum corpora.")
 # No emoji codes (a user's `top:abc:` or a path `x:smile:` printed as 🔤 / 😄) and no hard wraps
@@ -153,10 +153,13 @@ def amend(
         man = read_manifest(manifest)
 
     def check(entries: list[Amendment]) -> None:
-        regs = regimes(rec, entries)
-        if man is not None:
-            from curriculum.amend import AmendmentError
+        from curriculum.amend import AmendmentError
 
+        try:
+            regs = regimes(rec, entries)
+        except AmendmentError as exc:
+            raise exc.as_new_entry(len(entries)) from None
+        if man is not None:
             try:
                 plan_regimes(regs, man)
             except CurriculumError as exc:
@@ -206,7 +209,10 @@ def plan(
     if journal is not None:
         _plan_amended(rec, man, recipe, journal, variant, as_json, top)
         return
-    plans = plan_all_variants(rec, man)
+    try:
+        plans = plan_all_variants(rec, man)
+    except RecipeError as exc:  # planning on the manifest: name the file, as loading it does
+        raise RecipeError(f"recipe {recipe}: {exc}") from None
     fidelity = None
     if compare is not None:
         from curriculum.fidelity import compare as run_compare

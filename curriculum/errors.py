@@ -8,7 +8,12 @@ class CurriculumError(Exception):
 
 
 class RecipeError(CurriculumError):
-    """A recipe file is missing, malformed or inconsistent."""
+    """A recipe file is missing, malformed or inconsistent. `phase` / `field`, when known, say
+    where (an amendment's error then names `changes.<phase>.<field>`)."""
+
+    def __init__(self, message: str, *, phase: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.phase, self.field = phase, field
 
 
 class ManifestError(CurriculumError):

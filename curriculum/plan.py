@@ -54,7 +54,7 @@ def _key(label: str, known, phase: Phase, field: str) -> str:
     try:
         return normalize_language(label)
     except UnknownLanguageError as exc:
-        raise RecipeError(f"phase {phase.label!r}, field {field!r}: {exc}") from None
+        raise RecipeError(f"phase {phase.label!r}, field {field!r}: {exc}", phase=phase.name, field=field) from None
 
 
 def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], list[str]]:
@@ -77,13 +77,15 @@ def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], 
         if key not in have:
             msg = f"phase {phase.name!r}: language {label!r} ({key}) is not in the manifest (or has no tokens)"
             if phase.on_missing == "error":
-                raise RecipeError(msg + "; remove it from the recipe or set on_missing = \"skip\"")
+                raise RecipeError(msg + "; remove it from the recipe or set on_missing = \"skip\"", phase=phase.name,
+                                  field="languages")
             warnings.append(msg + "; skipped")
             continue
         if key not in keys:
             keys.append(key)
     if not keys:
-        raise RecipeError(f"phase {phase.name!r}: none of its languages is in the manifest")
+        raise RecipeError(f"phase {phase.name!r}: none of its languages is in the manifest", phase=phase.name,
+                          field="languages")
     return keys, warnings
 
 
@@ -99,8 +101,8 @@ def _multipliers(phase: Phase, keys: list[str], sources: list[str], manifest_key
             m[index[key]] *= w
         elif phase.on_missing == "error" and not ignore_unselected:
             raise RecipeError(
-                f"phase {phase.name!r}, field 'language_weights': {label!r} ({key}) is not among the phase's languages"
-            )
+                f"phase {phase.name!r}, field 'language_weights': {label!r} ({key}) is not among the phase's languages",
+                phase=phase.name, field="language_weights")
     return m
 
 
@@ -121,9 +123,9 @@ def phase_segments(phase: Phase, available: np.ndarray, multipliers: np.ndarray 
                 raise RecipeError(
                     f"phase {phase.label!r}: max_epochs={phase.max_epochs} is infeasible: the phase's {phase.tokens:.4g} tokens "
                     f"exceed max_epochs x its languages' {float(np.sum(available)):.4g} available tokens; raise max_epochs, "
-                    f"add languages or lower the phase's tokens"
+                    f"add languages or lower the phase's tokens", phase=phase.name, field="max_epochs"
                 ) from None
-            raise RecipeError(f"phase {phase.label!r}: {exc}") from None
+            raise RecipeError(f"phase {phase.label!r}: {exc}", phase=phase.name) from None
         out.append(Segment(tau=tau, tokens=seg_tokens, allocation=alloc))
     return out
 

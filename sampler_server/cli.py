@@ -70,6 +70,8 @@ def serve(
                                           "remote manifest) (env SAMPLER_JOURNAL)."),
     amend_token: Optional[str] = typer.Option(None, "--amend-token", help="Bearer token for POST /v1/amendments "
                                               "(default: --token) (env SAMPLER_AMEND_TOKEN)."),
+    journal_poll: Optional[float] = typer.Option(None, "--journal-poll", help="Seconds between checks of the journal "
+                                                 "for other replicas' amendments (default 1) (env SAMPLER_JOURNAL_POLL)."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Feedback policy: none (default) or loss-balance "
                                          "(amends the mixture from reported per-language loss)."),
     policy_every: Optional[int] = typer.Option(None, "--policy-every", help="Steps between policy amendments (default 200)."),
@@ -80,7 +82,7 @@ def serve(
     given = {k: v for k, v in dict(manifest=manifest, recipe=recipe, seed=seed, host=host, port=port, workers=workers,
                                    token=token, verify=verify, progress_log=progress_log, variant=variant,
                                    access_log=access_log, http=http, loop=loop, journal=journal, amend_token=amend_token,
-                                   policy=policy, policy_every=policy_every, policy_lookahead=policy_lookahead).items()
+                                   journal_poll=journal_poll, policy=policy, policy_every=policy_every, policy_lookahead=policy_lookahead).items()
              if v is not None}
     from sampler_server.settings import ServerSettings
 

@@ -214,8 +214,9 @@ class Live:
                 try:
                     s.check_amendments(entries)
                 except AmendmentError as exc:
+                    exc = exc.as_new_entry(len(entries))
                     if s.variant is None:
-                        raise
+                        raise exc from None
                     raise AmendmentError(f"variant {s.variant!r}: {exc}", exc.fields) from None
 
         stored = self.journal.append(amendment, check)

@@ -241,7 +241,9 @@ class Sampler:
             plans = [known.get(id(r)) or [self._plan(ph, i, r.timeline) for i, ph in enumerate(r.recipe.phases)]
                      for r in regs]
         except (CurriculumError, ValueError) as exc:
-            raise AmendmentError(f"the amended recipe cannot be planned on this manifest: {exc}") from None
+            phase, field = getattr(exc, "phase", None), getattr(exc, "field", None)
+            where = [f"changes.{phase}" + (f".{field}" if field else "")] if phase else []
+            raise AmendmentError(f"the amended recipe cannot be planned on this manifest: {exc}", where) from None
         if dry_run:
             return None  # type: ignore[return-value]
         # build id of regime k = sha256(run id + digests of its journal prefix), hashed

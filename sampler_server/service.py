@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from curriculum import storage
 from curriculum.amend import Amendment, AmendmentError
-from curriculum.errors import CurriculumError
+from curriculum.errors import CurriculumError, RecipeError
 from curriculum.plan import PhasePlan, phase_summary
 from curriculum.recipe import Recipe, load_recipe
 from curriculum.schedule import ScheduleError
@@ -74,6 +74,8 @@ def open_sampler(settings: ServerSettings) -> Sampler:
         sampler = make_sampler(settings, settings.manifest, load_recipe(settings.recipe), settings.variant, entries)
     except AmendmentError as exc:
         raise StartupError(f"{exc}; fix the journal or move it aside to serve the recipe unamended") from None
+    except RecipeError as exc:  # planning on the manifest: name the file, as loading it does
+        raise StartupError(str(exc) if str(exc).startswith("recipe ") else f"recipe {settings.recipe}: {exc}") from None
     except (ValueError, OSError, CurriculumError) as exc:  # e.g. a manifest without tokenizer metadata
         raise StartupError(str(exc)) from None
     sampler.journal = journal

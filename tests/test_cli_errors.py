@@ -85,6 +85,16 @@ def test_dry_run_json_is_never_wrapped(tmp_path):
     assert entry["reason"] == reason and entry["changes"] == {"pretrain": {"language_weights": {"fra_Latn": 2.0}}}
 
 
+def test_plan_errors_name_the_recipe_file(tmp_path):
+    # Was "phase 'pretrain', field 'languages': unknown language label 'xx'", no file named.
+    recipe = tmp_path / "r.toml"
+    recipe.write_text((RECIPES / "demo.toml").read_text().replace("languages = { top = 24 }", 'languages = ["xx"]', 1))
+    p = run("curriculum.cli", "plan", str(recipe), "--manifest", str(ROOT / "manifests" / "reference" / "mmbert"),
+            cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert f"recipe {recipe}: phase 'pretrain', field 'languages': " in p.stderr, p.stderr
+
+
 def test_private_helpers_are_not_commands():
     import typer
 
@@ -115,3 +125,5 @@ def test_sampler_server_cli_errors(place):
     p = run("sampler_server.cli", "serve", "--manifest", str(ROOT / "nope"), "--recipe", str(RECIPES / "demo.toml"),
             "--journal", "emptydir", cwd=place)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "journal emptydir: is a directory" in p.stderr, p.stderr
+    p = run("sampler_server.cli", "serve", "--manifest", "m", "--recipe", "r.toml", "--journal-poll", "0", cwd=place)
+    assert p.returncode == 2 and "--journal-poll (or SAMPLER_JOURNAL_POLL): Input should be greater than 0" in p.stderr

@@ -124,6 +124,14 @@ def test_refused_amendments_leave_the_journal_untouched(manifest, recipe):
             assert r.status_code == status, (body, r.text)
             assert text in r.json()["message"], r.json()
             assert journal_bytes(recipe) == b""
+        # The refused amendment is not in the journal: its error does not say "journal entry 1".
+        r = c.post("/v1/amendments", json={"from_step": 35, "changes": {"pretrain": {"tau": 3.0}}}, headers=AUTH)
+        assert r.json()["message"].startswith("changes.pretrain.tau: ") and r.json()["fields"] == ["changes.pretrain.tau"]
+        # A language the manifest lacks names the field too (planning errors had no `fields`).
+        for change, field in (({"languages": ["xx_Latn"]}, "changes.pretrain.languages"),
+                              ({"language_weights": {"xx": 2.0}}, "changes.pretrain.language_weights")):
+            r = c.post("/v1/amendments", json={"from_step": 35, "changes": {"pretrain": change}}, headers=AUTH)
+            assert r.status_code == 422 and r.json()["fields"] == [field], r.json()
         r = c.post("/v1/amendments", json={"from_step": 30, "changes": {"pretrain": {"tau": 0.3}}}, headers=AUTH)
         assert r.json()["earliest_from_step"] == 31
         # A trainer's progress report counts as well as a fetch.
