@@ -258,8 +258,11 @@ def plan(
     if fidelity is not None:
         console.rule(f"[bold]against {compare}[/]")
         table = Table(box=None, header_style="bold")
-        for col in ("phase", "column", "both", "only planned", "only published", "slope", "R²", "TVD", "published ∝ n^x", "R²(x)"):
-            table.add_column(col, justify="left" if col in ("phase", "column") else "right")
+        # Names never cut (decay:all / decay:eng must stay apart); headers wrap at spaces instead.
+        for col, key in (("phase", "phase"), ("column", "column")):
+            table.add_column(col, no_wrap=True, min_width=max([len(col), *(len(getattr(f, key)) for f in fidelity)]))
+        for col in ("both", "only plan", "only pub", "slope", "R²", "TVD", "pub ∝ n^x", "R²(x)"):
+            table.add_column(col, justify="right")
         for f in fidelity:
             table.add_row(f.phase, f.column, str(f.n_both), str(len(f.only_planned)), str(len(f.only_published)),
                           f"{f.slope:.3f}", f"{f.r2:.3f}", f"{f.tvd:.3f}", f"{f.published_exponent:.3f}", f"{f.published_exponent_r2:.3f}")

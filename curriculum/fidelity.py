@@ -44,17 +44,29 @@ class PhaseFidelity:
 
 def load_published(path: str | Path) -> pl.DataFrame:
     """The published table with language keys (`language`) and float token columns."""
-    df = pl.read_csv(path)
+    if not Path(path).is_file():
+        raise CurriculumError(f"--compare {path}: no such file; give a CSV of language,<phase>,<phase>,...")
+    try:
+        df = pl.read_csv(path)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
+        raise CurriculumError(f"--compare {path}: not a readable CSV ({str(exc).splitlines()[0][:200]})") from None
     if "language" not in df.columns:
         raise CurriculumError(f"{path}: no `language` column; expected language,<phase>,<phase>,...")
     keys = []
-    for label in df["language"].to_list():
+    for line, label in enumerate(df["language"].cast(pl.String).to_list(), 2):  # line 1 is the header
+        if not label:
+            raise CurriculumError(f"{path}, line {line}: no language")
         try:
             keys.append(label if label == "code" else (default_key_for_iso3(label) if len(label) == 3 else normalize_language(label)))
         except UnknownLanguageError as exc:
-            raise CurriculumError(f"{path}: {exc}") from None
+            raise CurriculumError(f"{path}, line {line}: {exc}") from None
     out = df.with_columns(pl.Series("language", keys))
     cols = [c for c in df.columns if c != "language"]
+    for c in cols:
+        bad = out.filter(pl.col(c).is_not_null() & pl.col(c).cast(pl.Float64, strict=False).is_null())
+        if bad.height:
+            raise CurriculumError(f"{path}: column {c!r} holds {bad[c].cast(pl.String)[0]!r}, not a token count "
+                                  f"(language {bad['language'][0]}); give numbers")
     return out.group_by("language").agg([pl.col(c).cast(pl.Float64).sum() for c in cols]).sort("language")
 
 

@@ -164,7 +164,7 @@ def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: in
     if over.height:
         names = ", ".join(f"{r['language']} ({r['epochs']:.1f})" for r in over.head(5).iter_rows(named=True))
         warnings.append(
-            f"phase {phase.label!r}: {over.height} language(s) repeated more than {EPOCH_WARNING:g} epochs: {names}"
+            f"phase {phase.label!r}: {over.height:,} language(s) repeated more than {EPOCH_WARNING:g} epochs: {names}"
             + (" ..." if over.height > 5 else "")
         )
     return PhasePlan(phase, index, start_step, start_tokens, keys, available, segments, table, warnings)

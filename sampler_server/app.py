@@ -444,7 +444,9 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     @api.get("/v1/amendments")
     async def get_amendments() -> dict:
         await anyio.to_thread.run_sync(svc.live.sync)
-        return await anyio.to_thread.run_sync(svc.live.describe)
+        # `enabled`: this server follows a journal; `accepts_posts`: it also takes POSTs (an amend token).
+        out = await anyio.to_thread.run_sync(svc.live.describe)
+        return {**out, "accepts_posts": svc.amend_token is not None and svc.live.journal is not None}
 
     @app.post("/v1/amendments", status_code=201, dependencies=[Depends(require_amend_token)])
     async def post_amendment(amendment: Amendment) -> dict:

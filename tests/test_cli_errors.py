@@ -95,6 +95,23 @@ def test_plan_errors_name_the_recipe_file(tmp_path):
     assert f"recipe {recipe}: phase 'pretrain', field 'languages': " in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("csv, says", [
+    (None, "--compare {path}: no such file"),  # were tracebacks
+    ('language,pretrain\nfra,abc\n', "column 'pretrain' holds 'abc', not a token count"),
+    ('language,pretrain\nfra,5\n,3\n', "{path}, line 3: no language"),
+    ('language,pretrain\nfra,5\nzzzz,3\n', "{path}, line 3: unknown language label 'zzzz'"),
+    ('language,pretrain\n"fra,5\n', "--compare {path}: not a readable CSV"),
+    ('"unterminated\n\x00', "{path}: no `language` column"),
+])
+def test_compare_tables_are_checked(tmp_path, csv, says):
+    path = tmp_path / "published.csv"
+    if csv is not None:
+        path.write_text(csv)
+    p = run("curriculum.cli", "plan", str(RECIPES / "mmbert.toml"), "--manifest",
+            str(ROOT / "manifests" / "reference" / "mmbert"), "--compare", str(path), cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and says.format(path=path) in p.stderr, p.stderr
+
+
 def test_private_helpers_are_not_commands():
     import typer
 
@@ -127,3 +144,12 @@ def test_sampler_server_cli_errors(place):
     assert p.returncode == 2 and "Traceback" not in p.stderr and "journal emptydir: is a directory" in p.stderr, p.stderr
     p = run("sampler_server.cli", "serve", "--manifest", "m", "--recipe", "r.toml", "--journal-poll", "0", cwd=place)
     assert p.returncode == 2 and "--journal-poll (or SAMPLER_JOURNAL_POLL): Input should be greater than 0" in p.stderr
+    # A port in use is refused before start-up (it used to be found after planning and warm-up).
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        p = run("sampler_server.cli", "serve", "--manifest", "m", "--recipe", "r.toml", "--port", str(port), cwd=place)
+    assert p.returncode == 2 and f"--port {port} on 127.0.0.1: cannot listen there" in p.stderr, p.stderr

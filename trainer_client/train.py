@@ -320,6 +320,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             raise TrainError(f"checkpoint {src} is a {meta.get('model')!r} model over {meta.get('vocab_size')} tokens; "
                              f"this run builds {cfg.model!r} over the server's {tok.vocab_size}")
     stop = info.total_steps if cfg.steps is None else min(cfg.steps, info.total_steps)
+    if cfg.start_step is not None and cfg.start_step >= info.total_steps:
+        # An explicit start past the run is a mistake (a resumed run at its end says "nothing to do").
+        raise TrainError(f"--start-step {cfg.start_step}: the run has {info.total_steps:,} steps "
+                         f"(0..{info.total_steps - 1:,}); give a step inside it")
     peak_lr = cfg.lr if cfg.lr is not None else DEFAULT_PEAK_LR.get(cfg.model, 8e-4)
 
     model = build_model(cfg.model, tok, attn=cfg.attn, device=device, seed=cfg.seed)  # type: ignore[arg-type]

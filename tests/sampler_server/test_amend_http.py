@@ -139,9 +139,12 @@ def test_refused_amendments_leave_the_journal_untouched(manifest, recipe):
         r = c.post("/v1/amendments", json=ok, headers=AUTH)
         assert r.status_code == 409 and r.json()["earliest_from_step"] == 37
         assert c.post("/v1/amendments", json={**ok, "from_step": 37}, headers=AUTH).status_code == 201
+        assert c.get("/v1/amendments").json()["accepts_posts"] is True
     with TestClient(create_app(settings_for(manifest, recipe, warmup=False))) as c:  # no token configured at all
         r = c.post("/v1/amendments", json={**ok, "from_step": 38}, headers=AUTH)
         assert r.status_code == 403 and "--amend-token" in r.json()["message"]
+        listing = c.get("/v1/amendments").json()
+        assert listing["enabled"] is True and listing["accepts_posts"] is False  # follows the journal, takes no POSTs
 
 
 def test_two_replicas_never_serve_pre_amendment_bytes(manifest, recipe):

@@ -288,6 +288,11 @@ def test_a_server_with_another_build_stops_the_run_with_a_message(data, servers,
     proc = run_cli(train_args(data, [c.url], "--checkpoint-dir", str(ckpt)))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"serves build {c_id}, but this run uses build {data['build_id']} (the build checkpoint" in proc.stderr
+    # A start step past the run (was "nothing to do" and exit 0).
+    total = httpx.get(a.url + "/v1/recipe").json()["total_steps"]
+    proc = run_cli(train_args(data, [a.url], "--start-step", str(total), "--checkpoint-dir", str(data["tmp"] / "past")))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--start-step {total}: the run has {total:,} steps" in proc.stderr, proc.stderr
 
 
 def test_init_from_starts_a_fresh_run_from_a_checkpoints_weights(data, servers, reference):
