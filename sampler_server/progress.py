@@ -69,12 +69,22 @@ class ProgressRecord(ProgressReport):
 
 
 class ProgressStore:
-    """Bounded history of progress records (oldest dropped first), optionally backed by a JSONL log."""
+    """Bounded history of progress records (oldest dropped first), optionally backed by a JSONL log.
 
-    def __init__(self, build_id: str, history: int = 10_000, path: str | Path | None = None):
+    Memory stays bounded however long the run: a report's per-language losses (up to one entry
+    per language: ~100 KB as Python objects at 1,833 languages) are kept for the newest
+    `loss_records` reports only, beside a running map of each language's latest loss; older
+    records keep their step, tokens, loss and rates. A log is read in bounded chunks, and at
+    start-up only its last `history` records are parsed."""
+
+    CHUNK = 8 << 20  # bytes of log read at a time
+
+    def __init__(self, build_id: str, history: int = 10_000, path: str | Path | None = None, loss_records: int = 256):
         self.build_id = build_id
         self.path = Path(path) if path is not None else None
+        self.loss_records = max(1, loss_records)
         self._records: deque[ProgressRecord] = deque(maxlen=history)
+        self._language_loss: dict[str, float] = {}
         self._lock = threading.Lock()
         self._offset = 0
         self.skipped_other_build = 0
@@ -89,19 +99,49 @@ class ProgressStore:
                     self.path, len(self._records), self.skipped_other_build, self.skipped_unreadable,
                 )
 
+    def _keep(self, rec: ProgressRecord) -> None:
+        """Append `rec` (lock held); drop the per-language losses of the record that leaves the newest window."""
+        self._language_loss.update(rec.loss_by_language)
+        self._records.append(rec)
+        n = self.loss_records
+        if len(self._records) > n and self._records[-n - 1].loss_by_language:
+            self._records[-n - 1] = self._records[-n - 1].model_copy(update={"loss_by_language": {}})
+
     def add(self, report: ProgressReport) -> ProgressRecord:
         """Store a report (and append it to the log); returns the stored record."""
         now = time.time()
         rec = ProgressRecord(**{**report.model_dump(), "time": report.time or now}, received=now, build_id=self.build_id)
         if self.path is None:
             with self._lock:
-                self._records.append(rec)
+                self._keep(rec)
             return rec
         line = rec.model_dump_json() + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
         self.sync()
         return rec
+
+    def _tail_start(self, f, size: int) -> int:
+        """Offset of the first line of the last `history` lines of this build (0 when there are
+        fewer), found by a scan that parses no JSON: this store writes `build_id` as a record's
+        last field, so a line of this build ends with it."""
+        suffix = b'"build_id":' + json.dumps(self.build_id).encode() + b"}"
+        starts: deque[int] = deque(maxlen=self._records.maxlen)
+        f.seek(0)
+        offset, rest = 0, b""
+        while offset + len(rest) < size:
+            data = rest + f.read(min(self.CHUNK, size - offset - len(rest)))
+            end = data.rfind(b"\n") + 1
+            if end == 0 and offset + len(data) >= size:
+                break  # a last line still being written
+            pos = 0
+            for line in data[:end].split(b"\n")[:-1]:
+                if line.rstrip().endswith(suffix):
+                    starts.append(offset + pos)
+                pos += len(line) + 1
+            offset += end
+            rest = data[end:]
+        return starts[0] if starts else 0
 
     def sync(self) -> None:
         """Read the log lines appended since the last call (by this or another worker)."""
@@ -115,32 +155,49 @@ class ProgressStore:
             if size < self._offset:  # truncated or replaced: read it again from the start
                 self._offset = 0
                 self._records.clear()
+                self._language_loss.clear()
             if size == self._offset:
                 return
             with open(self.path, "rb") as f:
+                if self._offset == 0:
+                    self._offset = self._tail_start(f, size)
                 f.seek(self._offset)
-                data = f.read(size - self._offset)
-            end = data.rfind(b"\n") + 1  # a line still being written waits for the next sync
-            for raw in data[:end].splitlines():
-                if not raw.strip():
-                    continue
-                try:
-                    rec = ProgressRecord.model_validate_json(raw)
-                except ValidationError:
-                    self.skipped_unreadable += 1
-                    continue
-                if rec.build_id != self.build_id:
-                    self.skipped_other_build += 1
-                    continue
-                self._records.append(rec)
-            self._offset += end
+                rest = b""
+                while self._offset + len(rest) < size:
+                    data = rest + f.read(min(self.CHUNK, size - self._offset - len(rest)))
+                    end = data.rfind(b"\n") + 1  # a line still being written waits for the next sync
+                    if end == 0 and self._offset + len(data) >= size:
+                        break
+                    for raw in data[:end].splitlines():
+                        self._read_line(raw)
+                    self._offset += end
+                    rest = data[end:]
+
+    def _read_line(self, raw: bytes) -> None:
+        if not raw.strip():
+            return
+        try:
+            rec = ProgressRecord.model_validate_json(raw)
+        except ValidationError:
+            self.skipped_unreadable += 1
+            return
+        if rec.build_id != self.build_id:
+            self.skipped_other_build += 1
+            return
+        self._keep(rec)
 
     def records(self, limit: int | None = None) -> list[ProgressRecord]:
-        """The most recent records, oldest first."""
+        """The most recent records, oldest first (per-language losses only on the newest `loss_records`)."""
         self.sync()
         with self._lock:
             out = list(self._records)
         return out[-limit:] if limit else out
+
+    def language_loss(self) -> dict[str, float]:
+        """Each language's latest reported loss, over every report read (not only the history kept)."""
+        self.sync()
+        with self._lock:
+            return dict(self._language_loss)
 
     def __len__(self) -> int:
         return len(self.records())
@@ -164,14 +221,6 @@ def tokens_per_second(records: list[ProgressRecord], window: float = 60.0, repor
     return (last.tokens - first.tokens) / dt if dt > 0 else None
 
 
-def latest_language_loss(records: list[ProgressRecord]) -> dict[str, float]:
-    """Each language's loss from the most recent report that carried it."""
-    out: dict[str, float] = {}
-    for r in records:
-        out.update(r.loss_by_language)
-    return out
-
-
 def consumed_per_phase(tokens_through: int, phase_tokens_start: list[int], total_tokens: int) -> list[int]:
     """Tokens of each phase served when the schedule has served `tokens_through` tokens in all."""
     ends = phase_tokens_start[1:] + [total_tokens]
@@ -182,7 +231,7 @@ def progress_json(records: list[ProgressRecord]) -> list[dict]:
     return [json.loads(r.model_dump_json(exclude={"build_id"})) for r in records]
 
 
-def progress_summary(records: list[ProgressRecord], points: int = 400) -> dict:
+def progress_summary(records: list[ProgressRecord], language_loss: dict[str, float], points: int = 400) -> dict:
     """What the dashboard shows: the latest report, live throughput, each language's latest loss
     and a series of at most `points` reports (older history thinned evenly, the latest kept)."""
     last = records[-1] if records else None
@@ -202,7 +251,7 @@ def progress_summary(records: list[ProgressRecord], points: int = 400) -> dict:
         "step": last.step if last else None,
         "tokens": last.tokens if last else None,
         "tokens_per_second": tokens_per_second(records),
-        "language_loss": latest_language_loss(records),
+        "language_loss": language_loss,
         "series": series,
         "server_time": time.time(),
     }

@@ -388,4 +388,5 @@ class Service:
     def progress_summary(self, limit: int = SERIES_POINTS) -> dict:
         recs = self.progress.records()
         consumed = self.default.refresh().consumed(recs[-1].step) if recs else [0] * len(self.sampler.plans)
-        return {**progress_summary(recs, limit), "consumed_tokens": consumed, "ready": self.ready}
+        return {**progress_summary(recs, self.progress.language_loss(), limit), "consumed_tokens": consumed,
+                "ready": self.ready}
