@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curriculum.errors import CurriculumError
 from curriculum.executors import make_executor
@@ -78,6 +78,12 @@ class BuildConfig(BaseModel):
     slice_bytes: int = Field(1 << 30, gt=0, description="bytes on disk of row groups per extract task of a big Parquet file")
     source: str = "web"
     tokenizer_threads: int | None = Field(None, ge=1, description="threads per tokenizer call (default: 1 per worker in a pool, all cores inline)")
+
+    @model_validator(mode="after")
+    def _length_range(self) -> "BuildConfig":
+        if self.min_chars > self.max_chars:  # every document would be dropped
+            raise ValueError(f"min_chars {self.min_chars} > max_chars {self.max_chars}: no document could be kept")
+        return self
 
 
 # -- small IO helpers --------------------------------------------------------------------------
@@ -602,13 +608,16 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, 
     ident = json.loads(json.dumps({
         "layout": WORK_LAYOUT,
         "settings": {k: v for k, v in dump.items() if k not in TOKENIZE_SETTINGS},
-        "inputs": [[f.path, os.path.getsize(f.path) if os.path.exists(f.path) else -1,
+        "inputs": [[os.path.abspath(f.path), os.path.getsize(f.path) if os.path.exists(f.path) else -1,
                     os.stat(f.path).st_mtime_ns if os.path.exists(f.path) else -1] for f in files],
         "tokenize": {**{k: dump[k] for k in TOKENIZE_SETTINGS}, "tokenizer_sha256": tokenizer_sha256},
     }))
     path = work / "build.json"
     if path.exists():
         old = json.loads(path.read_text())
+        if isinstance(old.get("inputs"), list):  # the same files however they were spelled (relative to here)
+            old["inputs"] = [[os.path.abspath(r[0]), *r[1:]] if isinstance(r, list) and r and isinstance(r[0], str)
+                             else r for r in old["inputs"]]
         diff = [k for k in ident if old.get(k) != ident[k]]
         if not diff:
             return False
@@ -714,6 +723,12 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int | Literal["aut
     if work_dir is not None and not remote:
         raise CurriculumError(f"work_dir / --work-dir is for a remote --out; {cfg.out} is local and holds its own work files")
     out = (Path(work_dir) if work_dir is not None else staging_dir(cfg.out)) if remote else storage.local_path(cfg.out)
+    here = out.resolve()
+    for src in cfg.inputs:
+        root = Path(src).resolve()
+        if root.is_dir() and (here == root or root in here.parents):
+            # Its shards and tables would become input of the next build (which then refuses to resume).
+            raise CurriculumError(f"--out {out} is inside the input {src}; put the output outside the input folders")
     with _exclusive(out / WORK):
         return _build(cfg, out, remote, executor, workers, ray_address, progress, retokenize)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Literal, Optional
@@ -48,6 +49,8 @@ def synth(
         raise typer.BadParameter("--languages and --total-tokens shape a long-tail manifest; --from-stats and "
                                  "--from-mmbert-counts take the languages and sizes from their data",
                                  param_hint="'--languages' / '--total-tokens'")
+    if total_tokens is not None and not math.isfinite(total_tokens) or (total_tokens or 0) > 1e18:
+        raise typer.BadParameter(f"give a finite count up to 1e18 (got {total_tokens})", param_hint="'--total-tokens'")
     languages = 1833 if languages is None else languages
     total_tokens = 3e12 if total_tokens is None else total_tokens
     if from_stats is not None:
@@ -180,7 +183,7 @@ def plan(
     manifest: str = typer.Option(..., "--manifest", help="Manifest directory or URI (s3://bucket/prefix?..., any pyarrow.fs location)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
-    top: int = typer.Option(10, "--top", min=1, help="Languages to list per phase."),
+    top: int = typer.Option(10, "--top", min=1, max=1_000_000, help="Languages to list per phase."),
     compare: Optional[Path] = typer.Option(
         None, "--compare", help="A published per-language token table (CSV: language,<phase>,...) to hold the plan against."
     ),
@@ -336,6 +339,9 @@ def build(
     from curriculum.storage import is_remote, local_path
 
     n_workers = _workers(workers)
+    if min_chars > max_chars:
+        raise typer.BadParameter(f"{min_chars} is above --max-chars {max_chars}: no document could be kept",
+                                 param_hint="'--min-chars'")
     if executor not in ("local", "ray"):
         raise typer.BadParameter(f"give local or ray (got {executor!r})", param_hint="'--executor'")
     if not is_remote(out) and local_path(out).exists() and not local_path(out).is_dir():
@@ -396,7 +402,7 @@ def verify(manifest: str = typer.Argument(..., help="Manifest directory or URI."
 
 
 @app.command()
-def inspect(manifest: str = typer.Argument(..., help="Manifest directory or URI."), top: int = typer.Option(20, "--top")) -> None:
+def inspect(manifest: str = typer.Argument(..., help="Manifest directory or URI."), top: int = typer.Option(20, "--top", min=1, max=1_000_000)) -> None:
     """Summary table: languages, docs, tokens, shards, drops."""
     import polars as pl
 
@@ -511,7 +517,8 @@ def main() -> None:
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
+        if type(exc).__name__ == "Abort":  # Ctrl-C: click turns KeyboardInterrupt into Abort
+            err_console.print("interrupted; finished work is kept: rerun the same command to resume", highlight=False)
             sys.exit(130)
         if isinstance(exc, OSError) and exc.filename is not None:  # names the file; rerun with --debug for more
             err_console.print(f"[red]error:[/] {escape(f'{exc.filename}: {exc.strerror or exc}')}", highlight=False, soft_wrap=True)

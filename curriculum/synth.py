@@ -130,7 +130,17 @@ def synth_from_stats(out: str | Path, stats: str | Path | None = None, bytes_per
     from curriculum.bytes_per_token import DEFAULT_ROW, load_table
 
     bpt = load_table(bytes_per_token)
-    df = pl.read_csv(stats or data_file("fineweb2_language_distribution.csv"))
+    src = stats or data_file("fineweb2_language_distribution.csv")
+    if not Path(src).is_file():
+        raise CurriculumError(f"--from-stats {src}: no such file; give FineWeb-2's fineweb2-language-distribution.csv")
+    try:
+        df = pl.read_csv(src)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
+        raise CurriculumError(f"--from-stats {src}: not a readable CSV ({str(exc).splitlines()[0][:200]})") from None
+    missing = {"split", "subset", "script", "utf8_bytes", "documents"} - set(df.columns)
+    if missing:
+        raise CurriculumError(f"--from-stats {src}: no column(s) {', '.join(sorted(missing))}; expected FineWeb-2's "
+                              "fineweb2-language-distribution.csv")
     train = df.filter((pl.col("split") == "train") & ~pl.col("subset").str.ends_with("_removed"))
     if train.is_empty():
         raise CurriculumError(f"{stats}: no train subsets (expected FineWeb-2's fineweb2-language-distribution.csv)")

@@ -79,6 +79,11 @@ def serve(
                                                    "watermark a policy amendment starts (default 8)."),
 ) -> None:
     """Check the manifest and recipe, then serve batches, the control plane and the dashboard."""
+    for flag, value in (("--token", token), ("--amend-token", amend_token)):
+        if value is not None and not value.strip():  # e.g. --token "$UNSET": an open server by accident
+            _fail(f"{flag} is empty: give a token, or leave the flag out to serve without one")
+    if progress_log is not None and progress_log.is_dir():
+        _fail(f"--progress-log {progress_log}: is a directory; give a file path (it is created if missing)")
     given = {k: v for k, v in dict(manifest=manifest, recipe=recipe, seed=seed, host=host, port=port, workers=workers,
                                    token=token, verify=verify, progress_log=progress_log, variant=variant,
                                    access_log=access_log, http=http, loop=loop, journal=journal, amend_token=amend_token,

@@ -53,6 +53,13 @@ CURRICULUM = [
      "--journal nope.jsonl: no such file"),
     (["synth", "--out", "s", "--from-mmbert-counts", "--languages", "5"], "'--languages' / '--total-tokens'"),
     (["synth", "--out", "s", "--from-mmbert-counts", "--from-stats", "file.txt"], "give one of --from-stats and"),
+    # Were tracebacks, or accepted.
+    (["synth", "--out", "s", "--from-stats", "nope.csv"], "--from-stats nope.csv: no such file"),
+    (["synth", "--out", "s", "--from-stats", "file.txt"], "--from-stats file.txt: no column(s)"),
+    (["synth", "--out", "s", "--total-tokens", "inf"], "'--total-tokens'"),
+    (["inspect", "emptydir", "--top", "99999999999999999999"], "'--top'"),
+    (["build", "file.txt", "--out", "o", "--tokenizer", "file.txt", "--min-chars", "100", "--max-chars", "10"],
+     "'--min-chars': 100 is above --max-chars 10"),
     # Was reported after the whole build of labeled input, its shards written and no manifest.
     (["build", "file.txt", "--out", "o", "--tokenizer", "file.txt", "--lid-model", "nope.ftz"],
      "--lid-model nope.ftz: no such file"),
@@ -153,3 +160,8 @@ def test_sampler_server_cli_errors(place):
         port = held.getsockname()[1]
         p = run("sampler_server.cli", "serve", "--manifest", "m", "--recipe", "r.toml", "--port", str(port), cwd=place)
     assert p.returncode == 2 and f"--port {port} on 127.0.0.1: cannot listen there" in p.stderr, p.stderr
+    for flag in ("--token", "--amend-token"):  # an empty token served an open server
+        p = run("sampler_server.cli", "serve", "--manifest", "m", "--recipe", "r.toml", flag, "", cwd=place)
+        assert p.returncode == 2 and f"{flag} is empty" in p.stderr, p.stderr
+    p = run("sampler_server.cli", "serve", "--manifest", "m", "--recipe", "r.toml", "--progress-log", "emptydir", cwd=place)
+    assert p.returncode == 2 and "--progress-log emptydir: is a directory" in p.stderr, p.stderr

@@ -444,11 +444,19 @@ def decode_stream(source: bytes | bytearray | memoryview | pa.Buffer | io.RawIOB
     """Every batch of a response, in order: one or more IPC streams back to back."""
     if isinstance(source, (bytes, bytearray, memoryview, pa.Buffer)):
         buf = source if isinstance(source, pa.Buffer) else pa.py_buffer(source)
+        # Every stream the server writes ends with Arrow's end-of-stream marker: a body cut right
+        # after a whole batch would otherwise decode as a shorter stream, silently.
+        if buf.size == 0:
+            raise WireError("empty response: no Arrow IPC stream")
+        if buf.size < len(EOS) or memoryview(buf)[-len(EOS):].tobytes() != EOS:
+            raise WireError(f"truncated response: {buf.size:,} bytes without the end-of-stream marker")
         reader_src: pa.NativeFile | io.IOBase = pa.BufferReader(buf)
         at_end = lambda: reader_src.tell() >= buf.size  # noqa: E731
-    else:
+    elif hasattr(source, "read"):
         reader_src = source
         at_end = lambda: not _peek(reader_src)  # noqa: E731
+    else:
+        raise TypeError(f"decode_stream: expected bytes, a pyarrow Buffer or a binary file, got {type(source).__name__}")
     while not at_end():
         try:
             reader = pa.ipc.open_stream(reader_src)

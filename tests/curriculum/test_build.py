@@ -172,6 +172,21 @@ def test_a_rerun_with_changed_inputs_is_refused_naming_them(corpus, small_tokeni
     assert f"1 added, e.g. {extra}" in msg and f"1 removed, e.g. {files[2]}" in msg and "1 changed" in msg
 
 
+def test_the_same_inputs_spelled_otherwise_resume_and_an_out_inside_an_input_is_refused(corpus, small_tokenizer,
+                                                                                         tmp_path, monkeypatch):
+    from curriculum.errors import CurriculumError
+
+    out = tmp_path / "out"
+    run_build(corpus, out, small_tokenizer)
+    (out / "manifest.json").unlink()  # as if killed before the end
+    monkeypatch.chdir(corpus.parent)
+    run_build(Path(os.path.relpath(corpus)), out, small_tokenizer)  # was refused: "other inputs (N added ...)"
+    assert (out / "manifest.json").exists()
+    with pytest.raises(CurriculumError, match="is inside the input"):
+        run_build(corpus, corpus / "manifest", small_tokenizer)
+    assert not (corpus / "manifest").exists()
+
+
 def test_normalize_texts_matches_normalize_text():
     """The batch normalizer (numba quick check, then the numba normalizer for the documents it
     flags) equals the reference per text."""

@@ -604,15 +604,16 @@ def test_truncation_at_every_message_boundary_is_refused(encoded):
         cuts = {c + d for c in message_boundaries(e.data) for d in (-1, 0, 1)}
         for cut in sorted(c for c in cuts if 0 <= c < len(e.data)):
             w = decode_or_error(e.data[:cut], e.batch)
-            # Only a cut inside the trailing end-of-stream marker may still hold the whole batch.
-            assert w is None or cut >= len(e.data) - len(wire.EOS), (e.labels, e.compression, cut)
-            # A file-like source reads to its end and stops: no hang, the same batches (a cut at a
-            # message boundary before the batch reads as a stream of none).
+            # Bytes must end with the end-of-stream marker: every cut is refused.
+            assert w is None, (e.labels, e.compression, cut)
+            # A file-like source reads to its end and stops: no hang; only a cut inside the
+            # trailing marker may still give the batch (a cut at a message boundary before the
+            # batch reads as a stream of none).
             try:
                 got = list(wire.decode_stream(io.BufferedReader(io.BytesIO(e.data[:cut]))))
             except wire.WireError:
                 got = None
-            assert (got is None or got == []) if w is None else (got is not None and len(got) == 1)
+            assert got is None or got == [] or (len(got) == 1 and cut >= len(e.data) - len(wire.EOS))
 
 
 WIRE_MUTATIONS = st.one_of(

@@ -134,8 +134,18 @@ def test_stream_across_a_sequence_length_change(sampler):
 
 def test_bad_input_is_refused(sampler):
     with pytest.raises(wire.WireError, match="not an Arrow IPC stream"):
+        wire.decode(b"\x00\x01garbage" * 10 + wire.EOS)
+    with pytest.raises(wire.WireError, match="without the end-of-stream marker"):
         wire.decode(b"\x00\x01garbage" * 10)
+    with pytest.raises(wire.WireError, match="empty response"):
+        wire.decode(b"")
+    with pytest.raises(TypeError, match="expected bytes"):
+        wire.decode("abc")  # was AttributeError: 'str' object has no attribute 'tell'
     data, b = one(sampler, 0)
+    # A /v1/stream body cut right after a whole batch decoded as a shorter stream, silently.
+    two = wire.encode([(b, {"step": 0}), (b, {"step": 1})], sampler.languages)
+    with pytest.raises(wire.WireError, match="truncated response"):
+        list(wire.decode_stream(two[: len(two) - len(wire.EOS)]))
     with pytest.raises(ValueError, match="every row start"):
         bad = Fake(b.input_ids, b.labels, np.array([0, 5, b.input_ids.size], np.int32), b.lang)
         wire.encode([(bad, {})], sampler.languages)
