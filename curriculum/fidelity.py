@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from curriculum.csvfile import read_user_csv
 from curriculum.errors import CurriculumError
 from curriculum.languages import UnknownLanguageError, default_key_for_iso3, normalize_language
 from curriculum.plan import PhasePlan
@@ -44,12 +45,7 @@ class PhaseFidelity:
 
 def load_published(path: str | Path) -> pl.DataFrame:
     """The published table with language keys (`language`) and float token columns."""
-    if not Path(path).is_file():
-        raise CurriculumError(f"--compare {path}: no such file; give a CSV of language,<phase>,<phase>,...")
-    try:
-        df = pl.read_csv(path)
-    except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
-        raise CurriculumError(f"--compare {path}: not a readable CSV ({str(exc).splitlines()[0][:200]})") from None
+    df = read_user_csv(path, "--compare", "a CSV of language,<phase>,<phase>,...")
     if "language" not in df.columns:
         raise CurriculumError(f"{path}: no `language` column; expected language,<phase>,<phase>,...")
     keys = []

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from curriculum.csvfile import read_user_csv
 from curriculum.errors import CurriculumError
 from curriculum.languages import default_key_for_iso3
 from curriculum.manifest import ManifestMeta, TokenizerMeta, empty_shards, write_manifest
@@ -131,12 +132,7 @@ def synth_from_stats(out: str | Path, stats: str | Path | None = None, bytes_per
 
     bpt = load_table(bytes_per_token)
     src = stats or data_file("fineweb2_language_distribution.csv")
-    if not Path(src).is_file():
-        raise CurriculumError(f"--from-stats {src}: no such file; give FineWeb-2's fineweb2-language-distribution.csv")
-    try:
-        df = pl.read_csv(src)
-    except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
-        raise CurriculumError(f"--from-stats {src}: not a readable CSV ({str(exc).splitlines()[0][:200]})") from None
+    df = read_user_csv(src, "--from-stats", "FineWeb-2's fineweb2-language-distribution.csv")
     missing = {"split", "subset", "script", "utf8_bytes", "documents"} - set(df.columns)
     if missing:
         raise CurriculumError(f"--from-stats {src}: no column(s) {', '.join(sorted(missing))}; expected FineWeb-2's "
