@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 
-from curriculum.amend import Amendment, AmendmentError, regimes, resolve_current
+from curriculum.amend import Amendment, AmendmentError, resolve_current
 from curriculum.journal import Journal
 from sampler_server.sampler import Sampler
 
