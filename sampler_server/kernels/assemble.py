@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
 from sampler_server.kernels.mask import _WORKERS, _check_range, _check_run, _mask_row
 from sampler_server.kernels.pack import copy_run, copy_run_virtual
 

@@ -30,6 +30,8 @@ import threading
 import numpy as np
 from numba import njit
 
+import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
+
 
 @njit(cache=True, nogil=True)
 def _push(heap: np.ndarray, size: np.int64, v: np.int64) -> np.int64:

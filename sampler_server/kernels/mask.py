@@ -32,6 +32,7 @@ from numba.core.errors import TypingError
 from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
+import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
 from sampler_server.kernels.rng import mix64
 
 if sys.byteorder != "little":  # the uint32 view of the pair hashes is u_0, u_1, ... only on little-endian CPUs

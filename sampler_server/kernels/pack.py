@@ -9,6 +9,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
 from sampler_server.kernels.rng import mix64
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -18,6 +18,7 @@ from numba.core.errors import TypingError
 from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
+import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
 from sampler_server.kernels.mask import IGNORE_INDEX
 
 _LANES = 32  # labels per vector compare: one uint32 bit mask
