@@ -786,7 +786,7 @@ def _build(cfg: BuildConfig, out: Path, remote: bool, executor: str, workers: in
         prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False)
         prog.start()
         if workers_note:
-            prog.console.print(f"build: {workers_note}", markup=False, highlight=False)
+            prog.console.print(f"build: {workers_note}", markup=False, highlight=False, soft_wrap=True)
     seconds = {}
     try:
         t0 = time.perf_counter()

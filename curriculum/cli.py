@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -384,6 +385,11 @@ def build(
     if strict and (rep.issues or any(k not in ("near_duplicate", "too_short", "too_long", "low_lid_confidence") for k in rep.drops)):
         err_console.print("[red]error:[/] --strict: the input had problems (see above)")
         raise typer.Exit(1)
+    if rep.docs_kept == 0:  # a manifest with nothing to sample: plan and serve would refuse it
+        err_console.print(f"[red]error:[/] no document was kept, out of {rep.docs_in:,}; the manifest records what was "
+                          "dropped and why (`curriculum inspect`). Check the inputs, --min-chars / --max-chars and "
+                          "--lid-threshold.", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -401,6 +407,13 @@ def verify(manifest: str = typer.Argument(..., help="Manifest directory or URI."
     console.print(f"ok: {n} shards verified in {display(manifest)}")
 
 
+def _languages_held(df) -> str:
+    """"N languages", and how many of them hold no token: a language whose every document was
+    dropped keeps its row (its drop counts) but has nothing to sample."""
+    empty = int((df["tokens"] == 0).sum())
+    return f"{df.height - empty:,} languages" + (f" (+{empty:,} with every document dropped)" if empty else "")
+
+
 @app.command()
 def inspect(manifest: str = typer.Argument(..., help="Manifest directory or URI."), top: int = typer.Option(20, "--top", min=1, max=1_000_000)) -> None:
     """Summary table: languages, docs, tokens, shards, drops."""
@@ -412,7 +425,7 @@ def inspect(manifest: str = typer.Argument(..., help="Manifest directory or URI.
     df = m.languages.sort("tokens", descending=True)
     drops = drop_columns(df)
     console.print(
-        f"{manifest}: {m.meta.kind} manifest · {df.height:,} languages · {int(df['docs'].sum()):,} docs · "
+        f"{manifest}: {m.meta.kind} manifest · {_languages_held(df)} · {int(df['docs'].sum()):,} docs · "
         f"{int(df['tokens'].sum()):,} tokens · {m.shards.height:,} shards"
         + (f" · tokenizer {m.meta.tokenizer.name} (vocab {m.meta.tokenizer.vocab_size:,})" if m.meta.tokenizer else "")
     )
@@ -456,23 +469,39 @@ def tokenizer_train(
         why = "; ".join(f"{i.path}: {i.message or i.reason}" for i in issues[:5])
         raise CurriculumError(f"no input files to train on under {', '.join(map(str, inputs))}" + (f" ({why})" if why else ""))
 
+    drops: Counter[str] = Counter()
+    bad: list[str] = []
+
     def texts():
         for f in files:
             for b in read_documents(f):
+                drops.update(b.drops)
+                bad.extend(f"{i.path}{'' if i.line is None else f':{i.line}'}: {i.message or i.reason}"
+                           for i in b.issues[: 3 - len(bad)])
                 yield from b.texts
 
-    info = train_tokenizer(texts(), vocab_size, out, kind=kind)
+    try:
+        info = train_tokenizer(texts(), vocab_size, out, kind=kind)
+    except CurriculumError as exc:
+        if not str(exc).endswith("no texts given"):
+            raise
+        what = ", ".join(f"{k} {v:,}" for k, v in sorted(drops.items())) or "no documents"
+        raise CurriculumError(f"no text to train on in {len(files):,} input file(s): {what}"
+                              + (f" ({'; '.join(bad)})" if bad else "")) from None
     console.print(f"wrote {out} (vocab {info.vocab_size:,}, sha256 {info.sha256[:12]}…)")
 
 
 @tokenizer_app.command("bytes-per-token")
 def tokenizer_bytes_per_token(
-    out: Path = typer.Option(Path("curriculum/data/bytes_per_token.csv"), "--out", help="Where to write the table."),
+    out: Path = typer.Option(..., "--out", help="Where to write the table (CSV); curriculum/data/bytes_per_token.csv "
+                             "in a checkout regenerates the shipped one."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer (default: Gemma 2, fetched offline from PyPI)."),
 ) -> None:
     """Measure UTF-8 bytes per token per script on the demo corpus text (regenerates the shipped table)."""
     from curriculum.bytes_per_token import write_table
 
+    if out.is_dir():
+        raise CurriculumError(f"--out {out}: is a directory; give the path of the CSV file to write")
     if tokenizer is None:
         from curriculum.assets import gemma2_tokenizer_path
 

@@ -168,13 +168,14 @@ def folder_language(path: str | os.PathLike[str]) -> tuple[str | None, FileIssue
         return None, FileIssue(str(path), None, "unknown_language_folder", msg)
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def _walk(root: Path, errors: list[OSError]) -> Iterator[Path]:
     """Files under root in sorted order, skipping hidden files and folders (`.git`, `.work`).
 
     Symlinked folders are followed (corpora are often assembled from links), each real folder once.
+    A folder that cannot be listed (permissions) is appended to `errors`, not skipped silently.
     """
     visited: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=errors.append):
         real = os.path.realpath(dirpath)
         if real in visited:  # a link cycle, or a second link to the same folder
             dirnames[:] = []
@@ -195,10 +196,11 @@ def discover_inputs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Input
     files: list[InputFile] = []
     issues: list[FileIssue] = []
     seen: set[str] = set()
+    unlisted: list[OSError] = []  # folders os.walk could not list
     for raw in paths:
         root = Path(raw)
         if root.is_dir():
-            candidates: Iterator[Path] = _walk(root)
+            candidates: Iterator[Path] = _walk(root, unlisted)
         elif root.exists():
             candidates = iter([root])
         else:
@@ -225,6 +227,10 @@ def discover_inputs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Input
                 issues.append(issue)
                 continue
             files.append(InputFile(str(p), kind[0], kind[1], language))
+        for exc in unlisted:
+            issues.append(FileIssue(str(exc.filename), None, "unreadable",
+                                    f"folder not read: cannot list it ({exc.strerror}); check its permissions"))
+        unlisted.clear()
     return files, issues
 
 

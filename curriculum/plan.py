@@ -63,6 +63,10 @@ def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], 
     all_keys = set(languages["language"].to_list())
     sel = phase.languages
     warnings: list[str] = []
+    if present.height == 0:  # every document dropped (or an empty synthetic table): nothing to mix
+        raise RecipeError(f"phase {phase.name!r}: the manifest has no language with tokens ({languages.height} "
+                          "language(s), none with a kept document); see `curriculum inspect` for what was dropped",
+                          phase=phase.name, field="languages")
     if sel == "all":
         return present["language"].to_list(), warnings
     if isinstance(sel, TopN):
@@ -140,6 +144,11 @@ def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: in
     available = sub["tokens"].to_numpy().astype(np.int64)
     sources = sub["source"].to_list()
     mult = _multipliers(phase, keys, sources, set(languages["language"].to_list()), ignore_unselected_weights)
+    known = set(languages["source"].to_list())
+    unknown = sorted(set(phase.source_weights) - known)
+    if unknown:  # a typo, or a recipe written for a corpus with sources this one lacks
+        warnings.append(f"phase {phase.name!r}: source_weights names {', '.join(map(repr, unknown))}, a source no "
+                        f"language of the manifest has (its sources: {', '.join(sorted(known))}); ignored")
     segments = phase_segments(phase, available, mult)
     allotted = np.sum([s.allocation.allotted for s in segments], axis=0)
     capped = np.any([s.allocation.capped for s in segments], axis=0)

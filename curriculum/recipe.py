@@ -160,6 +160,9 @@ class Phase(_Model):
             )
         if self.lr.warmup_tokens > self.tokens:
             raise ValueError("lr.warmup_tokens exceeds the phase's tokens")
+        if self.lr.decay_tokens is not None and self.lr.decay_tokens > self.tokens:  # was clipped to the phase, silently
+            raise ValueError(f"lr.decay_tokens ({self.lr.decay_tokens:.6g}) exceeds the phase's tokens ({self.tokens:.6g}); "
+                             "leave it out to decay over the whole phase")
         w = self.batch_warmup
         if w is not None:
             B, m = self.batch_sequences, w.step_multiple
@@ -316,7 +319,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except OSError as exc:
         raise RecipeError(f"recipe {p}: cannot read ({exc.strerror}); check the path") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        data = tomllib.loads(raw.decode("utf-8-sig"))  # a byte-order mark (some Windows editors) is not TOML
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise RecipeError(f"recipe {p}: not valid TOML: {exc}") from None
     return parse_recipe(data, str(p))

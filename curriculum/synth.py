@@ -10,6 +10,7 @@ high-resource. Beyond 1,834 languages, synthetic keys `s0001_Latn`... fill the r
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import polars as pl
 from curriculum.csvfile import read_user_csv
 from curriculum.errors import CurriculumError
 from curriculum.languages import default_key_for_iso3
-from curriculum.manifest import ManifestMeta, TokenizerMeta, empty_shards, write_manifest
+from curriculum.manifest import MANIFEST_JSON, ManifestMeta, TokenizerMeta, empty_shards, write_manifest
 
 MEAN_DOC_TOKENS = 600.0  # a typical web document after filtering (FineWeb-2: ~2.5 KB, ~3 bytes/token)
 BYTES_PER_TOKEN = 3.0  # Gemma 2 on multilingual text (DEPENDENCIES.md: 2.98 on UDHR)
@@ -63,8 +64,25 @@ def long_tail_tokens(n_languages: int, total_tokens: float) -> np.ndarray:
     return tokens
 
 
+def _refuse_built_manifest(out: str | Path) -> None:
+    """A synthetic manifest may replace an earlier synthetic one, never a built corpus's: its
+    tables record what the build kept and dropped, and the shards beside them would be orphaned."""
+    path = Path(out) / MANIFEST_JSON
+    if not path.exists():
+        return
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind != "synthetic":
+        what = "a built corpus's manifest" if kind == "built" else "a manifest.json that is not a synthetic one"
+        raise CurriculumError(f"--out {out}: holds {what}; a synthetic manifest would replace it. "
+                              "Pick another --out directory.")
+
+
 def synth_long_tail(out: str | Path, n_languages: int = 1833, total_tokens: float = 3e12) -> Path:
     """Write a synthetic manifest (no shards) with a FineWeb-2-shaped long tail."""
+    _refuse_built_manifest(out)
     names = mmbert_language_order()
     if n_languages > len(names):
         names += [f"s{i:04d}_Latn" for i in range(1, n_languages - len(names) + 1)]
@@ -95,6 +113,7 @@ def synth_from_mmbert_counts(out: str | Path) -> Path:
     sampled of it in all phases (pretrain + mid-training + the `decay-all` variant). The run's
     corpus held at least that much unique-or-repeated text, so planning `mmbert.toml` on it shows
     the published mixture's shape with real language names and the real long tail."""
+    _refuse_built_manifest(out)
     df = pl.read_csv(data_file("mmbert_language_counts.csv"))
     total = (df["pretrain"] + df["ext"] + df["decay-all"]).cast(pl.Int64)
     keys = [default_key_for_iso3(c) for c in df["language"].to_list()]
@@ -130,6 +149,7 @@ def synth_from_stats(out: str | Path, stats: str | Path | None = None, bytes_per
     `FINEWEB2_EXTRAS`. Keys are FineWeb-2's subset names (`{iso639_3}_{Script}`)."""
     from curriculum.bytes_per_token import DEFAULT_ROW, load_table
 
+    _refuse_built_manifest(out)
     bpt = load_table(bytes_per_token)
     src = stats or data_file("fineweb2_language_distribution.csv")
     df = read_user_csv(src, "--from-stats", "FineWeb-2's fineweb2-language-distribution.csv")

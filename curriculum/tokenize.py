@@ -404,10 +404,10 @@ def train_tokenizer(
     from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     if kind not in ("bpe", "unigram"):
-        raise TokenizerError(f"train_tokenizer: kind must be 'bpe' or 'unigram', got {kind!r}")
+        raise TokenizerError(f"--kind {kind!r}: must be 'bpe' or 'unigram'")
     floor = len(TRAIN_SPECIALS) + (_BYTE_ALPHABET if kind == "bpe" else 1)
     if vocab_size <= floor:
-        raise TokenizerError(f"train_tokenizer: vocab_size {vocab_size} must exceed {floor} (specials + base alphabet) for kind={kind!r}")
+        raise TokenizerError(f"--vocab-size {vocab_size}: must exceed {floor} (specials + base alphabet) for --kind {kind}")
     specials = list(TRAIN_SPECIALS)
     if kind == "bpe":
         tok = HFTokenizer(models.BPE(unk_token="[UNK]"))

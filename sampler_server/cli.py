@@ -112,8 +112,11 @@ def serve(
     from sampler_server.app import create_app
     from sampler_server.service import open_sampler
 
-    if (busy := _bind_problem(settings.host, settings.port)) is not None:
+    busy, port = _bind_probe(settings.host, settings.port)
+    if busy is not None:
         _fail(busy)  # before start-up (planning, warm-up) rather than after it
+    if port != settings.port:  # --port 0: the port the OS gave the probe, so the URL printed is real
+        settings = settings.model_copy(update={"port": port})
     try:
         if settings.workers == 1:
             application = create_app(settings)
@@ -143,24 +146,24 @@ def serve(
     uvicorn.run("sampler_server.app:create_app_from_env", factory=True, workers=settings.workers, **common)
 
 
-def _bind_problem(host: str, port: int) -> str | None:
-    """Why the server could not listen on (host, port), or None. A bind-and-release probe (as
-    uvicorn binds: SO_REUSEADDR); another process can still take the port in between, which
-    uvicorn then reports."""
+def _bind_probe(host: str, port: int) -> tuple[str | None, int]:
+    """(why the server could not listen on (host, port) or None, the port bound). A bind-and-release
+    probe (as uvicorn binds: SO_REUSEADDR); port 0 gets a free port from the OS, which the server
+    then uses. Another process can still take the port in between, which uvicorn then reports."""
     import socket
 
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except (socket.gaierror, UnicodeError) as exc:
-        return f"--host {host}: cannot resolve it ({getattr(exc, 'strerror', None) or exc})"
+        return f"--host {host}: cannot resolve it ({getattr(exc, 'strerror', None) or exc})", port
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(addr)
         except OSError as exc:
             return (f"--port {port} on {host}: cannot listen there ({exc.strerror or exc}); another process may hold "
-                    "it: pick another --port, or stop that process")
-    return None
+                    "it: pick another --port, or stop that process"), port
+        return None, probe.getsockname()[1]
 
 
 def main() -> None:

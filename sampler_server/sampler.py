@@ -88,6 +88,14 @@ class _State:
         return max(0, bisect.bisect_right(self._starts, step) - 1)
 
 
+
+def _integer(name: str, value: object) -> int:
+    """`value` as an int when it is one (Python or numpy integer, not a bool); TypeError naming
+    the argument otherwise (3.0, "3" and True were taken as 3, 3 and 1, or failed deep inside)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+
 class Sampler:
     """Deterministic batches over a built manifest, optionally amended by a journal."""
 
@@ -121,7 +129,9 @@ class Sampler:
         # variants by the chosen one (default: its first).
         self.base_recipe = full.resolve(variant)
         self.variant = variant or next((p.variant for p in self.base_recipe.phases if p.variant), None)
-        self.seed = int(seed)
+        self.seed = _integer("Sampler: seed", seed)
+        if not 0 <= self.seed < 2**64:  # the kernels take it mod 2**64: two seeds would serve the same bytes
+            raise ValueError(f"Sampler: seed {self.seed} must lie in [0, 2**64)")
         # Kernel threads per batch call. 1 by default: a server runs many requests at once (each
         # on its own thread), and a per-rank batch (~64K tokens) masks in ~0.1 ms on one core,
         # less than an OpenMP launch costs.
@@ -242,6 +252,8 @@ class Sampler:
             plans = [known.get(id(r)) or [self._plan(ph, i, r.timeline) for i, ph in enumerate(r.recipe.phases)]
                      for r in regs]
         except (CurriculumError, ValueError) as exc:
+            if not amendments:  # the recipe itself does not plan on this manifest: no journal to blame
+                raise
             phase, field = getattr(exc, "phase", None), getattr(exc, "field", None)
             where = [f"changes.{phase}" + (f".{field}" if field else "")] if phase else []
             raise AmendmentError(f"the amended recipe cannot be planned on this manifest: {exc}", where) from None
@@ -400,11 +412,13 @@ class Sampler:
     def schedule(self, step: int) -> StepInfo:
         """The step's phase, τ, mask ratio, sequence length and LR factor (cheap), under the
         regime in force at `step`."""
+        step = _integer("Sampler.schedule: step", step)
         st = self._state
         return st.regimes[st.regime_index(max(step, 0))].timeline.locate(step)
 
     def build_id_at(self, step: int) -> str:
         """Build id of the batches of `step`: the run id hashed with the journal prefix in force."""
+        step = _integer("Sampler.build_id_at: step", step)
         st = self._state
         return st.build_ids[st.regime_index(max(step, 0))]
 
@@ -492,6 +506,9 @@ class Sampler:
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> Batch:
         """The batch of `rank` of `world_size` at global `step`."""
+        step = _integer("Sampler.batch: step", step)
+        rank = _integer("Sampler.batch: rank", rank)
+        world_size = _integer("Sampler.batch: world_size", world_size)
         st = self._state  # one state for the whole batch, whatever amendments land meanwhile
         k = st.regime_index(max(step, 0))
         reg = st.regimes[k]

@@ -23,7 +23,7 @@ class ServerSettings(BaseSettings):
     cache_dir: Annotated[Path | None, Field(description="local cache of remote shards (default: ~/.cache)")] = None
     cache_bytes: Annotated[int, Field(gt=0, description="bound of the shard cache in bytes")] = 64 << 30
     recipe: Annotated[Path, Field(description="recipe TOML file")]
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, lt=2**64, description="sampling seed (the masks and the order of documents)")] = 0
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1, le=64, description="uvicorn worker processes (spawned)")] = 1

@@ -21,6 +21,7 @@ def place(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("cli")
     (d / "file.txt").write_text("hello\n")
     (d / "emptydir").mkdir()
+    (d / "binary.bin.txt").write_bytes(bytes(range(256)) * 4)
     return d
 
 
@@ -33,6 +34,14 @@ CURRICULUM = [
     (["tokenizer", "train", "file.txt", "--out", "emptydir"], "--out emptydir: is a directory"),
     (["tokenizer", "train", "file.txt", "--out", "t.json", "--vocab-size", "0"], "'--vocab-size'"),
     (["demo-corpus", "file.txt"], "file.txt: exists and is not a directory"),
+    (["tokenizer", "train", "file.txt", "--out", "t.json", "--vocab-size", "200"], "--vocab-size 200: must exceed 261"),
+    # Were "train_tokenizer: no texts given", whatever had been dropped.
+    (["tokenizer", "train", "binary.bin.txt", "--out", "t.json"], "no text to train on in 1 input file(s): no documents "
+     "(binary.bin.txt: not text: NUL bytes"),
+    (["tokenizer", "train", "emptydir", "--out", "t.json"], "no input files to train on under emptydir"),
+    # Was a traceback (and --out defaulted to a path relative to the working directory).
+    (["tokenizer", "bytes-per-token", "--out", "emptydir"], "--out emptydir: is a directory"),
+    (["tokenizer", "bytes-per-token"], "Missing option '--out'"),
     (["synth", "s", "--languages", "0"], "'--languages'"),
     (["amend", str(RECIPES / "demo.toml"), "--from-step", "-1", "--set", "tau=0.5"], "'--from-step'"),
     (["amend", str(RECIPES / "demo.toml"), "--from-step", "1", "--set", "tau=0.5", "--journal", "emptydir"],
@@ -143,6 +152,17 @@ def test_trainer_settings_are_checked_before_anything_starts(place):
     p = run("trainer_client.cli", "train", "--server", "http://127.0.0.1:1", "--steps", "-1", cwd=place)
     assert p.returncode == 2 and "--steps -1: must be >= 0" in p.stderr and "Traceback" not in p.stderr
     assert "Connection refused" not in p.stderr
+    # Paths the run writes are tried first: these failed at the first checkpoint, after the whole
+    # run (--summary), or as a traceback (--log-dir under a file).
+    p = run("trainer_client.cli", "train", "--server", "http://127.0.0.1:1", "--checkpoint-dir", "file.txt/ck",
+            "--log-dir", "file.txt/logs", "--summary", "emptydir", cwd=place)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "Connection refused" not in p.stderr, p.stderr
+    for says in ("--checkpoint-dir file.txt/ck: cannot write in file.txt/ck (Not a directory)",
+                 "--log-dir file.txt/logs: cannot write in file.txt/logs (Not a directory)",
+                 "--summary emptydir: is a directory"):
+        assert says in p.stderr, (says, p.stderr)
+    p = run("trainer_client.cli", "train", "--server", "http://127.0.0.1:1", "--nproc-per-node", "0", cwd=place)
+    assert p.returncode == 2 and "'--nproc-per-node'" in p.stderr, p.stderr  # ran one rank
 
 
 def test_sampler_server_cli_errors(place):
@@ -165,3 +185,22 @@ def test_sampler_server_cli_errors(place):
         assert p.returncode == 2 and f"{flag} is empty" in p.stderr, p.stderr
     p = run("sampler_server.cli", "serve", "--manifest", "m", "--recipe", "r.toml", "--progress-log", "emptydir", cwd=place)
     assert p.returncode == 2 and "--progress-log emptydir: is a directory" in p.stderr, p.stderr
+
+
+def test_a_build_that_keeps_nothing_fails_and_its_manifest_is_refused_in_one_line(tmp_path, small_tokenizer):
+    # Was exit 0; then `plan` and `sampler-server` died on a polars SchemaError traceback and
+    # `inspect` counted the language whose every document was dropped as one of the manifest's.
+    (tmp_path / "fw" / "fra_Latn" / "train").mkdir(parents=True)
+    (tmp_path / "fw" / "fra_Latn" / "train" / "a.txt").write_text("trop court\n\ncourt\n")
+    p = run("curriculum.cli", "build", "fw", "--out", "out", "--tokenizer", str(small_tokenizer), cwd=tmp_path)
+    assert p.returncode == 1 and "error: no document was kept, out of 2" in p.stderr, p.stderr
+    assert "dropped: too_short 2" in p.stdout
+    p = run("curriculum.cli", "inspect", "out", cwd=tmp_path)
+    assert p.returncode == 0 and "0 languages (+1 with every document dropped)" in p.stdout, p.stdout
+    msg = "phase 'pretrain': the manifest has no language with tokens (1 language(s), none with a kept document)"
+    p = run("curriculum.cli", "plan", str(RECIPES / "demo.toml"), "--manifest", "out", cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and msg in p.stderr, p.stderr
+    (tmp_path / "demo.toml").write_text((RECIPES / "demo.toml").read_text())  # its journal would go beside it
+    p = run("sampler_server.cli", "serve", "--manifest", "out", "--recipe", "demo.toml", "--port", "0", cwd=tmp_path)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and msg in p.stderr, p.stderr
+    assert "amended" not in p.stderr  # no journal involved

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -95,6 +96,27 @@ def _strip_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
+def _unwritable(paths: list[tuple[str, Path | None, bool]]) -> list[str]:
+    """Problems with the paths the run will write (flag, path, is a file): each folder is made
+    and a temporary file created in it, as the run would."""
+    problems = []
+    for flag, path, is_file in paths:
+        if path is None:
+            continue
+        if path.is_dir() if is_file else (path.exists() and not path.is_dir()):
+            problems.append(f"{flag} {path}: " + ("is a directory; give the path of the file to write" if is_file
+                                                  else "exists and is not a directory"))
+            continue
+        folder = path.parent if is_file else path
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            problems.append(f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc})")
+    return problems
+
+
 @app.command()
 def train(
     server: str = typer.Option(..., "--server", help="Sampler URL(s), comma-separated: replicas of one build, tried in order on failure."),
@@ -121,9 +143,16 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Model initialisation seed."),
     run_name: str = typer.Option("", "--run-name", help="Shown with progress reports on the dashboard."),
     summary: Optional[Path] = typer.Option(None, "--summary", help="Write a JSON summary (rank 0) here at the end."),
-    nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Start this many local ranks (CPU: gloo; GPU: one per device)."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Start this many local ranks (CPU: gloo; GPU: one per device)."),
 ) -> None:
     """Train (or resume) until --steps, following the recipe's phases from the server."""
+    # Checked before any rank starts: an unwritable --checkpoint-dir used to fail at the first
+    # checkpoint, and an unwritable --summary after the whole run.
+    problems = _unwritable([("--checkpoint-dir", checkpoint_dir, False), ("--log-dir", log_dir, False),
+                            ("--summary", summary, True)])
+    if problems:
+        typer.echo(f"trainer-client: {'; '.join(problems)}", err=True)
+        raise typer.Exit(2)
     if nproc_per_node > 1 and "RANK" not in os.environ:
         argv = _strip_option(_state.get("argv") or sys.argv[1:], "--nproc-per-node")
         raise typer.Exit(launch_local(nproc_per_node, argv))

@@ -123,9 +123,25 @@ def normalize_urls(urls: str | Sequence[str]) -> list[str]:
 def _error_message(r: httpx.Response) -> tuple[str, str]:
     try:
         body = r.json()
-        return str(body.get("error", "error")), str(body.get("message", body))
     except ValueError:
         return "error", r.text[:200]
+    if not isinstance(body, dict):
+        return "error", r.text[:200]
+    return str(body.get("error", "error")), str(body.get("message", body))
+
+
+def json_object(url: str, r: httpx.Response, *need: str) -> dict[str, Any]:
+    """The response's JSON object, with the keys `need`; ValueError naming the URL otherwise (a
+    proxy's page or another service on that port, not a sampler-server)."""
+    body = r.json()  # ValueError when not JSON
+    if not isinstance(body, dict):
+        raise ValueError(f"{url}{r.request.url.path} answered JSON {type(body).__name__}, not an object: is a "
+                         "sampler-server running there?")
+    missing = [k for k in need if k not in body]
+    if missing:
+        raise ValueError(f"{url}{r.request.url.path} answered an object without {', '.join(missing)}: is a "
+                         "sampler-server running there?")
+    return body
 
 
 class SamplerClient:
@@ -266,7 +282,9 @@ class SamplerClient:
         """Build id, steps and phases of the served run (of `variant`: a variant is its own build).
         `GET /v1/recipe` for the default; `GET /v1/schedule?variant=` for a variant."""
         def parse(url: str, r: httpx.Response) -> ServerInfo:
-            body = r.json()
+            body = json_object(url, r, "build_id", "total_steps")
+            if not isinstance(body.get("phases", []), list):
+                raise ValueError(f"{url}{r.request.url.path}: 'phases' is not a list: is a sampler-server running there?")
             self.check_build(url, body.get("build_id"))
             if variant is not None and not any(p.get("variant") == variant for p in body.get("phases", [])):
                 raise SamplerRequestError(url, 400, "variant_unsupported",
@@ -289,7 +307,7 @@ class SamplerClient:
         for url in self.urls:
             try:
                 r = self._http.get(url + path, params=params)
-                bid = r.json().get("build_id") if r.status_code == 200 else None
+                bid = json_object(url, r).get("build_id") if r.status_code == 200 else None
             except (httpx.TransportError, ValueError) as exc:
                 out[url] = f"unreachable ({type(exc).__name__})"
                 log.warning("sampler %s is unreachable at start-up; it will be tried again on failover", url)
@@ -327,7 +345,7 @@ class SamplerClient:
 
     def schedule(self, step: int) -> dict[str, Any]:
         """`GET /v1/schedule?step=`: the step's phase, sequence length, LR factor, ..."""
-        return self.request("GET", "/v1/schedule", params={"step": step})[1].json()
+        return self.request("GET", "/v1/schedule", params={"step": step}, decode=lambda url, r: json_object(url, r))[1]
 
     def post_progress(self, report: Mapping[str, Any]) -> bool:
         """`POST /v1/progress` (one round over the URLs, no backoff: progress is telemetry and must

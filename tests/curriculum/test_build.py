@@ -53,6 +53,15 @@ def test_build_accounting_and_verify(corpus, small_tokenizer, tmp_path):
     assert n == m.shards.height and problems == []
     view = open_shard(tmp_path / "out" / m.shards["path"][0])
     assert view.tokens.dtype.name == "uint32" and view.docs == m.shards["docs"][0]
+    # `synth --out` onto a built corpus is refused (it used to replace its manifest); onto an
+    # earlier synthetic manifest it is not.
+    before = tables(tmp_path / "out") | {"manifest.json": (tmp_path / "out" / "manifest.json").read_bytes()}
+    proc = run_cli("synth", "--out", str(tmp_path / "out"), "--languages", "5", check=False)
+    assert proc.returncode == 2 and "holds a built corpus's manifest" in proc.stderr, proc.stderr
+    assert tables(tmp_path / "out") | {"manifest.json": (tmp_path / "out" / "manifest.json").read_bytes()} == before
+    for n in (5, 6):
+        run_cli("synth", "--out", str(tmp_path / "synth"), "--languages", str(n))
+    assert read_manifest(tmp_path / "synth").languages.height == 6
 
 
 def test_same_manifest_whatever_the_worker_count(corpus, small_tokenizer, tmp_path):

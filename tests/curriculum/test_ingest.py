@@ -122,6 +122,29 @@ def test_input_file_rejects_unknown_format():
         InputFile("x.jsonl.bz2", "jsonl", "bz2", None)  # type: ignore[arg-type]
 
 
+def test_a_folder_that_cannot_be_listed_is_reported_not_skipped(tmp_path, monkeypatch):
+    # Was skipped silently (os.walk's default). Tests run as root, where chmod 000 does not stop a
+    # listing, so the OS refusal is simulated where os.walk lists folders.
+    import os
+
+    for lang in ("deu_Latn", "fra_Latn"):
+        (tmp_path / lang / "train").mkdir(parents=True)
+        (tmp_path / lang / "train" / "a.txt").write_text("Ein Satz.\n")
+    real = os.scandir
+    locked = str(tmp_path / "fra_Latn")
+
+    def scandir(path="."):
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    files, issues = discover_inputs([tmp_path])
+    assert [Path(f.path).parts[-3] for f in files] == ["deu_Latn"]
+    assert [(i.path, i.reason) for i in issues] == [(locked, "unreadable")]
+    assert "cannot list it (Permission denied)" in issues[0].message
+
+
 # -- formats round-trip with provenance ---------------------------------------------------------
 
 

@@ -89,3 +89,16 @@ def test_annealed_tau_and_cap_in_plan(synth_1833):
     assert [round(s.tau, 3) for s in p.segments] == [0.65, 0.55, 0.45, 0.35]
     assert p.table["allotted_tokens"].sum() == pytest.approx(1e11, rel=1e-9)
     assert p.table["epochs"].max() <= 5.0 * (1 + 1e-9) and p.table["capped"].any()
+
+
+def test_source_weights_for_a_source_the_manifest_lacks_are_named(synth_1833):
+    # Were ignored without a word (a typo such as `cod` weighed nothing).
+    m = read_manifest(synth_1833)
+    phase = {"name": "p", "tokens": 1e11, "batch_tokens": 8192, "seq_len": 1024, "languages": {"top": 50}, "tau": 0.5}
+    (p,) = plan_recipe(parse_recipe({"name": "a", "phases": [{**phase, "source_weights": {"cod": 0.5, "code": 0.5}}]}), m)
+    assert [w for w in p.warnings if "source_weights" in w] == [
+        "phase 'p': source_weights names 'cod', a source no language of the manifest has (its sources: code, web); ignored"]
+    (base,) = plan_recipe(parse_recipe({"name": "a", "phases": [phase]}), m)
+    code = p.table.filter(pl.col("language") == "code")["allotted_tokens"][0]
+    assert code < base.table.filter(pl.col("language") == "code")["allotted_tokens"][0]  # `code` itself still applies
+    assert not [w for w in base.warnings if "source_weights" in w]

@@ -77,6 +77,9 @@ def test_good_recipe_parses_all_forms(tmp_path):
         (("max_epochs = 4", "max_epochs = 4\nbogus = 1"), ["phase 'b'", "'bogus'", "Extra inputs"]),
         (('decay = "inv_sqrt"', 'decay = "cosine"'), ["phase 'b'", "lr.decay"]),
         (('name = "b"', 'name = "a"'), ["unique", "a"]),
+        # Was clipped to the phase's 5e5 tokens without a word.
+        (('final_factor = 0.02 }', 'final_factor = 0.02, decay_tokens = 6e5 }'),
+         ["phase 'b'", "lr.decay_tokens (600000) exceeds the phase's tokens (500000)"]),
     ],
 )
 def test_validation_errors_name_file_phase_and_field(tmp_path, edit, needles):
@@ -87,6 +90,13 @@ def test_validation_errors_name_file_phase_and_field(tmp_path, edit, needles):
     assert str(path) in msg
     for n in needles:
         assert n in msg, msg
+
+
+def test_a_byte_order_mark_is_not_an_error(tmp_path):
+    # Some Windows editors save UTF-8 with a BOM; it was "not valid TOML: Invalid statement (at line 1, column 1)".
+    p = tmp_path / "bom.toml"
+    p.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert load_recipe(p).fingerprint() == load_recipe(write(tmp_path, GOOD)).fingerprint()
 
 
 def test_not_toml_and_missing_file(tmp_path):

@@ -161,9 +161,9 @@ def test_unigram_too_small_vocab_says_what_to_do(tmp_path, texts):
 
 
 def test_train_argument_errors(tmp_path):
-    with pytest.raises(TokenizerError, match="vocab_size 200 must exceed 261"):
+    with pytest.raises(TokenizerError, match="--vocab-size 200: must exceed 261"):
         train_tokenizer(["abc"], 200, tmp_path / "t.json")
-    with pytest.raises(TokenizerError, match="kind must be"):
+    with pytest.raises(TokenizerError, match="--kind 'wordpiece': must be"):
         train_tokenizer(["abc"], 1000, tmp_path / "t.json", kind="wordpiece")  # type: ignore[arg-type]
     with pytest.raises(TokenizerError, match="no texts"):
         train_tokenizer([], 1000, tmp_path / "t.json")

@@ -434,6 +434,35 @@ def test_two_replicas_return_identical_bytes(inputs, reference):
             p.wait(15)
 
 
+def test_port_0_serves_on_the_port_the_banner_names(inputs):
+    # The banner said http://127.0.0.1:0/ (uvicorn picked a port nobody was told).
+    import re
+    import selectors
+
+    # The same run as the other servers of this module (their journal beside the recipe is bound to it).
+    proc = cli("serve", "--manifest", str(inputs[0]), "--recipe", str(inputs[1]), "--port", "0", "--no-access-log",
+               env={"SAMPLER_SEED": str(SEED), "SAMPLER_CHUNK": "64", "SAMPLER_BLOCK_TOKENS": "4096"})
+    try:
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        deadline, port, said = time.monotonic() + 90, None, []
+        while port is None and time.monotonic() < deadline:
+            if not sel.select(timeout=1):
+                continue
+            line = proc.stderr.readline()
+            said.append(line)
+            if not line and proc.poll() is not None:
+                break
+            if m := re.search(r"on http://127\.0\.0\.1:(\d+)/ ", line):
+                port = int(m.group(1))
+        assert port is not None and port > 0, "".join(said)
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
 def test_cli_refuses_to_start_on_bad_inputs(inputs, tmp_path):
     manifest = tmp_path / "m"
     shutil.copytree(inputs[0], manifest)

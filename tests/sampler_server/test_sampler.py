@@ -64,6 +64,26 @@ def test_world_size_must_divide_the_batch(sampler):
         sampler.batch(0, 4, 4)
 
 
+def test_steps_ranks_and_seeds_must_be_integers(corpus, sampler):
+    # 3.0 and "3" were served as step 3 or failed deep inside; True was step 1; 1.5 planned a step.
+    ref = sampler.batch(3, 1, 2)
+    same = sampler.batch(np.int64(3), np.int16(1), np.uint8(2))  # numpy integers are integers
+    assert same.input_ids.tobytes() == ref.input_ids.tobytes()
+    for call, arg in ((lambda v: sampler.batch(v), "Sampler.batch: step"), (lambda v: sampler.batch(0, v, 2), "rank"),
+                      (lambda v: sampler.batch(0, 0, v), "world_size"), (lambda v: sampler.schedule(v), "schedule: step"),
+                      (lambda v: sampler.build_id_at(v), "build_id_at: step")):
+        for bad in (3.0, "3", True, np.bool_(True), None, 1.5):
+            with pytest.raises(TypeError, match=f"{arg} must be an integer, got"):
+                call(bad)
+    recipe = parse_recipe(SCALED_MMBERT)
+    for seed in (2**64, 2**64 + 7, -1):  # the kernels take the seed mod 2**64: same bytes, another build id
+        with pytest.raises(ValueError, match=r"seed .* must lie in \[0, 2\*\*64\)"):
+            Sampler(corpus, recipe, seed=seed, chunk=64, block_tokens=4096)
+    for seed in (7.0, "7", True):
+        with pytest.raises(TypeError, match="Sampler: seed must be an integer"):
+            Sampler(corpus, recipe, seed=seed, chunk=64, block_tokens=4096)
+
+
 def test_batch_structure_and_masking(sampler):
     tok = RANDOM_TOKENIZER
     b = sampler.batch(5)

@@ -194,6 +194,24 @@ def test_variant_the_server_ignores_is_an_error_not_silently_the_main_line():
         c.info("english-heavy")
 
 
+@pytest.mark.parametrize("body", [[1, 2], {"status": "ok"}, "text"])
+def test_a_server_answering_json_that_is_not_a_sampler_object_is_named_not_a_traceback(body):
+    # A JSON list (another service on that port) was an AttributeError traceback from the trainer.
+    def other_service(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200 if request.url.path != "/v1/nope" else 404, json=body)
+
+    c = SamplerClient(["http://a:1"], transport=httpx.MockTransport(other_service), retry=FAST, seed=0)
+    why = "not an object" if not isinstance(body, dict) else "without build_id, total_steps"
+    with pytest.raises(SamplerUnavailable, match=f"http://a:1/v1/recipe answered .*{why}: is a sampler-server running"):
+        c.info()
+    with pytest.raises(SamplerUnavailable, match="/v1/schedule answered"):
+        c.schedule(0) if not isinstance(body, dict) else c.info("v")
+    out = c.check_replicas()
+    assert set(out) == {"http://a:1"} and ("unreachable" in out["http://a:1"] or out["http://a:1"] == "HTTP 200")
+    with pytest.raises(SamplerRequestError, match="HTTP 404 error"):
+        c.request("GET", "/v1/nope")
+
+
 def test_progress_reports_never_raise():
     srv = FakeServer({"a": "B1"})
     c = client_for(srv, ["a"])
