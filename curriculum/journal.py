@@ -25,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,10 +41,12 @@ class JournalOwnerError(CurriculumError):
     """The journal belongs to another run (another manifest, recipe or seed)."""
 
 
-def owner_refusal(where: str, theirs: dict, owner: str, about: str, reset: str) -> JournalOwnerError:
+def owner_refusal(where: str, theirs: dict, owner: str, about: str, reset: str, amendments: int) -> JournalOwnerError:
+    held = (f"it holds {amendments} amendment(s) of that run, and its served steps" if amendments else
+            "it holds no amendment, only that run's served steps, so resetting it loses nothing")
     return JournalOwnerError(
         f"amendment journal {where} belongs to another run ({theirs.get('run') or theirs.get('owner')}); this server "
-        f"runs {about}. Its amendments and served steps are that run's: give each run its own journal (--journal "
+        f"runs {about}. The journal is bound to one run ({held}): give each run its own journal (--journal "
         f"PATH), or, if that run is over, {reset} to start this run's journal empty")
 
 
@@ -187,8 +190,10 @@ class Journal:
                 theirs = {"owner": None, "run": f"unreadable {self.run_path}"}
             if not isinstance(theirs, dict) or theirs.get("owner") != owner:
                 theirs = theirs if isinstance(theirs, dict) else {"run": f"unreadable {self.run_path}"}
+                self.refresh()
                 raise owner_refusal(str(self.path), theirs, owner, about,
-                                    f"delete {self.path} and its .watermark, .run and .lock files")
+                                    "delete it and its side files (rm -f " + " ".join(shlex.quote(str(self.path) + x) for x in
+                                    ("", ".watermark", ".run", ".lock", ".policy")) + ")", len(self.entries))
 
     @property
     def policy_path(self) -> Path:

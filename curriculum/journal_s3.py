@@ -152,7 +152,8 @@ class ObjectJournal:
                 state["owner"], state["run"] = owner, about
                 return True
             if state["owner"] != owner:
-                raise owner_refusal(self.path, state, owner, about, f"delete the object {self.path}")
+                raise owner_refusal(self.path, state, owner, about, f"delete the object {self.path}",
+                                    len(state.get("entries", [])))
             return False
 
         self._cas(take)

@@ -286,6 +286,14 @@ def test_a_journal_belongs_to_one_run(path):
     j.run_path.write_text("{torn")
     with pytest.raises(JournalOwnerError, match="unreadable"):
         j.claim("aaaa", "run A (seed 0)")
+    # A journal with no amendment (the usual case when a server is restarted with another seed)
+    # says that resetting it loses nothing.
+    empty = path.with_name("empty.amendments.jsonl")
+    Journal(empty).claim("aaaa", "run A (seed 0)")
+    Journal(empty).publish(7)
+    with pytest.raises(JournalOwnerError, match=r"it holds no amendment, only that run's served steps, so resetting it "
+                                                r"loses nothing\).*rm -f .*empty\.amendments\.jsonl\.watermark"):
+        Journal(empty).claim("bbbb", "run B (seed 1)")
 
 
 def test_the_policy_lease_goes_to_one_holder_at_a_time(path):

@@ -61,8 +61,12 @@ def test_another_run_cannot_take_over_a_journal(manifest, recipe):
     with client(manifest, recipe) as c:
         assert c.post("/v1/amendments", json={"from_step": 20, "changes": {"pretrain": {"tau": 0.2}}},
                       headers=AUTH).status_code == 201
-    with pytest.raises(StartupError, match=rf"amendment journal {journal_beside(recipe)} belongs to another run.*seed {SEED}.*seed {SEED + 1}"):
+    with pytest.raises(StartupError, match=rf"amendment journal {journal_beside(recipe)} belongs to another run.*seed {SEED}.*seed {SEED + 1}") as ei:
         create_app(settings_for(manifest, recipe, amend_token=TOKEN, warmup=False).model_copy(update={"seed": SEED + 1}))
+    # It says what resetting would lose, and the exact files to delete.
+    j = journal_beside(recipe)
+    assert "(it holds 1 amendment(s) of that run, and its served steps)" in str(ei.value)
+    assert f"rm -f {j} {j}.watermark {j}.run {j}.lock {j}.policy" in str(ei.value)
     with client(manifest, recipe) as c:  # the same run comes back to its journal
         assert c.get("/v1/amendments").json()["version"] == 1
     other = recipe.with_name("other.amendments.jsonl")

@@ -54,7 +54,8 @@ def test_object_journal_belongs_to_one_run(s3, uri):
     a.claim("aaaa", "run A")
     ObjectJournal(uri).claim("aaaa", "run A")
     body = s3.client.get_object(Bucket=s3.bucket, Key=a.key)["Body"].read()
-    with pytest.raises(JournalOwnerError, match=r"belongs to another run \(run A\); this server runs run B.*delete the object"):
+    with pytest.raises(JournalOwnerError, match=r"belongs to another run \(run A\); this server runs run B.*holds 1 "
+                       r"amendment\(s\) of that run.*delete the object"):
         ObjectJournal(uri).claim("bbbb", "run B")
     assert s3.client.get_object(Bucket=s3.bucket, Key=a.key)["Body"].read() == body
     assert [e.reason for e in ObjectJournal(uri).entries] == ["one"]  # the owner fields leave entries alone
