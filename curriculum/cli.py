@@ -378,11 +378,13 @@ def build(
     for issue in rep.issues[:20]:
         line = f":{issue['line']}" if issue.get("line") is not None else ""  # Parquet rows count from 0
         # Paths and messages carry the input's own text: printed as text, never as rich markup.
-        err_console.print(f"[yellow]bad input:[/] {escape(str(issue['path']))}{line}: {issue['reason']}: "
+        kind = "skipped" if issue["reason"] == "held_out_split" else "bad input"
+        err_console.print(f"[yellow]{kind}:[/] {escape(str(issue['path']))}{line}: {issue['reason']}: "
                           f"{escape(str(issue.get('message', '')))}", highlight=False)
     if len(rep.issues) > 20:
         err_console.print(f"... and {len(rep.issues) - 20} more (manifest.json: file_issues)")
-    if strict and (rep.issues or any(k not in ("near_duplicate", "too_short", "too_long", "low_lid_confidence") for k in rep.drops)):
+    problems = [i for i in rep.issues if i.get("reason") != "held_out_split"]  # skipped on purpose, not bad input
+    if strict and (problems or any(k not in ("near_duplicate", "too_short", "too_long", "low_lid_confidence") for k in rep.drops)):
         err_console.print("[red]error:[/] --strict: the input had problems (see above)")
         raise typer.Exit(1)
     if rep.docs_kept == 0:  # a manifest with nothing to sample: plan and serve would refuse it

@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit
 
 import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
-from curriculum.languages import UnknownLanguageError, normalize_language
+from curriculum.languages import UnknownLanguageError, names_script, normalize_language
 from curriculum.normalize import ArrowTexts
 from curriculum.unicode_tables import SPACE, code_point_tables, decode_utf8
 
@@ -49,7 +49,8 @@ DROP_REASONS = (
 )
 # Per file (FileIssue with line=None; what was read before the damage is kept):
 FILE_REASONS = (
-    "not_found", "bad_file_name", "unsupported_format", "unknown_language_folder", "empty_file", "unreadable", "binary",
+    "not_found", "bad_file_name", "unsupported_format", "unknown_language_folder", "held_out_split", "empty_file",
+    "unreadable", "binary",
     "corrupt_compressed", "not_parquet", "corrupt_parquet", "no_text_column", "non_string_text", "ambiguous_column",
 )
 
@@ -66,6 +67,8 @@ _ZSTD_FEED = 128
 _BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, dropped from the first line of a text file
 SNIFF_BYTES = 8000  # git's rule: a NUL in the first 8000 bytes means binary
 SPLIT_FOLDERS = frozenset({"train", "test", "validation", "valid", "dev"})
+# Splits held out of training (FineWeb-2 ships `LANG/test/`): a folder walk skips them.
+HELD_OUT_SPLITS = SPLIT_FOLDERS - {"train"}
 # A folder named like a language key (`fra_Latn`, also `fra_Latn_removed`, which is then reported).
 _LANG_FOLDER = re.compile(r"^[A-Za-z]{2,3}_[A-Za-z]{4}(?:_\w+)?$")
 # Above a split folder, a name shaped like a key (any tag, a 4-letter script) is meant as a
@@ -143,14 +146,16 @@ def folder_language(path: str | os.PathLike[str]) -> tuple[str | None, FileIssue
     """The language a FineWeb-2-style folder gives a file: (key, None), (None, None) or (None, issue).
 
     The folder is the grandparent when the parent is a split (`train`, `test`…), else the parent;
-    it counts as a language folder if it names a language (`fra_Latn`, also `fra` above a split)
-    or looks like one (`xxx_Scrp`: reported when it is not one, e.g. FineWeb-2's `fra_Latn_removed`).
-    Other names are no language: a bare `web` or `new` folder (`new` is Newari), and a dataset
-    folder above its split (`mydata/train/*.parquet`, Hugging Face's layout), whose files are
-    then labeled by their `language` column or by language ID.
+    it counts as a language folder if it is shaped like a FineWeb-2 key, code and script
+    (`fra_Latn`; reported when it names no language, e.g. FineWeb-2's `fra_Latn_removed`).
+    A bare code is no label: too many dataset folder names are ISO 639 codes (`raw`, `new`, `old`,
+    `big`, `min`, `run`, `log`…), so `raw/train/*.parquet` or `fra/train/*.parquet` is a dataset
+    folder above its split (Hugging Face's layout), and its files are labeled by their `language`
+    column or by language ID. The path is made absolute first, so `a.parquet` given from inside
+    `fra_Latn/train/` is labeled as `fra_Latn/train/a.parquet` is.
     """
-    parts = Path(path).parts
-    if len(parts) >= 3 and parts[-2].lower() in SPLIT_FOLDERS:
+    parts = Path(os.path.abspath(path)).parts
+    if len(parts) >= 3 and parts[-2].lower() in SPLIT_FOLDERS and _LANG_LIKE.match(parts[-3]):
         folder = parts[-3]
     elif len(parts) >= 2 and _LANG_FOLDER.match(parts[-2]):
         folder = parts[-2]
@@ -168,11 +173,14 @@ def folder_language(path: str | os.PathLike[str]) -> tuple[str | None, FileIssue
         return None, FileIssue(str(path), None, "unknown_language_folder", msg)
 
 
-def _walk(root: Path, errors: list[OSError]) -> Iterator[Path]:
+def _walk(root: Path, errors: list[OSError], held_out: list[str]) -> Iterator[Path]:
     """Files under root in sorted order, skipping hidden files and folders (`.git`, `.work`).
 
     Symlinked folders are followed (corpora are often assembled from links), each real folder once.
     A folder that cannot be listed (permissions) is appended to `errors`, not skipped silently.
+    Held-out split folders below root (`deu_Latn/test/`: FineWeb-2 ships them beside `train/`) are
+    not walked but appended to `held_out`: a test set must not leak into training. Given as the
+    root itself (`build fineweb2/deu_Latn/test`), a split folder is read.
     """
     visited: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=errors.append):
@@ -181,7 +189,8 @@ def _walk(root: Path, errors: list[OSError]) -> Iterator[Path]:
             dirnames[:] = []
             continue
         visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        held_out.extend(str(Path(dirpath) / d) for d in sorted(dirnames) if d.lower() in HELD_OUT_SPLITS)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in HELD_OUT_SPLITS)
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath) / name
@@ -197,10 +206,11 @@ def discover_inputs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Input
     issues: list[FileIssue] = []
     seen: set[str] = set()
     unlisted: list[OSError] = []  # folders os.walk could not list
+    held_out: list[str] = []  # held-out split folders skipped by the walk
     for raw in paths:
         root = Path(raw)
         if root.is_dir():
-            candidates: Iterator[Path] = _walk(root, unlisted)
+            candidates: Iterator[Path] = _walk(root, unlisted, held_out)
         elif root.exists():
             candidates = iter([root])
         else:
@@ -230,7 +240,12 @@ def discover_inputs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Input
         for exc in unlisted:
             issues.append(FileIssue(str(exc.filename), None, "unreadable",
                                     f"folder not read: cannot list it ({exc.strerror}); check its permissions"))
+        for folder in held_out:
+            issues.append(FileIssue(folder, None, "held_out_split",
+                                    "not read: a held-out split (test/validation/dev sets stay out of training); "
+                                    "give the folder itself as an input to build it"))
         unlisted.clear()
+        held_out.clear()
     return files, issues
 
 
@@ -477,11 +492,26 @@ def _decode(line: bytes, lineno: int) -> str | _Bad:
 
 
 def _row_language(label: object, default: str | None) -> str | None | _Bad:
-    """Key of a per-document label; a missing label falls back to the file's language."""
+    """Key of a per-document label; a missing label falls back to the file's language, and a label
+    without a script that names the folder's language keeps the folder's script (`srp` rows in
+    `srp_Latn/` are Latin: the label alone would give Serbian's most common script, Cyrillic)."""
     if label is None or label == "":
         return default
     key = _label_key(label) if isinstance(label, str) else None
-    return key if key is not None else _Bad("unknown_language", f"language {label!r} is not a language")
+    if key is None:
+        return _Bad("unknown_language", f"language {label!r} is not a language")
+    if default is not None and key != default and key.partition("_")[0] == default.partition("_")[0] \
+            and not names_script(label):
+        return default
+    return key
+
+
+def _with_script(label: object, script: object) -> object:
+    """FineWeb-2 splits the key in two columns (language=fra, language_script=Latn): join them
+    when the label is a bare code; a fuller tag (`pt-BR`, `fra_Latn`) stands as it is."""
+    if isinstance(label, str) and isinstance(script, str) and script and re.fullmatch(r"[A-Za-z]{2,3}", label):
+        return f"{label}_{script}"
+    return label
 
 
 # -- formats ------------------------------------------------------------------------------------
@@ -523,7 +553,7 @@ def _read_jsonl(f: InputFile, col: _Collector, fh: BinaryIO, max_line_bytes: int
         if not text.strip():
             col.drop("empty_text", lineno, f"line {lineno}: {text_field!r} is empty or blank; line dropped")
             continue
-        lang = _row_language(obj.get("language"), f.language)
+        lang = _row_language(_with_script(obj.get("language"), obj.get("language_script")), f.language)
         if isinstance(lang, _Bad):
             col.drop(lang.reason, lineno, f"line {lineno}: {lang.message}; line dropped")
             continue
@@ -741,7 +771,7 @@ def _parquet_batch(rb, row: int, f: InputFile, col: _Collector, as_str: bool, ex
     labels = _arrow_values(rb.column(1)) if "language" in extra else [None] * rb.num_rows
     if "language_script" in extra:  # FineWeb-2 splits the key: language=fra, language_script=Latn
         scripts = _arrow_values(rb.column(len(extra)))
-        labels = [f"{l}_{s}" if isinstance(l, str) and l and "_" not in l and s else l for l, s in zip(labels, scripts)]
+        labels = [_with_script(l, s) for l, s in zip(labels, scripts)]
     for i, text in enumerate(texts):
         r = row + i
         if isinstance(text, bytes):

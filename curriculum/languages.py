@@ -40,6 +40,7 @@ from __future__ import annotations
 import csv
 import functools
 import re
+import unicodedata
 from importlib import resources
 
 from langcodes import Language, tag_is_valid
@@ -263,3 +264,52 @@ def default_key_for_iso3(code: str) -> str:
             f"{code!r} is not a bare ISO 639-3 code like 'eng'; use normalize_language for tags with a script or region"
         )
     return normalize_language(text.lower())
+
+
+# -- the script of a text ------------------------------------------------------------------------
+
+# Unicode character names start with their script's name ("CYRILLIC SMALL LETTER A"): the first
+# word, as an ISO 15924 code, for every script FineWeb-2 holds a multi-script language in (and a
+# few more). `CJK` covers the unified ideographs.
+_SCRIPT_OF_NAME = {
+    "LATIN": "Latn", "CYRILLIC": "Cyrl", "ARABIC": "Arab", "DEVANAGARI": "Deva", "BENGALI": "Beng", "CANADIAN": "Cans",
+    "ETHIOPIC": "Ethi", "TIFINAGH": "Tfng", "CHEROKEE": "Cher", "GUJARATI": "Gujr", "CJK": "Hani", "KANNADA": "Knda",
+    "KAYAH": "Kali", "MYANMAR": "Mymr", "HEBREW": "Hebr", "LIMBU": "Limb", "MALAYALAM": "Mlym", "MEETEI": "Mtei",
+    "ORIYA": "Orya", "GURMUKHI": "Guru", "GREEK": "Grek", "OL": "Olck", "TAMIL": "Taml", "TELUGU": "Telu",
+    "GEORGIAN": "Geor", "ARMENIAN": "Armn", "THAI": "Thai", "HANGUL": "Hang", "SYRIAC": "Syrc", "THAANA": "Thaa",
+    "MONGOLIAN": "Mong", "TIBETAN": "Tibt", "SINHALA": "Sinh", "KHMER": "Khmr", "LAO": "Laoo",
+}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def char_script(ch: str) -> str | None:
+    """ISO 15924 code of a letter's script (None: not a letter, or a script not in the table)."""
+    if not ch.isalpha():
+        return None
+    return _SCRIPT_OF_NAME.get(unicodedata.name(ch, "").split(" ", 1)[0])
+
+
+def dominant_script(text: str, candidates: tuple[str, ...]) -> str | None:
+    """Which of `candidates` most letters of `text` are written in (ties: the earlier candidate);
+    None when no letter is in any of them."""
+    counts = dict.fromkeys(candidates, 0)
+    for ch in text:
+        s = char_script(ch)
+        if s in counts:
+            counts[s] += 1
+    best = max(candidates, key=lambda s: counts[s]) if candidates else None
+    return best if best is not None and counts[best] > 0 else None
+
+
+def fineweb2_scripts(code: str) -> tuple[str, ...]:
+    """FineWeb-2's scripts for a 639-3 code, most training bytes first (() when it has none)."""
+    return _fineweb2_scripts().get(code, ())
+
+
+# A label that names its script: GlotLID's `fra_Latn`, `sr-Latn`, `zh-Hant-TW`, `sr@latin`.
+_SCRIPTED = re.compile(r"[-_][A-Za-z]{4}(?:$|[-_.@])|@")
+
+
+def names_script(label: str) -> bool:
+    """Whether a language label carries its script (then nothing about the script is guessed)."""
+    return _SCRIPTED.search(label.removeprefix("__label__")) is not None

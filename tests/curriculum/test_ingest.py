@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import tracemalloc
 import unicodedata
 from collections import Counter
@@ -65,7 +66,7 @@ def test_classify_by_extension():
     assert classify("README.md") is None
 
 
-def test_folder_language_fineweb2_layout():
+def test_folder_language_fineweb2_layout(tmp_path):
     assert folder_language("data/fra_Latn/train/000.parquet") == ("fra_Latn", None)
     assert folder_language("data/zho_Hani/test/000.parquet") == ("cmn_Hani", None)
     assert folder_language("corpus/deu_Latn/part.jsonl.zst") == ("deu_Latn", None)
@@ -75,7 +76,19 @@ def test_folder_language_fineweb2_layout():
     assert folder_language("x.jsonl") == (None, None)
     # A dataset's folder above its split (Hugging Face's layout) is no language: language ID decides.
     assert folder_language("data/mystuff/train/0.parquet") == (None, None)
-    assert folder_language("data/fra/train/0.parquet") == ("fra_Latn", None)  # an ISO code still counts
+    # Nor is a bare ISO code there: too many dataset folders are named by one (`raw` was keyed
+    # raw_Latn, `tmp` tyj_Latn, `new` new_Deva). A FineWeb-2 key is the label.
+    for name in ("fra", "raw", "all", "new", "old", "big", "mix", "tmp", "my", "en"):
+        assert folder_language(f"data/{name}/train/0.parquet") == (None, None), name
+    # The path is made absolute first: a file given from inside its folder is labeled as from outside.
+    here = os.getcwd()
+    try:
+        d = tmp_path / "srp_Latn" / "train"
+        d.mkdir(parents=True)
+        os.chdir(d)
+        assert folder_language("a.parquet") == ("srp_Latn", None)
+    finally:
+        os.chdir(here)
     for path in ("data/fra_Latn_removed/train/0.parquet", "c/xyz_Qqqq/a.jsonl"):
         key, issue = folder_language(path)
         assert key is None and issue is not None
@@ -143,6 +156,42 @@ def test_a_folder_that_cannot_be_listed_is_reported_not_skipped(tmp_path, monkey
     assert [Path(f.path).parts[-3] for f in files] == ["deu_Latn"]
     assert [(i.path, i.reason) for i in issues] == [(locked, "unreadable")]
     assert "cannot list it (Permission denied)" in issues[0].message
+
+
+def test_held_out_splits_are_skipped_and_reported_unless_given_themselves(tmp_path):
+    # FineWeb-2 ships `LANG/test/` beside `LANG/train/`: its test sets went into the corpus.
+    for split in ("train", "test", "Validation", "dev"):
+        (tmp_path / "fw" / "deu_Latn" / split).mkdir(parents=True)
+        pq.write_table(pa.table({"text": [f"{split} Satz."]}), tmp_path / "fw" / "deu_Latn" / split / "0.parquet")
+    files, issues = discover_inputs([tmp_path / "fw"])
+    assert [Path(f.path).parent.name for f in files] == ["train"]
+    assert sorted((Path(i.path).name, i.reason) for i in issues) == [
+        ("Validation", "held_out_split"), ("dev", "held_out_split"), ("test", "held_out_split")]
+    files, issues = discover_inputs([tmp_path / "fw" / "deu_Latn" / "test"])  # asked for by name: read
+    assert [(Path(f.path).parent.name, f.language) for f in files] == [("test", "deu_Latn")] and issues == []
+
+
+def test_row_labels_without_a_script_keep_the_folder_script_and_jsonl_reads_language_script(tmp_path):
+    # `srp` rows in srp_Latn/ were keyed srp_Cyrl (Serbian's most common script); JSONL ignored
+    # `language_script`; `pt-BR` + `Latn` became the non-label 'pt-BR_Latn' and every row was dropped.
+    d = tmp_path / "srp_Latn" / "train"
+    d.mkdir(parents=True)
+    labels = ["srp", "sr", "srp_Cyrl", "sr-Cyrl", "hrv", None]
+    pq.write_table(pa.table({"text": [f"Recenica broj {i}." for i in range(6)], "language": labels}), d / "0.parquet")
+    (files,), _ = discover_inputs([d / "0.parquet"])
+    assert read_all(files)[1] == ["srp_Latn", "srp_Latn", "srp_Cyrl", "srp_Cyrl", "hrv_Latn", "srp_Latn"]
+    lines = [{"text": "Recenica.", "language": "srp", "language_script": "Latn"},
+             {"text": "Frase.", "language": "pt-BR", "language_script": "Latn"},
+             {"text": "Frase.", "language": "por", "language_script": "Latn"},
+             {"text": "Frase.", "language": "pt-BR"}]
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "a.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    pq.write_table(pa.table({"text": [x["text"] for x in lines], "language": [x["language"] for x in lines],
+                             "language_script": [x.get("language_script") for x in lines]}), tmp_path / "web" / "b.parquet")
+    files, _ = discover_inputs([tmp_path / "web"])
+    for f in files:
+        texts, langs, _, drops, _, _ = read_all(f)
+        assert langs == ["srp_Latn", "por_Latn", "por_Latn", "por_Latn"] and not drops, (f.path, langs, drops)
 
 
 # -- formats round-trip with provenance ---------------------------------------------------------

@@ -181,3 +181,27 @@ def test_bad_model_and_parameters(tmp_path):
 def test_lone_surrogate_does_not_crash(lid):
     keys, _ = lid.predict(["Das ist ein deutscher Satz \ud800 mit einem Fehler."])
     assert keys == ["deu_Latn"]
+
+
+def test_a_label_without_a_script_takes_the_script_of_the_text(lid):
+    # lid.176's `sr` covers both of Serbian's scripts: Latin-script Serbian was keyed srp_Cyrl
+    # (the script FineWeb-2 holds the most Serbian in). Same for Hindi and romanized Hindi.
+    from curriculum.democorpus import demo_documents
+
+    cyr = "абвгдђежзијклљмнњопрстћуфхцчџш"
+    lat = ["a", "b", "v", "g", "d", "đ", "e", "ž", "z", "i", "j", "k", "l", "lj", "m", "n", "nj", "o", "p", "r", "s",
+           "t", "ć", "u", "f", "h", "c", "č", "dž", "š"]
+    to_latin = dict(zip(cyr, lat))
+    docs = demo_documents()["srp_Cyrl"]
+    keys, _ = lid.predict(docs)
+    latin_keys, _ = lid.predict(["".join(to_latin.get(c, c) for c in t.lower()) for t in docs])
+    assert keys.count("srp_Cyrl") >= len(docs) - 1 and "srp_Latn" not in keys
+    assert latin_keys.count("srp_Latn") >= len(docs) - 2 and "srp_Cyrl" not in latin_keys, latin_keys
+    # Only where the language has several scripts, and only from the letters: a label that names
+    # its script (GlotLID's) is never re-scripted.
+    assert lid.labels["__label__fr"] == "fra_Latn" and "__label__fr" not in lid._multi
+    assert lid._multi["__label__sr"] == ("srp", ("Cyrl", "Latn"))
+    from curriculum.languages import names_script
+
+    assert all(map(names_script, ("srp_Latn", "sr-Latn", "sr@latin", "zh-Hant-TW", "__label__srp_Latn")))
+    assert not any(map(names_script, ("sr", "srp", "pt-BR", "__label__sr", "zh")))
