@@ -46,6 +46,7 @@ WORK_LAYOUT = 3  # bump when task outputs change form: a work dir of another lay
 # (or the tokenizer) redoes that stage in place and keeps the language ID, signatures and dedup.
 NOT_IN_IDENTITY = ("out", "tokenizer_threads", "inputs", "tokenizer", "source")
 TOKENIZE_SETTINGS = ("cls_id", "sep_id", "mask_id", "pad_id", "shard_bytes", "chunk_bytes")
+DEDUP_SETTINGS = ("dedup_threshold",)  # the dedup decision only: signatures do not depend on it
 SHARD_NAME = re.compile(r"^\.?\d{5,}-\d{4,}\.arrow(\..+\.tmp)?$")  # tokenize_task's shards and their temp files
 SIG_IN_MEMORY_BYTES = 64 << 20  # a language's signatures up to this size are not memory-mapped
 DOC_ID_FILE_SHIFT = 36  # doc id = file index << 36 | row: 68B rows per file, 134M files
@@ -519,6 +520,15 @@ class _ShardBuffer:
         return self.tokens[: self.n_tokens], offsets, self.sources, np.concatenate(self.rows)
 
 
+def _shards_in_place(out: Path, shards: list[dict]) -> bool:
+    """Every shard a finished chunk wrote is there at its size (a stat each: cheap on a rerun;
+    `curriculum verify` checks the bytes)."""
+    try:
+        return all((out / s["path"]).stat().st_size == s["bytes"] for s in shards)
+    except OSError:
+        return False
+
+
 def tokenize_task(spec: TokenizeSpec) -> dict:
     """Tokenize the surviving documents of one language chunk into size-bounded shards."""
     from curriculum.shards import write_shard
@@ -526,7 +536,10 @@ def tokenize_task(spec: TokenizeSpec) -> dict:
     cfg = _task_config(spec.cfg)
     done = Path(spec.work) / "tokenize" / f"{spec.language}.{spec.chunk:05d}.json"
     if done.exists():
-        return json.loads(done.read_text())
+        stats = json.loads(done.read_text())
+        if _shards_in_place(Path(spec.out), stats["shards"]):
+            return stats
+        done.unlink()  # a shard deleted (or cut short) since: write the chunk again, same bytes
     tok = _tokenizer(cfg)
     for stale in (Path(spec.out) / spec.language).glob(f".{spec.chunk:05d}-*.tmp"):  # a killed attempt's
         stale.unlink()
@@ -603,13 +616,16 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, 
     """Record what this build is; refuse to resume a work dir left by a different build (its
     finished tasks would be reused for other inputs or settings). With `retokenize`, a change of
     only the tokenize settings (TOKENIZE_SETTINGS, the tokenizer's content) clears that stage's
-    outputs and keeps the rest. Returns whether an earlier build's extract work is kept that way."""
+    outputs and keeps the rest; a change of the dedup threshold (DEDUP_SETTINGS) clears the dedup
+    stage too (language ID and signatures do not depend on it). Returns whether an earlier build's
+    extract work is kept that way."""
     dump = cfg.model_dump(exclude=set(NOT_IN_IDENTITY))
     ident = json.loads(json.dumps({
         "layout": WORK_LAYOUT,
-        "settings": {k: v for k, v in dump.items() if k not in TOKENIZE_SETTINGS},
+        "settings": {k: v for k, v in dump.items() if k not in TOKENIZE_SETTINGS and k not in DEDUP_SETTINGS},
         "inputs": [[os.path.abspath(f.path), os.path.getsize(f.path) if os.path.exists(f.path) else -1,
                     os.stat(f.path).st_mtime_ns if os.path.exists(f.path) else -1] for f in files],
+        "dedup": {k: dump[k] for k in DEDUP_SETTINGS},
         "tokenize": {**{k: dump[k] for k in TOKENIZE_SETTINGS}, "tokenizer_sha256": tokenizer_sha256},
     }))
     path = work / "build.json"
@@ -618,14 +634,18 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, 
         if isinstance(old.get("inputs"), list):  # the same files however they were spelled (relative to here)
             old["inputs"] = [[os.path.abspath(r[0]), *r[1:]] if isinstance(r, list) and r and isinstance(r[0], str)
                              else r for r in old["inputs"]]
+        if "dedup" not in old and isinstance(old.get("settings"), dict):  # recorded before the dedup group
+            old["dedup"] = {k: old["settings"].pop(k) for k in DEDUP_SETTINGS if k in old["settings"]}
         diff = [k for k in ident if old.get(k) != ident[k]]
         if not diff:
             return False
         if old.get("layout") != WORK_LAYOUT:
             raise CurriculumError(f"{work} holds the work of an older version of curriculum (work-file layout "
                                   f"{old.get('layout', 1)}, now {WORK_LAYOUT}). Use a new --out, or delete {work} to start over")
-        interrupted = old.get("tokenize", {}) is None  # a clear was cut short: its shards are partly gone anyway
-        if diff != ["tokenize"] or not (retokenize or interrupted):
+        # A clear cut short (None recorded): its outputs are partly gone anyway, so it is redone.
+        interrupted = old.get("tokenize", {}) is None or old.get("dedup", {}) is None
+        redoable = set(diff) <= {"dedup", "tokenize"}
+        if not redoable or not (retokenize or interrupted):
             named = []
             for k in diff:
                 if k == "inputs":
@@ -634,16 +654,21 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, 
                 before = old.get(k) if isinstance(old.get(k), dict) else {}
                 changed = sorted(x for x in set(ident[k]) | set(before) if ident[k].get(x) != before.get(x))
                 named.append(f"{k} ({', '.join(changed)})")
-            hint = (" To keep its language ID, signatures and dedup and tokenize again, add --retokenize (this "
-                    "deletes its shards and manifest)." if diff == ["tokenize"] else "")
+            hint = (" To keep its language ID and signatures and " + ("dedup and " if "dedup" in diff else "")
+                    + "tokenize again, add --retokenize (this deletes its shards and manifest)." if redoable else "")
             raise CurriculumError(
                 f"{work} holds the work of an earlier build (finished or not) with other {' and '.join(named)}; "
                 f"resuming would reuse its results. Use a new --out, or delete {work} to start over.{hint}"
             )
         # Crash-safe order: first mark the tokenize stage as belonging to no settings, so a run
         # killed while clearing clears again whatever settings it is rerun with.
-        _atomic_json(path, {**ident, "tokenize": None})
+        redo_dedup = "dedup" in diff or old.get("dedup", {}) is None
+        _atomic_json(path, {**ident, "tokenize": None, **({"dedup": None} if redo_dedup else {})})
         _clear_tokenize_stage(work)
+        if redo_dedup:
+            for f in (work / "dedup").glob("*"):
+                if f.is_file():
+                    f.unlink()
         _atomic_json(path, ident)
         return any((work / "extract").glob("*/stats.json"))
     if any((work / d).exists() for d in ("extract", "dedup", "tokenize")):  # left by a version before build.json
@@ -760,6 +785,15 @@ def _build(cfg: BuildConfig, out: Path, remote: bool, executor: str, workers: in
         raise CurriculumError(f"no input files found under {', '.join(cfg.inputs)}" + (f": {why}" if why else ""))
     if cfg.lid_model is not None or any(not f.language for f in files):
         _identifier(cfg)  # a bad --lid-model fails here, before any work, not at the manifest
+    if cfg.dedup:  # a threshold LSH cannot split into bands failed after the whole extract stage
+        from curriculum.dedup import DedupConfig
+
+        try:
+            DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold).lsh_params()
+        except ValueError as exc:
+            raise CurriculumError(f"--dedup-threshold {cfg.dedup_threshold} with {cfg.num_perm} permutations: no LSH "
+                                  f"split of at least 2 bands ({exc}); use a threshold of at most 0.98, or --no-dedup "
+                                  "to keep exact copies too") from None
     workers_note = ""
     if workers == "auto":
         if executor == "ray":

@@ -23,6 +23,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, model_validator
 
 from curriculum.errors import ManifestError
+from curriculum.fileperm import share
 
 FORMAT_VERSION = 1
 MANIFEST_JSON = "manifest.json"
@@ -293,13 +294,14 @@ def _check_shards_agree(root: Path | str, langs: pl.DataFrame, shards: pl.DataFr
         raise ManifestError(
             f"{root}: language {row['language']} lists {row['tokens']} tokens / {row['docs']} docs / "
             f"{row['shards']} shards but its shards sum to {row['s_tokens']} / {row['s_docs']} / {row['s_n']}; "
-            f"rebuild that language"
+            f"rerun `curriculum build` with the same settings to write the tables again"
         )
 
 
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    share(fd)
     os.close(fd)
     try:
         write(tmp)

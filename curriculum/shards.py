@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from curriculum.errors import CurriculumError
+from curriculum.fileperm import share
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -79,6 +80,7 @@ def write_shard(path: str | Path, tokens: np.ndarray, offsets: np.ndarray, sourc
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        share(fd)
         # The checksum is taken from the bytes as they are written (the IPC writer only appends),
         # instead of reading the file back.
         with os.fdopen(fd, "wb", buffering=0) as raw:

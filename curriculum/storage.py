@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from curriculum.errors import CurriculumError
+from curriculum.fileperm import share
 
 CHUNK = 8 << 20
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -197,6 +198,7 @@ def _write_stream(location: str | Path, fill: Callable[[pa.NativeFile], None]) -
         path = local_path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        share(fd)
         os.close(fd)
         try:
             with pa.OSFile(tmp, "wb") as out:

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from curriculum.errors import CurriculumError
+from curriculum.fileperm import share
 
 TokenizerKind = Literal["hf", "sentencepiece"]
 ROLES = ("cls", "sep", "mask", "pad")
@@ -465,7 +466,7 @@ def write_file_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a tokenizer file is meant to be shared
+        share(fd)  # mkstemp makes 0600; a tokenizer file is meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -36,7 +36,8 @@ def verify_manifest(root: str | Path) -> tuple[int, list[str]]:
                 continue
             path, digest = fetched
             if digest != r["sha256"]:
-                problems.append(f"{where}: checksum mismatch (manifest {r['sha256'][:12]}…, file {digest[:12]}…); rebuild that language")
+                problems.append(f"{where}: checksum mismatch (manifest {r['sha256'][:12]}…, file {digest[:12]}…); delete the file "
+                                "and rerun `curriculum build` with the same settings to rewrite it")
                 continue
             try:
                 view = open_shard(path)

@@ -93,7 +93,7 @@ def open_sampler(settings: ServerSettings) -> Sampler:
             continue
         if size != r["bytes"]:
             problems.append(f"shard {r['path']} ({r['language']}): {size} bytes, the manifest says {r['bytes']}; "
-                            "rebuild that language or run `curriculum verify`")
+                            "delete it and rerun `curriculum build` with the same settings to rewrite it")
     if settings.verify:  # every problem at once: checksums of the shards that are there too
         from curriculum.verify import verify_manifest
 

@@ -53,6 +53,11 @@ def test_build_accounting_and_verify(corpus, small_tokenizer, tmp_path):
     assert n == m.shards.height and problems == []
     view = open_shard(tmp_path / "out" / m.shards["path"][0])
     assert view.tokens.dtype.name == "uint32" and view.docs == m.shards["docs"][0]
+    # Files get the mode open() would give them (mkstemp's 0600 kept other users out of the corpus).
+    from curriculum.fileperm import _umask
+
+    for rel in ("manifest.json", "languages.parquet", "shards.parquet", m.shards["path"][0]):
+        assert (tmp_path / "out" / rel).stat().st_mode & 0o777 == 0o666 & ~_umask(), rel
     # `synth --out` onto a built corpus is refused (it used to replace its manifest); onto an
     # earlier synthetic manifest it is not.
     before = tables(tmp_path / "out") | {"manifest.json": (tmp_path / "out" / "manifest.json").read_bytes()}
@@ -88,6 +93,12 @@ def test_verify_names_a_corrupted_shard(corpus, small_tokenizer, tmp_path):
     (tmp_path / "out" / m.shards["path"][2]).unlink()
     proc = run_cli("verify", str(tmp_path / "out"), check=False)
     assert m.shards["path"][2] in proc.stderr and "missing" in proc.stderr
+    # What verify advises works: a rerun writes the deleted shards again, byte for byte (it used
+    # to count their chunks as done and report success).
+    (tmp_path / "out" / m.shards["path"][1]).unlink()
+    run_build(corpus, tmp_path / "out", small_tokenizer)
+    assert verify_manifest(tmp_path / "out") == (m.shards.height, [])
+    assert (tmp_path / "out" / m.shards["path"][1]).read_bytes() != bytes(data)  # the good bytes, not the flipped
 
 
 def test_bad_inputs_are_reported_and_the_rest_is_built(small_tokenizer, tmp_path):
@@ -450,6 +461,20 @@ def test_a_new_tokenizer_redoes_only_the_tokenize_stage(corpus, small_tokenizer,
     # A change to an extract setting is refused, naming it, --retokenize or not.
     with pytest.raises(CurriculumError, match=r"settings \(min_chars\)"):
         build(BuildConfig(out=str(out), min_chars=30, **cfg), workers=1, progress=False, retokenize=True)
+    # A new dedup threshold redoes dedup and tokenize, keeping language ID and signatures (it was
+    # refused: "delete .work to start over", losing the extract stage's work).
+    extract = {p: p.stat().st_mtime_ns for p in (out / ".work" / "extract").rglob("*") if p.is_file()}
+    with pytest.raises(CurriculumError, match=r"dedup \(dedup_threshold\).*To keep its language ID and signatures and "
+                                              r"dedup and tokenize again, add --retokenize"):
+        build(BuildConfig(out=str(out), dedup_threshold=0.5, **cfg), workers=1, progress=False)
+    redone = build(BuildConfig(out=str(out), dedup_threshold=0.5, **cfg), workers=1, progress=False, retokenize=True)
+    fresh5 = build(BuildConfig(out=str(tmp_path / "fresh5"), dedup_threshold=0.5, **cfg), workers=1, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in extract} == extract and redone.retokenized
+    assert tables(out) == tables(tmp_path / "fresh5") and redone.drops == fresh5.drops
+    # A threshold LSH cannot split into 2+ bands is refused before any work (was a traceback after extract).
+    with pytest.raises(CurriculumError, match=r"--dedup-threshold 0.99 with 128 permutations: no LSH split"):
+        build(BuildConfig(out=str(tmp_path / "t99"), dedup_threshold=0.99, **cfg), workers=1, progress=False)
+    assert not (tmp_path / "t99" / ".work" / "extract").exists()
 
 
 def test_a_cleared_tokenize_stage_is_cleared_again_after_a_kill(corpus, small_tokenizer, tmp_path, monkeypatch):
