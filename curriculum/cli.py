@@ -103,7 +103,7 @@ def _plan_amended(rec, man, recipe_path: Path, journal: str, variant: Optional[s
             "languages": [{"language": k, "original_share": before.get(k, 0.0) / tb, "amended_share": after.get(k, 0.0) / ta,
                            "original_tokens": before.get(k, 0.0), "amended_tokens": after.get(k, 0.0)} for k in langs]})
     if as_json:
-        sys.stdout.write(json.dumps(out, indent=1) + "\n")
+        sys.stdout.write(_strict_json(out) + "\n")
         return
     console.print(f"journal {path}: {len(entries)} amendment(s)")
     for n, a in enumerate(entries, 1):
@@ -232,7 +232,7 @@ def plan(
         out = plan_to_json(rec, man, plans)
         if fidelity is not None:
             out["compare"] = {"published": str(compare), "phases": [f.to_dict() for f in fidelity]}
-        sys.stdout.write(json.dumps(out, indent=1) + "\n")
+        sys.stdout.write(_strict_json(out) + "\n")
         return
     for p in plans:
         s = phase_summary(p)
@@ -265,8 +265,10 @@ def plan(
         # Names never cut (decay:all / decay:eng must stay apart); headers wrap at spaces instead.
         for col, key in (("phase", "phase"), ("column", "column")):
             table.add_column(col, no_wrap=True, min_width=max([len(col), *(len(getattr(f, key)) for f in fidelity)]))
-        for col in ("both", "only plan", "only pub", "slope", "R²", "TVD", "pub ∝ n^x", "R²(x)"):
-            table.add_column(col, justify="right")
+        for col in ("both", "only\nplan", "only\npub", "slope", "R²", "TVD", "pub ∝\nn^x", "R²(x)"):
+            # Numbers never cut either (an 80-column terminal showed TVD as "0.0…"); two-line
+            # headers keep the table within 80 columns.
+            table.add_column(col, justify="right", no_wrap=True, min_width=5)
         for f in fidelity:
             table.add_row(f.phase, f.column, str(f.n_both), str(len(f.only_planned)), str(len(f.only_published)),
                           f"{f.slope:.3f}", f"{f.r2:.3f}", f"{f.tvd:.3f}", f"{f.published_exponent:.3f}", f"{f.published_exponent_r2:.3f}")
@@ -409,6 +411,21 @@ def verify(manifest: str = typer.Argument(..., help="Manifest directory or URI."
     console.print(f"ok: {n} shards verified in {display(manifest)}")
 
 
+def _strict_json(obj: object) -> str:
+    """JSON that every parser takes: NaN and ±inf (an undefined fit, one language) become null
+    (Python's json writes them as bare NaN/Infinity, which JSON.parse and jq refuse)."""
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), indent=1, allow_nan=False)
+
+
 def _languages_held(df) -> str:
     """"N languages", and how many of them hold no token: a language whose every document was
     dropped keeps its row (its drop counts) but has nothing to sample."""
@@ -523,6 +540,11 @@ def demo_corpus(out: Path = typer.Argument(..., help="Directory to write the cor
     console.print(f"wrote {out}: {len(counts):,} languages, {sum(counts.values()):,} documents")
 
 
+def _interrupted() -> None:
+    err_console.print("interrupted; finished work is kept: rerun the same command to resume", highlight=False)
+    sys.exit(130)
+
+
 def main() -> None:
     """Console-script entry: CurriculumError → one line on stderr and exit 2 (traceback with --debug)."""
     from curriculum.executors import fast_exit
@@ -530,7 +552,10 @@ def main() -> None:
     fast_exit()  # a build leaves numba loaded: skip the ~0.25 s final collection at exit
     try:
         rc = app(standalone_mode=False)
-        # With standalone_mode=False, click returns a command's typer.Exit code instead of raising.
+        # With standalone_mode=False, click returns a command's typer.Exit code instead of raising,
+        # and typer returns 130 for Ctrl-C (its Abort never reaches the handler below).
+        if rc == 130:
+            _interrupted()
         sys.exit(rc if isinstance(rc, int) else 0)
     except CurriculumError as exc:
         if _state["debug"]:
@@ -549,8 +574,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         if type(exc).__name__ == "Abort":  # Ctrl-C: click turns KeyboardInterrupt into Abort
-            err_console.print("interrupted; finished work is kept: rerun the same command to resume", highlight=False)
-            sys.exit(130)
+            _interrupted()
         if isinstance(exc, OSError) and exc.filename is not None:  # names the file; rerun with --debug for more
             err_console.print(f"[red]error:[/] {escape(f'{exc.filename}: {exc.strerror or exc}')}", highlight=False, soft_wrap=True)
             sys.exit(2)

@@ -59,10 +59,13 @@ def load_published(path: str | Path) -> pl.DataFrame:
     out = df.with_columns(pl.Series("language", keys))
     cols = [c for c in df.columns if c != "language"]
     for c in cols:
-        bad = out.filter(pl.col(c).is_not_null() & pl.col(c).cast(pl.Float64, strict=False).is_null())
+        as_float = pl.col(c).cast(pl.Float64, strict=False)
+        # nan, inf and negative counts parse as floats but are no token counts (nan made the fit a
+        # LinAlgError traceback).
+        bad = out.filter(pl.col(c).is_not_null() & (as_float.is_null() | ~as_float.is_finite() | (as_float < 0)))
         if bad.height:
             raise CurriculumError(f"{path}: column {c!r} holds {bad[c].cast(pl.String)[0]!r}, not a token count "
-                                  f"(language {bad['language'][0]}); give numbers")
+                                  f"(language {bad['language'][0]}); give finite numbers >= 0")
     return out.group_by("language").agg([pl.col(c).cast(pl.Float64).sum() for c in cols]).sort("language")
 
 
@@ -106,8 +109,9 @@ def compare_phase(plan: PhasePlan, published: pl.DataFrame, column: str, top: in
         tvd=float(0.5 * np.abs(p - q).sum()),
         published_exponent=x,
         published_exponent_r2=xr2,
-        most_over=[(k, float(v)) for k, v in reversed(pairs[-top:])],
-        most_under=[(k, float(v)) for k, v in pairs[:top]],
+        # Disjoint: with fewer than 2·top languages, each end takes half (one language is neither).
+        most_over=[(k, float(v)) for k, v in reversed(pairs[len(pairs) - min(top, len(pairs) // 2):])],
+        most_under=[(k, float(v)) for k, v in pairs[: min(top, len(pairs) // 2)]],
     )
 
 

@@ -99,8 +99,13 @@ def _multipliers(phase: Phase, keys: list[str], sources: list[str], manifest_key
         return None
     m = np.array([phase.source_weights.get(s, 1.0) for s in sources], dtype=np.float64)
     index = {k: i for i, k in enumerate(keys)}
+    seen: dict[str, str] = {}
     for label, w in phase.language_weights.items():
         key = _key(label, manifest_keys, phase, "language_weights")
+        if key in seen:  # `en` and `eng_Latn` both: the two weights multiplied, silently
+            raise RecipeError(f"phase {phase.name!r}, field 'language_weights': {seen[key]!r} and {label!r} are both "
+                              f"{key}; give one weight per language", phase=phase.name, field="language_weights")
+        seen[key] = label
         if key in index:
             m[index[key]] *= w
         elif phase.on_missing == "error" and not ignore_unselected:

@@ -207,7 +207,7 @@ def load_tokenizer(
     missing: list[str] = []
     for role in ROLES:
         if given[role] is not None:
-            ids[role] = _check_id(p, role, int(given[role]), be.vocab_size)
+            ids[role] = _check_id(p, role, int(given[role]), be)
             continue
         found = be.find(ROLE_NAMES[role])
         if found is None:
@@ -269,9 +269,14 @@ class _Backend:
         return None
 
 
-def _check_id(path: Path, role: str, value: int, vocab_size: int) -> int:
-    if not 0 <= value < vocab_size:
-        raise TokenizerError(f"tokenizer {path}: --{role}-id {value} is outside the vocabulary [0, {vocab_size})")
+def _check_id(path: Path, role: str, value: int, be: _Backend) -> int:
+    if not 0 <= value < be.vocab_size:
+        raise TokenizerError(f"tokenizer {path}: --{role}-id {value} is outside the vocabulary [0, {be.vocab_size})")
+    if value not in be.reserved:  # a learned piece: text produces it, and it would never be masked
+        piece = be.tok.id_to_token(value) if be.kind == "hf" else be.tok.id_to_piece(value)
+        some = ", ".join(str(i) for i in sorted(be.reserved)[:8]) + (", ..." if len(be.reserved) > 8 else "")
+        raise TokenizerError(f"tokenizer {path}: --{role}-id {value} is the learned piece {piece!r}, which text "
+                             f"produces; give the id of a token the tokenizer reserves ({some or 'it reserves none'})")
     return value
 
 

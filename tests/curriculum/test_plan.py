@@ -102,3 +102,11 @@ def test_source_weights_for_a_source_the_manifest_lacks_are_named(synth_1833):
     code = p.table.filter(pl.col("language") == "code")["allotted_tokens"][0]
     assert code < base.table.filter(pl.col("language") == "code")["allotted_tokens"][0]  # `code` itself still applies
     assert not [w for w in base.warnings if "source_weights" in w]
+
+
+def test_two_weights_for_one_language_are_refused(synth_1833):
+    # `en` and `eng_Latn` both named English: the multipliers were multiplied (x6), silently.
+    phase = {"name": "p", "tokens": 1e11, "batch_tokens": 8192, "seq_len": 1024, "languages": {"top": 50}, "tau": 0.5,
+             "language_weights": {"en": 2.0, "eng_Latn": 3.0}}
+    with pytest.raises(RecipeError, match=r"'en' and 'eng_Latn' are both eng_Latn; give one weight per language"):
+        plan_recipe(parse_recipe({"name": "a", "phases": [phase]}), read_manifest(synth_1833))

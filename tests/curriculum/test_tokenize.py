@@ -186,17 +186,22 @@ def test_missing_special_token_names_the_flag(tmp_path):
     with pytest.raises(TokenizerError, match=r"no MASK token \(looked for MASK: \[MASK\], <mask> among its special/added tokens\); pass --mask-id ID") as e:
         load_tokenizer(path)
     assert "CLS" not in str(e.value).split("looked for")[0]
-    tok = load_tokenizer(path, mask_id=260)
-    i = tok.info
-    assert (i.pad_id, i.cls_id, i.sep_id, i.mask_id, i.unk_id) == (0, 1, 2, 260, None)
-    assert tok.special_ids().tolist() == [0, 1, 2, 260]
+    # Its learned pieces cannot stand in (a text token as [MASK] is masked and unmasked alike).
+    with pytest.raises(TokenizerError, match=r"--mask-id 260 is the learned piece .* reserves \(0, 1, 2\)"):
+        load_tokenizer(path, mask_id=260)
 
 
 def test_flags_override_and_are_checked(bpe):
     info, _ = bpe
-    tok = load_tokenizer(info.path, cls_id=7, sep_id=8, mask_id=9, pad_id=10)
-    assert (tok.info.cls_id, tok.info.sep_id, tok.info.mask_id, tok.info.pad_id) == (7, 8, 9, 10)
-    assert {7, 8, 9, 10, 0, 1, 2, 3, 4} <= set(tok.special_ids().tolist())
+    tok = load_tokenizer(info.path, cls_id=3, sep_id=2, mask_id=1, pad_id=0)  # other reserved ids
+    assert (tok.info.cls_id, tok.info.sep_id, tok.info.mask_id, tok.info.pad_id) == (3, 2, 1, 0)
+    assert {0, 1, 2, 3, 4} <= set(tok.special_ids().tolist())
+    # A learned piece is refused: text produces it, and as MASK or PAD it would never be masked.
+    piece = tok.decode([9])
+    with pytest.raises(TokenizerError, match=r"--mask-id 9 is the learned piece .*, which text produces; give the id "
+                                             r"of a token the tokenizer reserves \(0, 1, 2, 3, 4\)"):
+        load_tokenizer(info.path, mask_id=9)
+    assert piece  # (a real piece of the trained vocabulary)
     with pytest.raises(TokenizerError, match=r"--mask-id 4000 is outside the vocabulary \[0, 4000\)"):
         load_tokenizer(info.path, mask_id=4000)
     with pytest.raises(TokenizerError, match="MASK id 2 equals the CLS id"):
