@@ -568,12 +568,21 @@ def tokenize_task(spec: TokenizeSpec) -> dict:
             for a in range(0, len(texts), TOKENIZE_BATCH):
                 chunk = texts.slice(a, TOKENIZE_BATCH)
                 flat, offs = tok.encode_arrow(chunk)
-                buf.add(flat, np.diff(offs), source, ids[a : a + TOKENIZE_BATCH] & ((1 << DOC_ID_FILE_SHIFT) - 1))
+                lens = np.diff(offs)
+                rows = ids[a : a + TOKENIZE_BATCH] & ((1 << DOC_ID_FILE_SHIFT) - 1)
+                # A shard ends at the document that reaches --shard-mb: the batch is cut there (a
+                # whole batch of long documents once ran a shard hundreds of MB past the bound).
+                d = 0
+                while d < lens.size:
+                    need = np.cumsum(4 * lens[d:] + 8)  # `nbytes` of each further document
+                    k = min(int(np.searchsorted(need, cfg.shard_bytes - buf.nbytes)) + 1, lens.size - d)
+                    buf.add(flat[offs[d] : offs[d + k]], lens[d : d + k], source, rows[d : d + k])
+                    d += k
+                    if buf.nbytes >= cfg.shard_bytes:
+                        flush()
                 docs += len(chunk)
                 tokens += int(flat.size)
                 text_bytes += _utf8_bytes(chunk)
-                if buf.nbytes >= cfg.shard_bytes:
-                    flush()
     flush()
     stats = {"language": spec.language, "chunk": spec.chunk, "docs": docs, "tokens": tokens, "bytes": text_bytes, "shards": shards}
     _atomic_json(done, stats)
@@ -641,7 +650,7 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, 
             return False
         if old.get("layout") != WORK_LAYOUT:
             raise CurriculumError(f"{work} holds the work of an older version of curriculum (work-file layout "
-                                  f"{old.get('layout', 1)}, now {WORK_LAYOUT}). Use a new --out, or delete {work} to start over")
+                                  f"{old.get('layout', 1)}, now {WORK_LAYOUT}). Use a new --out, or delete {work.parent} (its shards are that build's too) to start over")
         # A clear cut short (None recorded): its outputs are partly gone anyway, so it is redone.
         interrupted = old.get("tokenize", {}) is None or old.get("dedup", {}) is None
         redoable = set(diff) <= {"dedup", "tokenize"}
@@ -658,7 +667,7 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, 
                     + "tokenize again, add --retokenize (this deletes its shards and manifest)." if redoable else "")
             raise CurriculumError(
                 f"{work} holds the work of an earlier build (finished or not) with other {' and '.join(named)}; "
-                f"resuming would reuse its results. Use a new --out, or delete {work} to start over.{hint}"
+                f"resuming would reuse its results. Use a new --out, or delete {work.parent} (its shards are that build's too) to start over.{hint}"
             )
         # Crash-safe order: first mark the tokenize stage as belonging to no settings, so a run
         # killed while clearing clears again whatever settings it is rerun with.
@@ -674,7 +683,7 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, 
     if any((work / d).exists() for d in ("extract", "dedup", "tokenize")):  # left by a version before build.json
         raise CurriculumError(
             f"{work} holds task outputs of an older version of curriculum (no build.json); resuming would reuse "
-            f"them in another layout. Use a new --out, or delete {work} to start over"
+            f"them in another layout. Use a new --out, or delete {work.parent} (its shards are that build's too) to start over"
         )
     _atomic_json(path, ident)
     return False

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 DROP_REASONS = (
     "invalid_utf8", "malformed_json", "not_an_object", "missing_text", "non_string_text", "empty_text",
     "line_too_long", "block_too_long", "binary", "unknown_language",
+    "corrupt_parquet",  # the rows of a damaged row group, counted from the footer (one file issue lists them)
 )
 # Per file (FileIssue with line=None; what was read before the damage is kept):
 FILE_REASONS = (
@@ -337,6 +338,12 @@ class _Collector:
         self.issue_counts[reason] += 1
         if self.issue_counts[reason] <= self.max_issues:
             self.issues.append(FileIssue(self.f.path, line, reason, message))
+
+    def drop_rows(self, reason: str, n: int) -> None:
+        """Count `n` documents lost at once (a damaged Parquet row group: one file issue lists them)."""
+        if n > 0:
+            self.seen += n
+            self.drops[reason] += n
 
     def file_issue(self, reason: str, message: str) -> None:
         self.file_issues += 1
@@ -725,6 +732,7 @@ def _read_parquet(f: InputFile, col: _Collector, batch_size: int, text_field: st
     if whole and counted != pf.metadata.num_rows:  # Arrow reads a group's rows up to its count, and no further
         col.file_issue("corrupt_parquet", f"the footer says {pf.metadata.num_rows} rows, its row groups {counted} "
                                           f"(damaged): rows past a group's count are not read")
+        col.drop_rows("corrupt_parquet", pf.metadata.num_rows - counted)
     lo, hi = f.row_groups if f.row_groups is not None else (0, pf.num_row_groups)
     if hi > pf.num_row_groups:
         col.file_issue("corrupt_parquet", f"row groups {lo}..{hi - 1} asked, the file has {pf.num_row_groups}; nothing read")
@@ -746,11 +754,13 @@ def _read_parquet(f: InputFile, col: _Collector, batch_size: int, text_field: st
         except (pa.ArrowException, OSError) as exc:
             col.file_issue("corrupt_parquet", f"row group {g} unreadable from row {row} on ({exc}); rows {row}..{end - 1} "
                                               f"skipped, the other row groups read")
+            col.drop_rows("corrupt_parquet", end - row)  # input = kept + dropped holds with them
         else:
             if pages != n:
                 lost = f"rows {row}..{end - 1} skipped" if pages < n else f"{pages - n} rows past its end ignored"
                 col.file_issue("corrupt_parquet", f"row group {g}: the footer says {n} rows, its pages hold {pages} "
                                                   f"(damaged); {lost}, the other row groups read")
+                col.drop_rows("corrupt_parquet", end - row)
         row = end
 
 

@@ -6,13 +6,17 @@ streamed to a temporary file (hashed on the way), opened there to check its coun
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
 from curriculum import storage
 from curriculum.errors import CurriculumError, ManifestError
-from curriculum.manifest import Manifest, read_manifest
+from curriculum.manifest import DROP_PREFIX, Manifest, read_manifest
 from curriculum.shards import ShardError, open_shard, sha256_file
+
+
+SHARD_FILE = re.compile(r"^\d{5,}-\d{4,}\.arrow$")  # the build's `CCCCC-SSSS.arrow`: chunk, shard
 
 
 def verify_manifest(root: str | Path) -> tuple[int, list[str]]:
@@ -35,6 +39,11 @@ def verify_manifest(root: str | Path) -> tuple[int, list[str]]:
                 problems.append(f"{where}: missing; rerun `curriculum build` with the same settings to rewrite it")
                 continue
             path, digest = fetched
+            size = path.stat().st_size
+            if size != r["bytes"]:
+                problems.append(f"{where}: {size} bytes, the manifest says {r['bytes']}; delete the file and rerun "
+                                "`curriculum build` with the same settings to rewrite it (or the table was edited)")
+                continue
             if digest != r["sha256"]:
                 problems.append(f"{where}: checksum mismatch (manifest {r['sha256'][:12]}…, file {digest[:12]}…); delete the file "
                                 "and rerun `curriculum build` with the same settings to rewrite it")
@@ -60,7 +69,57 @@ def verify_manifest(root: str | Path) -> tuple[int, list[str]]:
             problems.append(
                 f"manifest.json: input documents {docs['input']} != kept {docs['kept']} + dropped {sum(docs['dropped'].values())}"
             )
+        problems += _drop_problems(m, docs)
+    problems += _order_problems(m)
+    if not m.is_remote:
+        problems += _unlisted_shards(m)
     return m.shards.height, problems
+
+
+def _drop_problems(m: Manifest, docs: dict) -> list[str]:
+    """Each reason's total in manifest.json = its per-language column sum + its unattributed count
+    (documents of no known language: a malformed line, say)."""
+    unattributed = docs.get("unattributed_drops") or {}
+    cols = {c.removeprefix(DROP_PREFIX): int(m.languages[c].sum()) for c in m.languages.columns if c.startswith(DROP_PREFIX)}
+    out = []
+    for reason in sorted(set(docs["dropped"]) | set(cols) | set(unattributed)):
+        total, per, loose = docs["dropped"].get(reason, 0), cols.get(reason, 0), unattributed.get(reason, 0)
+        if total != per + loose:
+            out.append(f"manifest.json: {total} documents dropped as {reason}, but languages.parquet's "
+                       f"{DROP_PREFIX}{reason} sums to {per} (+{loose} of no language); the tables were edited")
+    return out
+
+
+def _order_problems(m: Manifest) -> list[str]:
+    """A language's shards are indexed 0..n-1, in the order of their file names (chunk, then shard:
+    the order the build wrote them, which is the order the sampler reads them in)."""
+    out = []
+    for (lang,), g in m.shards.group_by("language", maintain_order=True):
+        g = g.sort("index")
+        idx, paths = g["index"].to_list(), g["path"].to_list()
+        if idx != list(range(len(idx))):
+            out.append(f"shards.parquet: language {lang} has shard indices {idx[:8]}{'…' if len(idx) > 8 else ''}, "
+                       "not 0..n-1; the table was edited")
+        elif all(SHARD_FILE.match(Path(x).name) for x in paths) and paths != sorted(paths):
+            out.append(f"shards.parquet: language {lang}'s shard indices do not follow its file names "
+                       f"({', '.join(paths[:3])}…); the table was edited, which changes the order the sampler reads")
+    return out
+
+
+def _unlisted_shards(m: Manifest) -> list[str]:
+    """Shard files in a language folder that shards.parquet does not list (left by an earlier
+    build into the same directory, say)."""
+    root = Path(m.root)
+    listed = set(m.shards["path"].to_list())
+    out = []
+    for lang in m.languages["language"].to_list():
+        folder = root / lang
+        if folder.is_dir():
+            for f in sorted(folder.glob("*.arrow")):
+                rel = f"{lang}/{f.name}"
+                if rel not in listed:
+                    out.append(f"shard file {rel}: not listed in shards.parquet (left by an earlier build?); delete it")
+    return out
 
 
 def _fetch(m: Manifest, rel: str, scratch: Path) -> tuple[Path, str] | None:

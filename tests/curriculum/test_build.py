@@ -384,7 +384,9 @@ def test_a_damaged_row_group_costs_its_rows_only_sliced_or_not(small_tokenizer, 
         cfg = BuildConfig(inputs=[str(tmp_path / "in")], out=str(tmp_path / name), tokenizer=str(small_tokenizer), **kw)
         reps[name] = build(cfg, workers=1, progress=False)
     for rep in reps.values():
-        assert rep.docs_in == rep.docs_kept == 500  # the other five row groups
+        # The other five row groups kept; the damaged group's 100 rows counted as dropped (they
+        # were missing from input = kept + dropped).
+        assert (rep.docs_in, rep.docs_kept, rep.drops) == (600, 500, {"corrupt_parquet": 100})
         assert [(i["reason"], "row group 2" in i["message"], "rows 200..299 skipped" in i["message"]) for i in rep.issues] == [
             ("corrupt_parquet", True, True)]
     assert _token_streams(tmp_path / "whole") == _token_streams(tmp_path / "sliced")
@@ -515,3 +517,57 @@ def test_two_builds_cannot_share_an_output(corpus, small_tokenizer, tmp_path):
         with pytest.raises(CurriculumError, match="another build is running"):
             run_build(corpus, tmp_path / "out", small_tokenizer)
     run_build(corpus, tmp_path / "out", small_tokenizer)  # free again
+
+
+def test_verify_catches_edited_tables_and_stray_shards(corpus, small_tokenizer, tmp_path):
+    # Each of these passed verify: "ok: N shards verified".
+    import shutil
+
+    run_build(corpus, tmp_path / "out", small_tokenizer)
+    assert verify_manifest(tmp_path / "out")[1] == []
+    cases = {}
+    langs = pl.read_parquet(tmp_path / "out" / "languages.parquet")
+    lang = langs.filter(pl.col("dropped_near_duplicate") > 0)["language"][0]
+    cases["drops"] = ("languages.parquet", lambda t: t.with_columns(
+        pl.when(pl.col("language") == lang).then(pl.col("dropped_near_duplicate") + 7)
+        .otherwise(pl.col("dropped_near_duplicate")).alias("dropped_near_duplicate")),
+        "dropped as near_duplicate, but languages.parquet's dropped_near_duplicate sums to")
+    shards = pl.read_parquet(tmp_path / "out" / "shards.parquet")
+    multi = shards.group_by("language").len().filter(pl.col("len") >= 2)["language"].sort()[0]
+    first = shards.filter(pl.col("language") == multi).sort("index")["path"][0]
+    cases["bytes"] = ("shards.parquet", lambda t: t.with_columns(
+        pl.when(pl.col("path") == first).then(pl.col("bytes") + 10).otherwise(pl.col("bytes")).alias("bytes")),
+        f"shard {first} ({multi}): ")
+    cases["order"] = ("shards.parquet", lambda t: t.with_columns(
+        pl.when(pl.col("language") == multi).then(pl.col("index").max().over("language") - pl.col("index"))
+        .otherwise(pl.col("index")).alias("index")),
+        f"language {multi}'s shard indices do not follow its file names")
+    cases["gap"] = ("shards.parquet", lambda t: t.with_columns(
+        pl.when(pl.col("language") == multi).then(pl.col("index") * 2).otherwise(pl.col("index")).alias("index")),
+        f"language {multi} has shard indices [0, 2")
+    for name, (table, edit, says) in cases.items():
+        d = tmp_path / name
+        shutil.copytree(tmp_path / "out", d)
+        edited = edit(pl.read_parquet(d / table))
+        edited.write_parquet(d / table)
+        problems = verify_manifest(d)[1]
+        assert any(says in p for p in problems), (name, problems)
+    # A shard file no table lists (left by an earlier build into the same --out).
+    stray = tmp_path / "out" / multi / "00007-0000.arrow"
+    shutil.copy(tmp_path / "out" / first, stray)
+    assert verify_manifest(tmp_path / "out")[1] == [
+        f"shard file {multi}/00007-0000.arrow: not listed in shards.parquet (left by an earlier build?); delete it"]
+
+
+def test_shards_end_at_the_document_that_reaches_the_bound(corpus, small_tokenizer, tmp_path):
+    # The bound was checked after each 2,048-document batch: --shard-mb 1 gave 1.87 MB shards.
+    bound = 20_000
+    build(BuildConfig(inputs=[str(corpus)], out=str(tmp_path / "out"), tokenizer=str(small_tokenizer), shard_bytes=bound),
+          workers=1, progress=False)
+    m = read_manifest(tmp_path / "out")
+    assert m.shards.height > 2 * m.languages.height
+    for r in m.shards.iter_rows(named=True):
+        view = open_shard(tmp_path / "out" / r["path"])
+        last = 4 * int(view.offsets[-1] - view.offsets[-2]) + 8
+        size = 4 * view.tokens.size + 8 * view.docs  # the rule: tokens plus 8 bytes per document
+        assert size - last < bound, r  # under the bound until its last document
