@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import anyio
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -50,6 +51,7 @@ from trainer_client import wire
 log = logging.getLogger("sampler_server")
 
 STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "index.html": "text/html"}
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # the CLI's, for every worker of --workers N
 STREAM_PUBLISH_WINDOW = 16  # /v1/stream raises the amendment watermark this many of its steps at a time
 PLAIN_INT = re.compile(rf"-?[0-9]{{1,{MAX_DIGITS}}}")
 
@@ -250,11 +252,12 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
 
     # -- health (never behind the token) ---------------------------------------------------
 
-    @app.get("/healthz")
+    # HEAD too: uptime checkers probe with it (405 marked a healthy replica down).
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict:
         return {"status": "ok", "build_id": sampler.build_id}
 
-    @app.get("/readyz")
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
     async def readyz() -> JSONResponse:
         if not svc.ready:
             svc.recheck()
@@ -265,7 +268,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
 
     # -- the dashboard page: the page needs the token (header or ?token=), its assets are code --
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index(request: Request, token: str | None = None) -> Response:
         if svc.token is not None and not _token_ok(token):
             try:
@@ -380,8 +383,11 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
             "total_steps": sampler.total_steps, "total_tokens": tl.total_tokens, "languages": len(sampler.languages),
             "tokenizer": sampler.tokenizer.model_dump(mode="json"),
             "phases": [{"name": p.name, "variant": p.variant, "start_step": s0, "steps": p.steps, "seq_len": p.seq_len,
-                        "batch_sequences": p.batch_sequences, "batch_tokens": p.batch_tokens, "tokens": p.tokens}
-                       for p, s0 in zip(r.phases, tl.phase_start)],
+                        "batch_sequences": p.batch_sequences, "batch_tokens": p.batch_tokens, "tokens": p.tokens,
+                        # so a trainer can check its world size against every step before it starts
+                        "warmup_steps": lay.warm_steps,
+                        "warmup_batch_sizes": sorted({int(b) for b in np.diff(lay.warm_first)})}
+                       for p, s0, lay in zip(r.phases, tl.phase_start, tl.layouts)],
         }
 
     @api.get("/v1/schedule")
@@ -398,7 +404,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
             info: StepInfo = s.schedule(step)
         except ScheduleError as exc:
             raise ApiError(400, "invalid_step", str(exc)) from None
-        return {"build_id": s.build_id, **info.to_dict()}
+        return {"build_id": s.build_id_at(step), **info.to_dict()}  # an amended step's, as its batch says
 
     @api.get("/v1/mixture")
     async def mixture(phase: PhaseQuery = None, variant: Variant = None) -> dict:
@@ -528,7 +534,7 @@ def _variant_plans(svc: Service) -> list[dict]:
 
 def create_app_from_env() -> FastAPI:
     """uvicorn factory for `--workers N`: each spawned worker reads SAMPLER_* from the environment."""
-    logging.basicConfig(level=os.environ.get("SAMPLER_LOG_LEVEL", "info").upper())
+    logging.basicConfig(level=os.environ.get("SAMPLER_LOG_LEVEL", "info").upper(), format=LOG_FORMAT)
     return create_app(ServerSettings())  # type: ignore[call-arg]  (fields come from the environment)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve curriculum batches over HTTP.")
 _state = {"debug": False}
@@ -100,7 +100,9 @@ def serve(
             flag = "--" + name.replace("_", "-")
             problems.append(f"{flag} (or SAMPLER_{name.upper()}): {e['msg']}")
         _fail("; ".join(problems))
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from sampler_server.app import LOG_FORMAT
+
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     if settings.policy != "none" and settings.workers > 1:
         _fail(f"--policy {settings.policy} runs in one process: with --workers {settings.workers} every worker would "
               "propose its own amendments; run the policy on a single-worker replica (the one trainers report to)")
@@ -138,12 +140,20 @@ def serve(
         return
     # Workers are separate processes started with `spawn` (uvicorn's multiprocess mode; the omp
     # threading layer is not fork-safe); each builds its app from the SAMPLER_* environment.
-    for key, value in settings.model_dump(mode="json").items():
-        if key == "token":
-            value = settings.token_value
-        if value is not None:
-            os.environ[f"SAMPLER_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    os.environ.update(worker_environment(settings))
     uvicorn.run("sampler_server.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+
+
+def worker_environment(settings) -> dict[str, str]:
+    """The SAMPLER_* variables a spawned worker builds its settings from (`create_app_from_env`)."""
+    env = {}
+    for key, value in settings.model_dump(mode="json").items():
+        raw = getattr(settings, key)
+        if isinstance(raw, SecretStr):  # model_dump masks secrets as "**********": pass the value itself
+            value = raw.get_secret_value()
+        if value is not None:
+            env[f"SAMPLER_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
 
 
 def _bind_probe(host: str, port: int) -> tuple[str | None, int]:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Same default as sampler_server.streams.DEFAULT_BLOCK_TOKENS; not imported, so that reading the
@@ -63,6 +63,19 @@ class ServerSettings(BaseSettings):
                                                        "installed, else the standard asyncio loop")
     access_log: bool = True
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("token", "amend_token", mode="before")
+    @classmethod
+    def _token_text(cls, v: object) -> object:
+        """Surrounding whitespace is dropped (a secret mounted from a file ends with a newline: the
+        server then compared against "abc\n" and nothing ever authenticated); inside, refused."""
+        if isinstance(v, SecretStr):
+            v = v.get_secret_value()
+        if isinstance(v, str):
+            v = v.strip()
+            if any(c.isspace() for c in v) or not v.isprintable():
+                raise ValueError("a bearer token cannot hold whitespace or control characters")
+        return v
 
     @property
     def token_value(self) -> str | None:

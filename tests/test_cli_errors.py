@@ -154,7 +154,7 @@ def test_trainer_settings_are_checked_before_anything_starts(place):
         assert flag in str(exc.value), flag
     # Through the console command: one line, exit 2, before any server is contacted.
     p = run("trainer_client.cli", "train", "--server", "http://127.0.0.1:1", "--steps", "-1", cwd=place)
-    assert p.returncode == 2 and "--steps -1: must be >= 0" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "--steps -1: must be >= 1" in p.stderr and "Traceback" not in p.stderr
     assert "Connection refused" not in p.stderr
     # Paths the run writes are tried first: these failed at the first checkpoint, after the whole
     # run (--summary), or as a traceback (--log-dir under a file).

@@ -262,7 +262,7 @@ def project() -> Project:
             name, _, ver = l.partition("==")
             pins[canonicalize_name(name)] = ver
     app = (ROOT / "sampler_server" / "app.py").read_text()
-    routes = frozenset(re.findall(r"@(?:app|api)\.(?:get|post)\(\s*\"([^\"]+)\"", app))
+    routes = frozenset(re.findall(r"@(?:app|api)\.(?:get|post|api_route)\(\s*\"([^\"]+)\"", app))
     return Project(py, pins, lines, routes)
 
 

@@ -169,7 +169,11 @@ class SamplerClient:
         self._down_until = [0.0] * len(self.urls)
         self.stats = ClientStats()
         headers = {"User-Agent": "trainer-client"}
+        token = token.strip() if token else token  # a secret file's trailing newline made every request fail
         if token:
+            if any(c.isspace() for c in token) or not token.isprintable():
+                raise ValueError("the server token (--token / SAMPLER_TOKEN) holds whitespace or control characters; "
+                                 "an HTTP header cannot carry it")
             headers["Authorization"] = f"Bearer {token}"
         t = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self._http = httpx.Client(timeout=t, headers=headers, transport=transport,

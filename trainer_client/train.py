@@ -91,7 +91,7 @@ class TrainConfig:
             problems.append(f"--model {self.model!r}: choose one of {', '.join(PRESETS)}")
         if self.attn not in ("auto", "flash_attention_2", "sdpa", "eager"):
             problems.append(f"--attn {self.attn!r}: choose one of auto, flash_attention_2, sdpa, eager")
-        for flag, value, least in (("--steps", self.steps, 0), ("--start-step", self.start_step, 0),
+        for flag, value, least in (("--steps", self.steps, 1), ("--start-step", self.start_step, 0),
                                    ("--report-every", self.report_every, 1), ("--checkpoint-every", self.checkpoint_every, 1),
                                    ("--keep", self.keep_checkpoints, 1), ("--prefetch", self.prefetch, 1),
                                    ("--vocab-size", self.vocab_size, 1)):
@@ -319,11 +319,19 @@ def train(cfg: TrainConfig) -> TrainResult:
         if meta is not None and (meta.get("vocab_size"), meta.get("model")) != (tok.vocab_size, cfg.model):
             raise TrainError(f"checkpoint {src} is a {meta.get('model')!r} model over {meta.get('vocab_size')} tokens; "
                              f"this run builds {cfg.model!r} over the server's {tok.vocab_size}")
-    stop = info.total_steps if cfg.steps is None else min(cfg.steps, info.total_steps)
     if cfg.start_step is not None and cfg.start_step >= info.total_steps:
         # An explicit start past the run is a mistake (a resumed run at its end says "nothing to do").
         raise TrainError(f"--start-step {cfg.start_step}: the run has {info.total_steps:,} steps "
                          f"(0..{info.total_steps - 1:,}); give a step inside it")
+    if cfg.steps is not None and cfg.steps > info.total_steps:  # was clamped to the run's end without a word
+        raise TrainError(f"--steps {cfg.steps}: the run has {info.total_steps:,} steps; give at most that, or leave "
+                         "--steps out to train to the end")
+    stop = info.total_steps if cfg.steps is None else cfg.steps
+    if resume is None and cfg.start_step is not None and cfg.start_step >= stop:
+        raise TrainError(f"--start-step {cfg.start_step} is not before --steps {stop}: nothing would be trained")
+    first = (resume["next_step"] if resume is not None else cfg.start_step if cfg.start_step is not None
+             else int(read_trainer_json(init)["next_step"]) if init is not None else 0)
+    check_world_size(info.phases, world, first, stop)
     peak_lr = cfg.lr if cfg.lr is not None else DEFAULT_PEAK_LR.get(cfg.model, 8e-4)
 
     model = build_model(cfg.model, tok, attn=cfg.attn, device=device, seed=cfg.seed)  # type: ignore[arg-type]
@@ -464,6 +472,24 @@ def train(cfg: TrainConfig) -> TrainResult:
     # gloo can abort that peer at exit ("terminate called without an active exception").
     _barrier()
     return result
+
+
+def check_world_size(phases: list[dict], world: int, first: int, stop: int) -> None:
+    """Refuse at start-up a world size that does not divide the global batch of some step in
+    [first, stop): the server would refuse that step, days into a run (the last checkpoint
+    before it is all that is kept). Uses each phase's batch and its warm-up's batch sizes."""
+    for p in phases:
+        s0, n = int(p.get("start_step", 0)), int(p.get("steps", 0))
+        if s0 + n <= first or s0 >= stop or "batch_sequences" not in p:
+            continue
+        warm = int(p.get("warmup_steps", 0))
+        sizes = ([int(b) for b in p.get("warmup_batch_sizes", [])] if first < s0 + warm else []) + [int(p["batch_sequences"])]
+        bad = [b for b in sizes if b % world]
+        if bad:
+            common = math.gcd(*sizes)
+            raise TrainError(f"{world} ranks do not divide phase {p.get('name')!r}'s global batch of {bad[0]} sequences"
+                             + (" (a batch warm-up step)" if bad[0] != int(p["batch_sequences"]) else "")
+                             + f", steps {s0}..{s0 + n - 1}; use a world size that divides {common}")
 
 
 def summary_json(result: TrainResult) -> dict[str, Any]:

@@ -6,7 +6,8 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const COLORS = ["#3b6ea8", "#e07b39", "#4c9a5f", "#b8474a", "#7a5fa8", "#8c6d46", "#c9669e", "#6b6b6b"];
 const TAIL = "#a9b4c2", HOT = "#c0392b", CONSUMED = "#3b6ea8";
 const params = new URLSearchParams(location.search);
-const REFRESH_MS = Math.max(500, Number(params.get("refresh") || 2000));
+// ?refresh=MS; anything that is not a number (a typo such as "2s" gave NaN: a 0 ms busy loop) is the default.
+const REFRESH_MS = (() => { const v = Number(params.get("refresh") || 2000); return Number.isFinite(v) ? Math.max(500, v) : 2000; })();
 
 // The token arrives once as ?token=; keep it for this tab and take it out of the address bar.
 let token = params.get("token");

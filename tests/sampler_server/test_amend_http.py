@@ -99,6 +99,11 @@ def test_amend_over_http_serves_exactly_the_amended_run(manifest, recipe):
             assert same(w, amended.batch(step, 1, 2)) and not same(w, base.batch(step, 1, 2))
             assert w.metadata["build_id"] == amended.build_id_at(step) != base.run_id
             assert w.metadata["run_id"] == base.run_id and w.metadata["journal_version"] == 1
+            # /v1/schedule names the build id the step's batches carry (it said the run id).
+            assert c.get("/v1/schedule", params={"step": step}).json()["build_id"] == w.metadata["build_id"]
+        assert c.get("/v1/schedule", params={"step": 13}).json()["build_id"] == base.run_id
+        for path in ("/healthz", "/readyz", "/"):  # HEAD answered 405: uptime checkers marked the replica down
+            assert c.head(path, headers=AUTH).status_code == 200, path
         dash = c.get("/v1/dashboard").json()
         assert dash["amendments"][0]["tokens_before"] == base.schedule(20).tokens_before
         assert dash["original_phases"] is not None and dash["phases"][0]["n_languages"] == 8

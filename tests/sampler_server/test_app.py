@@ -383,6 +383,30 @@ def test_settings_from_environment(monkeypatch, inputs):
     assert ServerSettings(seed=3).seed == 3  # explicit values win over the environment
 
 
+def test_workers_get_the_real_tokens_and_tokens_are_trimmed(monkeypatch, inputs):
+    # --workers N exported SAMPLER_AMEND_TOKEN=********** (pydantic's mask): the real amend token
+    # got 401, and the mask itself amended the run.
+    from sampler_server.cli import worker_environment
+
+    s = ServerSettings(manifest=inputs[0], recipe=inputs[1], token="rt", amend_token="at", workers=2)
+    env = worker_environment(s)
+    assert env["SAMPLER_TOKEN"] == "rt" and env["SAMPLER_AMEND_TOKEN"] == "at"
+    assert "*" not in "".join(env.values())
+    for k in list(os.environ):
+        if k.startswith("SAMPLER_"):
+            monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    again = ServerSettings()  # what each spawned worker builds
+    assert (again.token_value, again.amend_token_value, again.workers) == ("rt", "at", 2)
+    # A secret mounted from a file ends with a newline: the server compared against "abc\n".
+    monkeypatch.setenv("SAMPLER_TOKEN", "abc\n")
+    assert ServerSettings().token_value == "abc"
+    for bad in ("a b", "ab\tc", "a\x00b"):
+        with pytest.raises(ValueError, match="cannot hold whitespace or control characters"):
+            ServerSettings(manifest=inputs[0], recipe=inputs[1], token=bad)
+
+
 # -- real processes: the CLI, replicas ------------------------------------------------------------
 
 def free_port() -> int:

@@ -341,3 +341,19 @@ def test_real_server_batches_equal_the_sampler_byte_for_byte(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_token_is_trimmed_and_whitespace_inside_is_refused_at_once():
+    # SAMPLER_TOKEN from a secret file ("abc\n") made every request fail in httpx with
+    # LocalProtocolError, retried for 8 rounds, then reported as "no sampler server answered".
+    seen = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"status": "ok", "build_id": "B1"})
+
+    c = SamplerClient(["http://a:1"], token="abc\n", transport=httpx.MockTransport(server), retry=FAST, seed=0)
+    assert c.check_replicas() == {"http://a:1": "B1"} and seen == ["Bearer abc"]
+    for bad in ("a b", "ab\tc", "a\x00b"):
+        with pytest.raises(ValueError, match="holds whitespace or control characters"):
+            SamplerClient(["http://a:1"], token=bad, transport=httpx.MockTransport(server))

@@ -293,6 +293,30 @@ def test_a_server_with_another_build_stops_the_run_with_a_message(data, servers,
     proc = run_cli(train_args(data, [a.url], "--start-step", str(total), "--checkpoint-dir", str(data["tmp"] / "past")))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"--start-step {total}: the run has {total:,} steps" in proc.stderr, proc.stderr
+    # --steps past the run was clamped, and a --start-step not before --steps trained nothing, exit 0.
+    for args, says in ((["--steps", str(total + 1)], f"--steps {total + 1}: the run has {total:,} steps"),
+                       (["--start-step", "10", "--steps", "5"], "--start-step 10 is not before --steps 5")):
+        proc = run_cli(train_args(data, [a.url], *args, "--checkpoint-dir", str(data["tmp"] / "past")))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and says in proc.stderr, proc.stderr
+
+
+def test_a_world_size_that_a_later_step_cannot_split_is_refused_at_start_up():
+    # It trained every step of the first phase, then died on the second's batch (days into a run).
+    from trainer_client.train import TrainError, check_world_size
+
+    phases = [{"name": "pretrain", "start_step": 0, "steps": 100, "batch_sequences": 16, "warmup_steps": 10,
+               "warmup_batch_sizes": [4, 8, 12]},
+              {"name": "midtrain", "start_step": 100, "steps": 50, "batch_sequences": 15, "warmup_steps": 0,
+               "warmup_batch_sizes": []}]
+    with pytest.raises(TrainError, match=r"2 ranks do not divide phase 'midtrain'.s global batch of 15 sequences, "
+                                         r"steps 100..149; use a world size that divides 15"):
+        check_world_size(phases, 2, 0, 150)
+    check_world_size(phases, 2, 0, 100)  # the run stops before midtrain
+    with pytest.raises(TrainError, match=r"8 ranks do not divide phase 'pretrain'.s global batch of 4 sequences \(a "
+                                         r"batch warm-up step\)"):
+        check_world_size(phases, 8, 0, 100)
+    check_world_size(phases, 8, 10, 100)  # resumed past the warm-up: only the full batch counts
+    check_world_size(phases, 4, 0, 100)
 
 
 def test_init_from_starts_a_fresh_run_from_a_checkpoints_weights(data, servers, reference):
