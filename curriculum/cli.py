@@ -150,11 +150,7 @@ def amend(
     a: Amendment = parse_amendment({"from_step": from_step, "changes": changes, "reason": reason, "source": "cli"},
                                    "--set")
     a = resolve_current(a, regimes(rec, j.entries)[-1].timeline)
-    man = None
-    if manifest is not None:
-        from curriculum.manifest import read_manifest
-
-        man = read_manifest(manifest)
+    man = _run_manifest(j, manifest)
 
     def check(entries: list[Amendment]) -> None:
         from curriculum.amend import AmendmentError
@@ -167,7 +163,7 @@ def amend(
             try:
                 plan_regimes(regs, man)
             except CurriculumError as exc:
-                raise AmendmentError(f"the amended run cannot be planned on {manifest}: {exc}") from None
+                raise AmendmentError(f"the amended run cannot be planned on {man.root}: {exc}") from None
 
     if dry_run:
         check([*j.entries, a])
@@ -176,6 +172,36 @@ def amend(
     stored = j.append(a, check)
     console.print(f"journal {j.path}: entry {j.version} from step {stored.from_step:,}: "
                   + "; ".join(f"{p}: {c.model_dump_json(exclude_none=True)}" for p, c in stored.changes.items()))
+
+
+def _run_manifest(journal, given: str | None):
+    """The manifest an amendment is checked against: the run's, as the server that bound the
+    journal recorded it (`<journal>.run`). An unchecked amendment that cannot be planned on it
+    stops every replica of the run (503 journal_broken) until the journal is mended by hand."""
+    from curriculum.manifest import read_manifest
+
+    rec = (journal.run_record() or {}).get("manifest") or {}
+    if given is not None:
+        man = read_manifest(given)
+        if rec.get("fingerprint") and man.fingerprint != rec["fingerprint"]:
+            raise CurriculumError(f"--manifest {given} is not the manifest of the run this journal belongs to "
+                                  f"({rec.get('root')}, fingerprint {rec['fingerprint']}); check against that one")
+        return man
+    if rec.get("root"):
+        try:
+            man = read_manifest(rec["root"])
+        except (CurriculumError, OSError) as exc:
+            err_console.print(f"[yellow]warning:[/] not checked against the run's manifest {rec['root']} ({exc}); "
+                              "pass --manifest", highlight=False, soft_wrap=True)
+            return None
+        if man.fingerprint == rec.get("fingerprint"):
+            return man
+        err_console.print(f"[yellow]warning:[/] the manifest at {rec['root']} changed since the run started; not "
+                          "checked against it: pass --manifest", highlight=False, soft_wrap=True)
+        return None
+    err_console.print("[yellow]warning:[/] not checked against a manifest (no server has recorded the run's yet): "
+                      "pass --manifest to check it can be planned", highlight=False, soft_wrap=True)
+    return None
 
 
 @app.command()

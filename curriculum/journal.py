@@ -174,7 +174,16 @@ class Journal:
     def run_path(self) -> Path:
         return self.path.with_name(self.path.name + ".run")
 
-    def claim(self, owner: str, about: str) -> None:
+    def run_record(self) -> dict | None:
+        """What the server that bound the journal recorded (`claim`): owner, run, and the manifest
+        ({"root", "fingerprint"}) for `curriculum amend` to check against; None before any server."""
+        try:
+            rec = json.loads(self.run_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    def claim(self, owner: str, about: str, manifest: dict | None = None) -> None:
         """Bind the journal to one run: the first server to open it records `owner` (the hash of
         manifest + recipe + seed) and `about` (the same in words); a server of another run is
         refused (JournalOwnerError). Runs that share a recipe file would otherwise share the
@@ -184,10 +193,12 @@ class Journal:
             try:
                 theirs = json.loads(self.run_path.read_text())
             except FileNotFoundError:
-                _write_json(self.run_path, {"owner": owner, "run": about})
+                _write_json(self.run_path, {"owner": owner, "run": about, **({"manifest": manifest} if manifest else {})})
                 return
             except ValueError:
                 theirs = {"owner": None, "run": f"unreadable {self.run_path}"}
+            if isinstance(theirs, dict) and theirs.get("owner") == owner and manifest and theirs.get("manifest") != manifest:
+                _write_json(self.run_path, {**theirs, "manifest": manifest})  # recorded before the field, or moved
             if not isinstance(theirs, dict) or theirs.get("owner") != owner:
                 theirs = theirs if isinstance(theirs, dict) else {"run": f"unreadable {self.run_path}"}
                 self.refresh()

@@ -145,11 +145,21 @@ class ObjectJournal:
     def earliest_step(self) -> int:
         return earliest_step(self.watermark(), self.entries)
 
-    def claim(self, owner: str, about: str) -> None:
+    def run_record(self) -> dict | None:
+        """`Journal.run_record`: from the object."""
+        state, _ = self._get()
+        return {k: state[k] for k in ("owner", "run", "manifest") if k in state} if state.get("owner") else None
+
+    def claim(self, owner: str, about: str, manifest: dict | None = None) -> None:
         """`Journal.claim`: the owner lives in the object, written by compare-and-swap."""
         def take(state: dict) -> bool:
             if state.get("owner") is None:
                 state["owner"], state["run"] = owner, about
+                if manifest:
+                    state["manifest"] = manifest
+                return True
+            if state["owner"] == owner and manifest and state.get("manifest") != manifest:
+                state["manifest"] = manifest
                 return True
             if state["owner"] != owner:
                 raise owner_refusal(self.path, state, owner, about, f"delete the object {self.path}",

@@ -261,10 +261,12 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     async def readyz() -> JSONResponse:
         if not svc.ready:
             svc.recheck()
-        body = {"ready": svc.ready, "build_id": sampler.build_id}
-        if not svc.ready:
-            body["problems"] = list(svc.failed_shards.values())
-        return JSONResponse(body, status_code=200 if svc.ready else 503)
+        # A journal that cannot be applied makes every step above the watermark a 503: not ready.
+        ready = svc.ready and svc.live.error is None
+        body = {"ready": ready, "build_id": sampler.build_id}
+        if not ready:
+            body["problems"] = list(svc.failed_shards.values()) + ([svc.live.error] if svc.live.error else [])
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     # -- the dashboard page: the page needs the token (header or ?token=), its assets are code --
 
@@ -449,7 +451,10 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
 
     @api.get("/v1/amendments")
     async def get_amendments() -> dict:
-        await anyio.to_thread.run_sync(svc.live.sync)
+        try:
+            await anyio.to_thread.run_sync(svc.live.sync)
+        except JournalBroken:  # listed below with its `error`: this is where an operator looks for it
+            pass
         # `enabled`: this server follows a journal; `accepts_posts`: it also takes POSTs (an amend token).
         out = await anyio.to_thread.run_sync(svc.live.describe)
         return {**out, "accepts_posts": svc.amend_token is not None and svc.live.journal is not None}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -249,7 +250,13 @@ class Live:
 def claim_journal(journal, sampler) -> None:
     """Bind `journal` (if any) to `sampler`'s run; JournalOwnerError when another run holds it."""
     if journal is not None:
-        journal.claim(sampler.journal_owner, sampler.journal_owner_about)
+        from curriculum import storage
+
+        root = str(sampler.manifest.root)
+        # Where `curriculum amend` finds the run's manifest to check an amendment against.
+        journal.claim(sampler.journal_owner, sampler.journal_owner_about,
+                      {"root": root if storage.is_remote(root) else os.path.abspath(root),
+                       "fingerprint": sampler.manifest.fingerprint})
 
 
 def open_journal(path: str | Path | None, recipe: Path, *, required: bool, manifest: object = None):

@@ -360,3 +360,35 @@ def test_nearing_a_phase_boundary_warms_the_next_phase_in_the_background(manifes
         assert midtrain_first in st.bases
         amended = reference(manifest, Journal(journal_beside(recipe)).entries)
         assert np.array_equal(st.bases[midtrain_first], amended.consumed_tokens(40))
+
+
+def test_a_journal_the_run_cannot_apply_is_shown_and_curriculum_amend_checks_the_runs_manifest(manifest, recipe, tmp_path):
+    import subprocess
+    import sys
+
+    from curriculum.amend import parse_amendment
+    from curriculum.synth import synth_long_tail
+
+    path = journal_beside(recipe)
+    with client(manifest, recipe) as c:
+        fetch(c, 3)
+        assert Journal(path).run_record()["manifest"]["root"] == str(manifest.resolve())
+        # `curriculum amend` without --manifest checks against the run's (was: "ok", and every replica broke).
+        bad = ["--from-step", "30", "--set", "languages=zzz_Latn,l01_Latn"]
+        p = subprocess.run([sys.executable, "-m", "curriculum.cli", "amend", str(recipe), *bad], capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 2 and f"cannot be planned on {manifest.resolve()}" in p.stderr, p.stderr
+        other = synth_long_tail(tmp_path / "other", 20, 1e8)
+        p = subprocess.run([sys.executable, "-m", "curriculum.cli", "amend", str(recipe), "--from-step", "30", "--set",
+                            "tau=0.3", "--manifest", str(other)], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2 and "is not the manifest of the run this journal belongs to" in p.stderr, p.stderr
+        assert Journal(path).entries == []
+        # An entry written past every check (a hand edit, an old client): the server says why, where it is asked.
+        Journal(path).append(parse_amendment({"from_step": 30, "changes": {"pretrain": {"languages": ["zzz_Latn"]}}}, "t"))
+        r = c.get("/v1/batches/31")
+        assert r.status_code == 503 and r.json()["error"] == "journal_broken"
+        listing = c.get("/v1/amendments")  # was a plain-text 500
+        assert listing.status_code == 200 and "zzz_Latn" in listing.json()["error"], listing.text
+        ready = c.get("/readyz")  # was 200 {"ready": true}: a balancer kept routing to it
+        assert ready.status_code == 503 and not ready.json()["ready"]
+        assert any("cannot be applied" in x for x in ready.json()["problems"]), ready.json()
