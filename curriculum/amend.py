@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from curriculum.errors import CurriculumError
-from curriculum.recipe import Anneal, LanguageSelection, Number, Phase, Recipe, Scalar, TopN
+from curriculum.recipe import MAX_PHASE_TOKENS, Anneal, LanguageSelection, Number, Phase, Recipe, Scalar, TopN
 from curriculum.schedule import Timeline
 
 CURRENT = "current"  # phase key meaning "the phase containing from_step" (resolved on admission)
@@ -87,7 +87,8 @@ class PhaseChanges(_Model):
         None, description="weight multipliers merged into the phase's (1 resets a language)")
     max_epochs: Annotated[Number, Field(gt=0)] | None = None
     mask_ratio: Scalar | None = None
-    tokens: Annotated[Number, Field(gt=0)] | None = Field(None, description="budget; phases after from_step's only")
+    tokens: Annotated[Number, Field(gt=0, le=MAX_PHASE_TOKENS)] | None = Field(None, description="budget; phases after "
+                                                                                   "from_step's only")
 
     @field_validator("languages", "language_weights")
     @classmethod

@@ -83,6 +83,7 @@ class LRSchedule(_Model):
         return 1.0 / math.sqrt(1.0 + x * (1.0 / (f * f) - 1.0))
 
 
+MAX_PHASE_TOKENS = 1e15
 MAX_WARMUP_STEPS = 1_000_000  # the schedule keeps one entry per warm-up step (mmBERT's ramp: ~25k steps)
 
 
@@ -120,7 +121,9 @@ class Phase(_Model):
     """One phase of the curriculum."""
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
-    tokens: Annotated[float, Field(gt=0, description="token budget of the phase")]
+    # At most 10^15 (mmBERT's whole run is 3·10^12): 1e30 was accepted, gave 2·10^26 steps, and a
+    # request for a far step then walked the blend for hours and raised the watermark for good.
+    tokens: Annotated[float, Field(gt=0, le=MAX_PHASE_TOKENS, description="token budget of the phase")]
     batch_tokens: Annotated[int, Field(gt=0, description="global batch size in tokens")]
     seq_len: Annotated[int, Field(gt=1)]
     languages: LanguageSelection = "all"

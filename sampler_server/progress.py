@@ -25,6 +25,9 @@ log = logging.getLogger("sampler_server.progress")
 MAX_LANGUAGES_PER_REPORT = 4096
 
 
+MIN_REPORT_TIME = 946_684_800.0  # 2000-01-01 UTC
+
+
 class ProgressReport(BaseModel):
     """One report from a trainer (usually rank 0, after an optimizer step)."""
 
@@ -39,14 +42,22 @@ class ProgressReport(BaseModel):
     loss_by_language: dict[str, float] = Field(default_factory=dict, description="language key -> loss")
     tokens_per_second: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     time: Annotated[float, Field(gt=0, allow_inf_nan=False, description="unix seconds; the server's clock when omitted")] | None = None
-    rank: Annotated[int, Field(ge=0)] = 0
+    rank: Annotated[int, Field(ge=0, le=1 << 20)] = 0  # a million ranks; 5,000,000 was stored
     run: Annotated[str, Field(max_length=128)] = ""
 
     @field_validator("loss")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
-            raise ValueError("loss must be a finite number")
+        if v is not None and not (math.isfinite(v) and v >= 0):  # a cross-entropy: finite and >= 0
+            raise ValueError("loss must be a finite number >= 0")
+        return v
+
+    @field_validator("time")
+    @classmethod
+    def _plausible_time(cls, v: float | None) -> float | None:
+        # 1e300 was stored, and the live tokens/s computed from it; a clock a day off is a bug.
+        if v is not None and not (MIN_REPORT_TIME <= v <= time.time() + 86_400):
+            raise ValueError("time must be unix seconds (from 2000 to a day past this server's clock)")
         return v
 
     @field_validator("loss_by_language")
@@ -54,9 +65,9 @@ class ProgressReport(BaseModel):
     def _finite_map(cls, v: dict[str, float]) -> dict[str, float]:
         if len(v) > MAX_LANGUAGES_PER_REPORT:
             raise ValueError(f"at most {MAX_LANGUAGES_PER_REPORT} languages per report")
-        bad = [k for k, x in v.items() if not math.isfinite(x)]
+        bad = [k for k, x in v.items() if not (math.isfinite(x) and x >= 0)]
         if bad:
-            raise ValueError(f"losses must be finite numbers; not finite for {', '.join(sorted(bad)[:5])}")
+            raise ValueError(f"losses must be finite numbers >= 0; not for {', '.join(sorted(bad)[:5])}")
         return v
 
 
@@ -66,6 +77,11 @@ class ProgressRecord(ProgressReport):
     time: float  # always set when stored
     received: float
     build_id: str
+
+    @field_validator("time")
+    @classmethod
+    def _plausible_time(cls, v: float | None) -> float | None:  # a stored record is read back as it was
+        return v
 
 
 class ProgressStore:

@@ -522,3 +522,12 @@ def test_parse_sets_unknown_field_lists_settable_and_phases():
 def test_parse_sets_phase_name_with_a_dot():
     # Recipe phase names may contain '.' (pattern ^[A-Za-z0-9_.-]+$); `--set stage.2.tau=…` must reach that phase.
     assert parse_sets(["stage.2.tau=0.4"], ["stage.1", "stage.2"]) == {"stage.2": {"tau": 0.4}}
+
+
+def test_a_phase_budget_past_the_limit_is_refused_in_an_amendment():
+    # 1e30 was admitted over HTTP: 2·10^26 steps, and a far step's request hung the server.
+    from curriculum.amend import AmendmentError, parse_amendment
+
+    with pytest.raises(AmendmentError, match=r"tokens.*less than or equal to 1000000000000000"):
+        parse_amendment({"from_step": 11, "changes": {"decay": {"tokens": 1e30}}}, "POST /v1/amendments")
+    assert parse_amendment({"from_step": 11, "changes": {"decay": {"tokens": 1e15}}}, "t").changes["decay"].tokens == 1e15

@@ -77,6 +77,8 @@ def test_good_recipe_parses_all_forms(tmp_path):
         (("max_epochs = 4", "max_epochs = 4\nbogus = 1"), ["phase 'b'", "'bogus'", "Extra inputs"]),
         (('decay = "inv_sqrt"', 'decay = "cosine"'), ["phase 'b'", "lr.decay"]),
         (('name = "b"', 'name = "a"'), ["unique", "a"]),
+        # Was accepted: 2·10^26 steps, and a far step's batch walked the blend for hours.
+        (("tokens = 5e5", "tokens = 1e30"), ["phase 'b'", "'tokens'", "less than or equal to 1000000000000000"]),
         # Was clipped to the phase's 5e5 tokens without a word.
         (('final_factor = 0.02 }', 'final_factor = 0.02, decay_tokens = 6e5 }'),
          ["phase 'b'", "lr.decay_tokens (600000) exceeds the phase's tokens (500000)"]),

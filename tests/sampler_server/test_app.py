@@ -190,6 +190,12 @@ def test_invalid_requests_get_4xx_json(server, method, url, status, message):
     ({"step": 1, "tokens": 5, "loss_by_language": {"xx_Zzzz": 1.0}}, 422, "unknown language key(s) xx_Zzzz"),
     ({"step": 1, "tokens": 5, "colour": "red"}, 422, "body field 'colour': Extra inputs are not permitted"),
     ({"step": 56, "tokens": 5}, 400, "step 56 is past the last step (55)"),
+    # Were stored: a negative loss, a time of 1e300 (the live tokens/s then came from it), rank 5,000,000.
+    ({"step": 1, "tokens": 5, "loss": -1.0}, 422, "body field 'loss': Value error, loss must be a finite number >= 0"),
+    ({"step": 1, "tokens": 5, "loss_by_language": {"l03_Latn": -0.5}}, 422, "losses must be finite numbers >= 0"),
+    ({"step": 1, "tokens": 5, "time": 1e300}, 422, "body field 'time': Value error, time must be unix seconds"),
+    ({"step": 1, "tokens": 5, "time": 5.0}, 422, "body field 'time'"),
+    ({"step": 1, "tokens": 5, "rank": 5_000_000}, 422, "body field 'rank'"),
 ])
 def test_invalid_progress_reports(server, body, status, message):
     r = httpx.post(server + "/v1/progress", json=body, timeout=30)
@@ -241,7 +247,7 @@ def test_progress_is_bounded_and_survives_a_restart(inputs, tmp_path):
     s = settings_for(*inputs, warmup=False, progress_log=log, progress_history=3)
     with TestClient(create_app(s)) as c:
         for i in range(4):
-            r = c.post("/v1/progress", json={"step": i, "tokens": (i + 1) * 8192, "loss": 9.0 - i, "time": 1000.0 + i,
+            r = c.post("/v1/progress", json={"step": i, "tokens": (i + 1) * 8192, "loss": 9.0 - i, "time": 1.7e9 + i,
                                              "loss_by_language": {"l03_Latn": 8.5 - i}})
             assert r.status_code == 201, r.text
         live = c.get("/v1/progress").json()
