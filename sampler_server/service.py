@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from curriculum import storage
-from curriculum.amend import Amendment, AmendmentError
+from curriculum.amend import Amendment, AmendmentError, phase_allotments, phase_pieces
 from curriculum.errors import CurriculumError, RecipeError
 from curriculum.plan import PhasePlan, phase_summary
 from curriculum.recipe import Recipe, load_recipe
@@ -159,6 +159,25 @@ def phase_mixture_json(plan: PhasePlan) -> dict:
     }
 
 
+def amended_mixture_json(view: dict, regs: list, plans: list, phase: int, available: dict[str, tuple[int, str]]) -> dict:
+    """`phase_mixture_json` of a phase as the amended run serves it: each language's tokens summed
+    over the phase's pieces (the regimes' plans, each over its own steps), as `curriculum plan
+    --journal` counts them; `segments` lists the pieces (τ, tokens, first step's regime)."""
+    allot = phase_allotments(regs, plans, phase)
+    total = sum(allot.values()) or 1.0
+    rows = {r["language"]: r for r in view["languages"]}
+    langs = []
+    for k in sorted(allot, key=lambda k: (-allot[k], k)):
+        have, source = available.get(k, (0, "web"))
+        r = rows.get(k, {"language": k, "source": source, "capped": False})
+        langs.append({**r, "available_tokens": have, "weight": allot[k] / total, "allotted_tokens": allot[k],
+                      "epochs": allot[k] / have if have else 0.0})
+    L = regs[-1].recipe.phases[phase].seq_len
+    pieces = [{"tau": plans[pc.regime][phase].segments[pc.segment].tau, "tokens": float((pc.stop - pc.start) * L),
+               "regime": pc.regime} for pc in phase_pieces(regs, plans, phase)]
+    return {**view, "n_languages": len(langs), "languages": langs, "segments": pieces}
+
+
 class Build:
     """One variant of the recipe as served: its Sampler and what the routes derive from its plan."""
 
@@ -189,6 +208,13 @@ class Build:
         ends = list(tl.tokens_start[1:]) + [tl.total_tokens]
         plans_json = [phase_plan_json(p, int(b - a)) for p, a, b in zip(plans, tl.tokens_start, ends)]
         mixture_json = {p.phase.name: phase_mixture_json(p) for p in plans}
+        if version:  # an amended phase blends its pieces: the last regime's plan alone is not what it serves
+            ml = sampler.manifest.languages
+            available = {k: (int(t), src) for k, t, src in zip(ml["language"].to_list(), ml["tokens"].to_list(),
+                                                                ml["source"].to_list())}
+            for i, p in enumerate(plans):
+                mixture_json[p.phase.name] = amended_mixture_json(mixture_json[p.phase.name], st.regimes, st.plans, i,
+                                                                  available)
         t0 = st.regimes[0].timeline  # the recipe's own timeline: what each phase would have served
         ends0 = list(t0.tokens_start[1:]) + [t0.total_tokens]
         original_json = ([phase_plan_json(p, int(b - a)) for p, a, b in zip(self.original_plans, t0.tokens_start, ends0)]

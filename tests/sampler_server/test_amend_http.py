@@ -104,6 +104,15 @@ def test_amend_over_http_serves_exactly_the_amended_run(manifest, recipe):
         assert c.get("/v1/schedule", params={"step": 13}).json()["build_id"] == base.run_id
         for path in ("/healthz", "/readyz", "/"):  # HEAD answered 405: uptime checkers marked the replica down
             assert c.head(path, headers=AUTH).status_code == 200, path
+        # /v1/mixture of the amended phase: its pieces' tokens, as `curriculum plan --journal` counts
+        # them (it showed the new plan as if it had run from step 0).
+        regs = regimes(parse_recipe(SCALED_MMBERT), entries)
+        expect = phase_allotments(regs, plan_regimes(regs, base.manifest), 0)
+        mix = c.get("/v1/mixture", params={"phase": "pretrain"}).json()
+        got = {x["language"]: x["allotted_tokens"] for x in mix["languages"]}
+        assert got.keys() == expect.keys() and all(got[k] == pytest.approx(expect[k]) for k in expect)
+        assert len(mix["segments"]) >= 2 and {x["regime"] for x in mix["segments"]} == {0, 1}
+        assert sum(x["tokens"] for x in mix["segments"]) == pytest.approx(sum(expect.values()))
         dash = c.get("/v1/dashboard").json()
         assert dash["amendments"][0]["tokens_before"] == base.schedule(20).tokens_before
         assert dash["original_phases"] is not None and dash["phases"][0]["n_languages"] == 8
