@@ -390,10 +390,15 @@ def parse_sets(items: list[str], phase_names: list[str]) -> dict[str, dict]:
 
 
 def _number(raw: str, item: str) -> float:
+    # ASCII only, as the HTTP API wants its integers: float() also reads '٠.٥' and '１' (other
+    # scripts' digits), which then sit in the journal as numbers nobody typed.
     try:
+        if not raw.isascii():
+            raise ValueError
         return float(raw)
     except ValueError:
-        raise AmendmentError(f"--set {item!r}: {raw!r} is not a number", ["--set"]) from None
+        raise AmendmentError(f"--set {item!r}: {raw!r} is not a number (ASCII digits, e.g. 0.5 or 1.2e11)",
+                             ["--set"]) from None
 
 
 def _languages(raw: str) -> object:
@@ -401,6 +406,8 @@ def _languages(raw: str) -> object:
         return "all"
     if raw.startswith("top:"):
         try:
+            if not raw.isascii():
+                raise ValueError
             return {"top": int(raw[4:])}
         except ValueError:
             raise AmendmentError(f"--set languages={raw}: expected top:<N>", ["--set"]) from None

@@ -506,6 +506,9 @@ def test_parse_sets_feeds_parse_amendment(recipe):
     ("language_weights.a.b=2", "language_weights.<language>"), ("tau.start=0.4", "takes no sub-key"),
     ("tau=abc", "'abc' is not a number"), ("tau=0.7:x", "'x' is not a number"), ("languages=top:many", "top:<N>"),
     ("nophase.tau=0.4", "unknown field nophase.tau"),
+    # Other scripts' digits: float() and int() read them, and the journal then held numbers nobody typed.
+    ("tau=\u0660.\u0665", "is not a number (ASCII digits"), ("languages=top:\u0661\u0662", "top:<N>"),
+    ("decay.tokens=\uff11e9", "is not a number"),
 ])
 def test_parse_sets_errors_name_set(item, says):
     exc = error_of(parse_sets, [item], PHASES)
