@@ -34,14 +34,33 @@ class JournalStoreError(CurriculumError):
     """The journal object cannot be read or written."""
 
 
+# The query options `curriculum.storage` takes for an s3:// manifest that mean something here; a
+# misspelt one (`endpoint_overide`) sent the journal to AWS itself, silently.
+_OPTIONS = ("endpoint_override", "scheme", "region", "tls_ca_file_path", "tls_verify_certificates")
+
+
 def _client(uri: str):
-    import boto3  # only servers with a remote journal need it
+    try:
+        import boto3  # only servers with a remote journal need it
+    except ImportError:
+        raise JournalStoreError(f"journal {uri}: an s3:// journal needs boto3: pip install 'language-curriculum[curriculum]' "
+                                "(or boto3)") from None
+    from botocore.config import Config
 
     parts = urlsplit(uri)
-    q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    q = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    unknown = sorted(set(q) - set(_OPTIONS))
+    if unknown:
+        raise JournalStoreError(f"journal {uri}: unknown option(s) {', '.join(unknown)}; it takes "
+                                f"{', '.join(_OPTIONS)}")
+    if q.get("scheme", "https") not in ("http", "https"):
+        raise JournalStoreError(f"journal {uri}: scheme={q['scheme']!r}; use http or https")
     endpoint = q.get("endpoint_override")
     url = f"{q.get('scheme', 'https')}://{endpoint}" if endpoint else None
-    return boto3.client("s3", endpoint_url=url, region_name=q.get("region"))
+    verify: bool | str = q.get("tls_ca_file_path") or q.get("tls_verify_certificates", "true").lower() not in ("0", "false")
+    # Bounded: an unreachable endpoint is an error in seconds, not a stall of every request.
+    cfg = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
+    return boto3.client("s3", endpoint_url=url, region_name=q.get("region"), verify=verify, config=cfg)
 
 
 class ObjectJournal:
@@ -67,23 +86,26 @@ class ObjectJournal:
     # -- the object -----------------------------------------------------------------------
 
     def _get(self) -> tuple[dict, str | None]:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             r = self._s3.get_object(Bucket=self.bucket, Key=self.key)
+            body = r["Body"].read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return {"watermark": -1, "entries": []}, None
             raise JournalStoreError(f"journal {self.path}: cannot read ({exc})") from None
+        except BotoCoreError as exc:  # the endpoint down, DNS, credentials missing, a timeout
+            raise JournalStoreError(f"journal {self.path}: cannot read ({exc})") from None
         try:
-            state = json.loads(r["Body"].read())
+            state = json.loads(body)
         except ValueError as exc:
             raise JournalStoreError(f"journal {self.path}: not JSON ({exc}); restore it from a backup") from None
         return state, r["ETag"]
 
     def _put(self, state: dict, etag: str | None) -> str | None:
         """The new ETag, or None when another writer changed the object since `etag`."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         cond = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
         try:
@@ -94,6 +116,8 @@ class ObjectJournal:
             if status in (409, 412) or exc.response.get("Error", {}).get("Code") in (
                     "PreconditionFailed", "ConditionalRequestConflict"):
                 return None
+            raise JournalStoreError(f"journal {self.path}: cannot write ({exc})") from None
+        except BotoCoreError as exc:
             raise JournalStoreError(f"journal {self.path}: cannot write ({exc})") from None
         return r["ETag"]
 

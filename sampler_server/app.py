@@ -40,7 +40,7 @@ from curriculum.schedule import ScheduleError, StepInfo
 from curriculum.shards import ShardError
 from sampler_server.lane import MAX_DIGITS, BatchLane
 from sampler_server.limits import BodyLimit
-from sampler_server.live import JournalBroken, claim_journal, open_journal
+from sampler_server.live import JournalBroken, JournalUnavailable, claim_journal, open_journal
 from sampler_server.metrics import TOP_GROUP, MetricsMiddleware, PROMETHEUS_CONTENT_TYPE
 from sampler_server.progress import ProgressReport, progress_json
 from sampler_server.sampler import Sampler
@@ -180,7 +180,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.code == "journal_behind" else None
+        headers = {"Retry-After": "1"} if exc.code in ("journal_behind", "journal_unavailable") else None
         return _error(exc.status, exc.code, exc.message, headers=headers, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
@@ -262,10 +262,11 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         if not svc.ready:
             svc.recheck()
         # A journal that cannot be applied makes every step above the watermark a 503: not ready.
-        ready = svc.ready and svc.live.error is None
+        journal = [x for x in (svc.live.error, svc.live.unavailable) if x]
+        ready = svc.ready and not journal
         body = {"ready": ready, "build_id": sampler.build_id}
         if not ready:
-            body["problems"] = list(svc.failed_shards.values()) + ([svc.live.error] if svc.live.error else [])
+            body["problems"] = list(svc.failed_shards.values()) + journal
         return JSONResponse(body, status_code=200 if ready else 503)
 
     # -- the dashboard page: the page needs the token (header or ?token=), its assets are code --
@@ -429,7 +430,10 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         if report.step >= sampler.total_steps:
             raise ApiError(400, "invalid_step", f"step {report.step} is past the last step ({sampler.total_steps - 1})")
         rec = await anyio.to_thread.run_sync(svc.progress.add, report)
-        await anyio.to_thread.run_sync(svc.live.note_reported, rec.step)
+        try:
+            await anyio.to_thread.run_sync(svc.live.note_reported, rec.step)
+        except JournalUnavailable:  # stored all the same: the steps it names were published when served
+            pass
         svc.metrics.progress_step.set(rec.step)
         svc.metrics.progress_tokens.set(rec.tokens)
         proposed = None
@@ -453,10 +457,12 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     async def get_amendments() -> dict:
         try:
             await anyio.to_thread.run_sync(svc.live.sync)
-        except JournalBroken:  # listed below with its `error`: this is where an operator looks for it
-            pass
-        # `enabled`: this server follows a journal; `accepts_posts`: it also takes POSTs (an amend token).
-        out = await anyio.to_thread.run_sync(svc.live.describe)
+            # `enabled`: this server follows a journal; `accepts_posts`: it also takes POSTs (an amend token).
+            out = await anyio.to_thread.run_sync(svc.live.describe)
+        except JournalBroken:  # listed with its `error`: this is where an operator looks for it
+            out = await anyio.to_thread.run_sync(svc.live.describe)
+        except JournalUnavailable as exc:
+            raise ApiError(503, "journal_unavailable", str(exc)) from None
         return {**out, "accepts_posts": svc.amend_token is not None and svc.live.journal is not None}
 
     @app.post("/v1/amendments", status_code=201, dependencies=[Depends(require_amend_token)])
@@ -475,6 +481,8 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
             raise ApiError(422, "invalid_amendment", str(exc), fields=exc.fields or None) from None
         except JournalBroken as exc:
             raise ApiError(503, "journal_broken", str(exc)) from None
+        except JournalUnavailable as exc:
+            raise ApiError(503, "journal_unavailable", str(exc)) from None
         view = await anyio.to_thread.run_sync(svc.live.describe)
         return {"stored": stored.model_dump(mode="json", exclude_none=True), "version": view["version"],
                 "build_id": svc.sampler.build_id_at(stored.from_step), "earliest_from_step": view["earliest_from_step"]}
@@ -522,8 +530,8 @@ async def _poll_journal(svc: Service) -> None:
         await asyncio.sleep(svc.settings.journal_poll)
         try:
             await anyio.to_thread.run_sync(svc.live.sync)
-        except JournalBroken:
-            pass  # logged; requests past the watermark get 503 until the journal is fixed
+        except (JournalBroken, JournalUnavailable):
+            pass  # logged; requests past the watermark get 503 until the journal is fixed or back
         except Exception:  # noqa: BLE001 - the poller must outlive any one failure
             log.exception("journal poll failed")
 

@@ -20,7 +20,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -48,6 +49,26 @@ class JournalBroken(Exception):
     """The journal on disk cannot be applied (edited by hand?); the message says which entry."""
 
 
+class JournalUnavailable(Exception):
+    """The journal cannot be read or written now (its object store is down, a disk error):
+    retryable; steps this replica has published already are still served."""
+
+
+@contextmanager
+def _journal_io(live: "Live") -> Iterator[None]:
+    """Journal reads and writes: a store or disk failure becomes JournalUnavailable (a 503 to
+    retry, /readyz false) instead of a 500 with a traceback per request."""
+    from curriculum.journal_s3 import JournalStoreError
+
+    try:
+        yield
+    except (JournalStoreError, OSError) as exc:
+        live.unavailable = f"amendment journal {getattr(live.journal, 'path', '?')} is unreachable: {exc}"
+        log.warning("%s", live.unavailable)
+        raise JournalUnavailable(live.unavailable) from None
+    live.unavailable = None
+
+
 class Live:
     """One server process's view of the journal; `samplers()` lists every build to keep amended."""
 
@@ -70,6 +91,7 @@ class Live:
         self.served = -1  # this replica's watermark (published)
         self.applying = False  # a journal change is being applied (under the lock)
         self.error: str | None = None  # the journal cannot be applied: serving past it is refused
+        self.unavailable: str | None = None  # the last journal read or write failed (cleared by the next success)
         self.apply_seconds: float | None = None
 
     @property
@@ -155,7 +177,8 @@ class Live:
         if self.journal is None:
             return False
         with self._lock:
-            changed = self.journal.refresh()
+            with _journal_io(self):
+                changed = self.journal.refresh()
             if changed or any(s.journal_version != self.journal.version for s in self._samplers()):
                 self._apply()
                 return True
@@ -180,7 +203,8 @@ class Live:
             if step <= self.served:
                 return
             top = max(step, upto if upto is not None else step)
-            changed = self.journal.publish(top)
+            with _journal_io(self):
+                changed = self.journal.publish(top)
             if changed or self.error is not None or any(s.journal_version != self.journal.version for s in self._samplers()):
                 self._apply()
             self.served = max(self.served, top)
@@ -195,7 +219,9 @@ class Live:
             return
         with self._lock:
             if step > self.served:
-                if self.journal.publish(step):
+                with _journal_io(self):
+                    changed = self.journal.publish(step)
+                if changed:
                     self._apply()
                 self.served = step
 
@@ -220,7 +246,8 @@ class Live:
                         raise exc from None
                     raise AmendmentError(f"variant {s.variant!r}: {exc}", exc.fields) from None
 
-        stored = self.journal.append(amendment, check)
+        with _journal_io(self):
+            stored = self.journal.append(amendment, check)
         self.sync()
         return stored
 
@@ -240,9 +267,11 @@ class Live:
                 where = {"phase": None, "tokens_before": None}
             out.append({"index": i + 1, "digest": a.digest(), "build_id": s.build_id_at(a.from_step),
                         **where, **a.model_dump(mode="json", exclude_none=True)})
+        with _journal_io(self):
+            watermark, earliest = self.journal.watermark(), self.journal.earliest_step()
         return {
             "enabled": True, "journal": str(self.journal.path), "version": self.version, "applied": s.journal_version,
-            "watermark": self.journal.watermark(), "earliest_from_step": self.journal.earliest_step(),
+            "watermark": watermark, "earliest_from_step": earliest,
             "total_steps": tl.total_steps, "error": self.error, "amendments": out,
         }
 

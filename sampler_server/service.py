@@ -25,7 +25,7 @@ from curriculum.recipe import Recipe, load_recipe
 from curriculum.schedule import ScheduleError
 from curriculum.shards import ShardError, open_shard
 from sampler_server.kernels.wire_parts import wire_parts
-from sampler_server.live import Behind, JournalBroken, Live, claim_journal, open_journal
+from sampler_server.live import Behind, JournalBroken, JournalUnavailable, Live, claim_journal, open_journal
 from sampler_server.metrics import TOP_GROUP, Metrics
 from sampler_server.progress import ProgressStore, consumed_per_phase, progress_summary
 from sampler_server.sampler import Sampler
@@ -374,6 +374,8 @@ class Service:
             raise ApiError(503, "journal_behind", str(exc), journal_version=exc.version) from None
         except JournalBroken as exc:
             raise ApiError(503, "journal_broken", str(exc)) from None
+        except JournalUnavailable as exc:
+            raise ApiError(503, "journal_unavailable", f"{exc}; retry (steps published before are still served)") from None
         md = wire.batch_metadata(b.build_id, b.info, b.rank, b.world_size, run_id=build.sampler.run_id,
                                  journal_version=b.journal_version)
         # The variable-length columns in one kernel call (numpy took ~0.1 ms a batch, GIL held).

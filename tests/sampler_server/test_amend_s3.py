@@ -130,3 +130,48 @@ def test_cli_amends_and_plans_an_object_journal(tmp_path, uri):
 
     out = json.loads(r.stdout)
     assert out["version"] == 1 and out["amendments"][0]["changes"] == {"pretrain": {"tau": 0.3}}
+
+
+def test_an_object_store_outage_is_a_503_to_retry_and_readyz_says_so(tmp_path):
+    # Was: a plain-text 500 per request (botocore's EndpointConnectionError), /readyz ready.
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    stopped = False
+    try:
+        _, port = server.get_host_and_port()
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in (("AWS_ACCESS_KEY_ID", "t"), ("AWS_SECRET_ACCESS_KEY", "t"), ("AWS_DEFAULT_REGION", "us-east-1")):
+                mp.setenv(k, v)
+            boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="journals")
+            uri = f"s3://journals/run.amendments.json?endpoint_override=127.0.0.1:{port}&scheme=http"
+            manifest = make_corpus(tmp_path / "m")
+            recipe = write_recipe(tmp_path / "run.toml", SCALED_MMBERT)
+            s = settings_for(manifest, recipe, amend_token=TOKEN, warmup=False, journal=uri, journal_poll=3600)
+            with TestClient(create_app(s)) as c:
+                early = fetch(c, 3)
+                server.stop()
+                stopped = True
+                r = c.get("/v1/batches/10")
+                assert r.status_code == 503 and r.json()["error"] == "journal_unavailable", r.text
+                assert r.headers["retry-after"] == "1" and "unreachable" in r.json()["message"]
+                ready = c.get("/readyz")
+                assert ready.status_code == 503 and any("unreachable" in x for x in ready.json()["problems"])
+                assert c.get("/v1/amendments").status_code == 503
+                assert c.post("/v1/progress", json={"step": 5, "tokens": 10}).status_code == 201  # kept
+                assert same(fetch(c, 3), early)  # a step published before is still served
+    finally:
+        if not stopped:
+            server.stop()
+
+
+def test_journal_uri_options_are_checked():
+    # A misspelt option sent the journal to AWS itself (https://bucket.s3.amazonaws.com/...).
+    from curriculum.journal_s3 import JournalStoreError
+
+    with pytest.raises(JournalStoreError, match=r"unknown option\(s\) endpoint_overide; it takes endpoint_override"):
+        ObjectJournal("s3://b/j.json?endpoint_overide=127.0.0.1:1&scheme=http")
+    with pytest.raises(JournalStoreError, match=r"scheme='ftp'"):
+        ObjectJournal("s3://b/j.json?endpoint_override=127.0.0.1:1&scheme=ftp")
