@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -221,6 +222,8 @@ def plan(
     variant: Optional[str] = typer.Option(None, "--variant", help="With --journal: the phase variant the run serves."),
 ) -> None:
     """Show what a recipe does with a manifest: per phase languages, shares, tokens, epochs."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", str(html or "")):  # Path() made s3://b/r.html a local s3:/b/r.html
+        raise CurriculumError(f"--html {html}: give a local file path (the report is written locally)")
     from curriculum.manifest import read_manifest
     from curriculum.plan import phase_summary, plan_all_variants, plan_to_json
     from curriculum.recipe import load_recipe
@@ -279,7 +282,7 @@ def plan(
         for r in t.head(top).iter_rows(named=True):
             table.add_row(r["language"], _fmt(r["available_tokens"]), f"{r['weight']:.3%}", _fmt(r["allotted_tokens"]), f"{r['epochs']:.3f}")
         console.print(table)
-        worst = p.table.sort("epochs", descending=True).head(3)
+        worst = p.table.filter(p.table["epochs"] > 0).sort("epochs", descending=True).head(3)  # a weight-0 language is none
         console.print(
             "most over-sampled: " + ", ".join(f"{r['language']} ({r['epochs']:.2f} ep)" for r in worst.iter_rows(named=True))
         )

@@ -94,7 +94,7 @@ def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], 
 
 
 def _multipliers(phase: Phase, keys: list[str], sources: list[str], manifest_keys: set[str],
-                 ignore_unselected: bool = False) -> np.ndarray | None:
+                 ignore_unselected: bool = False, warnings: list[str] | None = None) -> np.ndarray | None:
     if not phase.source_weights and not phase.language_weights:
         return None
     m = np.array([phase.source_weights.get(s, 1.0) for s in sources], dtype=np.float64)
@@ -112,6 +112,9 @@ def _multipliers(phase: Phase, keys: list[str], sources: list[str], manifest_key
             raise RecipeError(
                 f"phase {phase.name!r}, field 'language_weights': {label!r} ({key}) is not among the phase's languages",
                 phase=phase.name, field="language_weights")
+        elif warnings is not None and not ignore_unselected:  # on_missing = "skip": said, as for `languages`
+            warnings.append(f"phase {phase.name!r}: language_weights names {label!r} ({key}), which is not among "
+                            "the phase's languages; ignored")
     return m
 
 
@@ -148,7 +151,7 @@ def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: in
     sub = pl.DataFrame({"language": keys}).join(languages, on="language", how="left", maintain_order="left")
     available = sub["tokens"].to_numpy().astype(np.int64)
     sources = sub["source"].to_list()
-    mult = _multipliers(phase, keys, sources, set(languages["language"].to_list()), ignore_unselected_weights)
+    mult = _multipliers(phase, keys, sources, set(languages["language"].to_list()), ignore_unselected_weights, warnings)
     known = set(languages["source"].to_list())
     unknown = sorted(set(phase.source_weights) - known)
     if unknown:  # a typo, or a recipe written for a corpus with sources this one lacks
@@ -254,6 +257,11 @@ def plan_to_json(recipe: Recipe, manifest: Manifest, plans: list[PhasePlan]) -> 
         "phases": [
             {
                 **phase_summary(pl_),
+                # The parts an annealed τ (or a cap) is applied in: each its own τ, tokens and cap
+                # (max_epochs / parts), so the numbers below can be recomputed from this JSON.
+                "segments": [{"tau": seg.tau, "tokens": seg.tokens,
+                              "max_epochs": pl_.phase.max_epochs / len(pl_.segments) if pl_.phase.max_epochs is not None
+                              else None} for seg in pl_.segments],
                 "languages": [
                     {
                         "language": r["language"],

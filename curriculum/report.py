@@ -120,7 +120,8 @@ def render_report(recipe: Recipe, manifest_label: str, plans: list[PhasePlan], e
         f"<title>Curriculum plan: {escape(recipe.name)}</title><style>{CSS}</style></head><body>"
         f"<h1>Curriculum plan: {escape(recipe.name)}</h1>"
         f'<div class="sub">manifest {escape(manifest_label)} · {fmt_tokens(recipe.total_tokens)} tokens in '
-        f"{len(plans)} phases · generated {now}</div>"
+        f"{len(recipe.phases)} phases" + (f" ({len(plans)} with variants)" if len(plans) != len(recipe.phases) else "")
+        + f" · generated {now}</div>"
         f'<h2>Phases</h2>{_summary_table(plans)}<div class="grid" style="margin-top:12px"><div class="card">{budgets}</div></div>'
         + "".join(sections)
         + "".join(extra_sections or [])

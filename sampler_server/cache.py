@@ -68,7 +68,11 @@ class ShardCache:
             raise ValueError(f"ShardCache max_bytes must be > 0, got {max_bytes}")
         self.dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.max_bytes = int(max_bytes)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # was "[Errno 20] Not a directory: ...", nothing said what the path is for
+            raise ShardError(f"shard cache {self.dir}: cannot use it as a directory ({exc.strerror}); set "
+                             "SAMPLER_CACHE_DIR (Sampler(cache_dir=...)) to a writable directory") from None
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, int] = OrderedDict()  # sha256 → bytes, least recently opened first
         self._inflight: dict[str, Future] = {}

@@ -84,11 +84,11 @@ def serve(
             _fail(f"{flag} is empty: give a token, or leave the flag out to serve without one")
     if progress_log is not None and progress_log.is_dir():
         _fail(f"--progress-log {progress_log}: is a directory; give a file path (it is created if missing)")
-    given = {k: v for k, v in dict(manifest=manifest, recipe=recipe, seed=seed, host=host, port=port, workers=workers,
-                                   token=token, verify=verify, progress_log=progress_log, variant=variant,
-                                   access_log=access_log, http=http, loop=loop, journal=journal, amend_token=amend_token,
-                                   journal_poll=journal_poll, policy=policy, policy_every=policy_every, policy_lookahead=policy_lookahead).items()
-             if v is not None}
+    options = dict(manifest=manifest, recipe=recipe, seed=seed, host=host, port=port, workers=workers, token=token,
+                   verify=verify, progress_log=progress_log, variant=variant, access_log=access_log, http=http, loop=loop,
+                   journal=journal, amend_token=amend_token, journal_poll=journal_poll, policy=policy,
+                   policy_every=policy_every, policy_lookahead=policy_lookahead)
+    given = {k: v for k, v in options.items() if v is not None}
     from sampler_server.settings import ServerSettings
 
     try:
@@ -97,8 +97,10 @@ def serve(
         problems = []
         for e in exc.errors():
             name = ".".join(str(x) for x in e["loc"])
-            flag = "--" + name.replace("_", "-")
-            problems.append(f"{flag} (or SAMPLER_{name.upper()}): {e['msg']}")
+            env = f"SAMPLER_{name.upper()}"
+            # Settings without a flag (cache_bytes, cache_dir, ...) come from the environment only.
+            where = f"--{name.replace('_', '-')} (or {env})" if name in options else env
+            problems.append(f"{where}: {e['msg']}")
         _fail("; ".join(problems))
     from sampler_server.app import LOG_FORMAT
 

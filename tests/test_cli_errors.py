@@ -242,3 +242,22 @@ def test_ctrl_c_says_the_finished_work_is_kept(place, small_tokenizer):
             "c.main()\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=place)
     assert p.returncode == 130 and "interrupted; finished work is kept: rerun the same command to resume" in p.stderr, p.stderr
+
+
+def test_paths_for_the_cache_the_staging_dir_and_the_report_say_what_they_are(place, small_tokenizer):
+    import os
+
+    # `--html s3://b/r.html` wrote a local folder named "s3:".
+    p = run("curriculum.cli", "plan", str(RECIPES / "demo.toml"), "--manifest", str(ROOT / "manifests" / "reference" /
+            "mmbert"), "--html", "s3://b/r.html", cwd=place)
+    assert p.returncode == 2 and "--html s3:/b/r.html: give a local file path" in p.stderr and not (place / "s3:").exists()
+    # The staging directory of a remote --out (under ~/.cache): was "error: /proc/.cache: No such file or directory".
+    env = {**os.environ, "HOME": "/proc/nope"}
+    p = subprocess.run([sys.executable, "-m", "curriculum.cli", "build", "file.txt", "--out", "s3://b/m", "--tokenizer",
+                        str(small_tokenizer)], capture_output=True, text=True, timeout=300, cwd=place, env=env)
+    assert p.returncode == 2 and "staging directory" in p.stderr and "pass --work-dir DIR" in p.stderr, p.stderr
+    # A settings value without a flag is named by its variable (there is no --cache-bytes).
+    env = {**os.environ, "SAMPLER_CACHE_BYTES": "10G"}
+    p = subprocess.run([sys.executable, "-m", "sampler_server.cli", "serve", "--manifest", "m", "--recipe", "r.toml"],
+                       capture_output=True, text=True, timeout=300, cwd=place, env=env)
+    assert p.returncode == 2 and "sampler-server: SAMPLER_CACHE_BYTES: " in p.stderr and "--cache-bytes" not in p.stderr

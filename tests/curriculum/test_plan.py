@@ -53,6 +53,7 @@ def test_plan_table_output_and_html(synth_1833, tmp_path):
     assert "pretrain" in out.stdout and "most over-sampled" in out.stdout and "1,833 languages" in out.stdout
     text = html.read_text()
     assert text.count('class="chart"') == 1 + 2 * 5  # budgets + mixture and epochs per phase / variant
+    assert "tokens in 3 phases (5 with variants)" in text  # it said "in 5 phases": variants counted as phases
     assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text  # offline
 
 
@@ -110,3 +111,18 @@ def test_two_weights_for_one_language_are_refused(synth_1833):
              "language_weights": {"en": 2.0, "eng_Latn": 3.0}}
     with pytest.raises(RecipeError, match=r"'en' and 'eng_Latn' are both eng_Latn; give one weight per language"):
         plan_recipe(parse_recipe({"name": "a", "phases": [phase]}), read_manifest(synth_1833))
+
+
+def test_plan_json_lists_the_segments_and_skipped_weights_are_named(synth_1833, tmp_path):
+    # anneal_segments and the per-part cap were not in the JSON, so its numbers could not be
+    # recomputed; a weight for a language the phase skips was dropped without a word.
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "a"\n[[phases]]\nname = "p"\ntokens = 1e11\nbatch_tokens = 8192\nseq_len = 1024\n'
+                      'languages = ["en", "fr", "yor_Arab"]\non_missing = "skip"\ntau = { start = 0.7, end = 0.3 }\n'
+                      'anneal_segments = 4\nmax_epochs = 8.0\nlanguage_weights = { fr = 2.0, de = 3.0 }\n')
+    out = json.loads(run_cli("plan", str(recipe), "--manifest", str(synth_1833), "--json").stdout)
+    (p,) = out["phases"]
+    assert [s["tau"] for s in p["segments"]] == pytest.approx([0.65, 0.55, 0.45, 0.35])
+    assert all(s["tokens"] == pytest.approx(2.5e10) and s["max_epochs"] == 2.0 for s in p["segments"])
+    assert any("language_weights names 'de' (deu_Latn), which is not among the phase's languages; ignored" in w
+               for w in p["warnings"]), p["warnings"]

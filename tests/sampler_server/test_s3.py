@@ -261,3 +261,14 @@ def _toml(d: dict) -> str:
         lines.append("[[phases]]")
         lines += [f"{k} = {val(v)}" for k, v in p.items()]
     return "\n".join(lines) + "\n"
+
+
+def test_a_cache_dir_that_cannot_be_a_directory_is_named_as_the_shard_cache(tmp_path):
+    # Was "[Errno 20] Not a directory: ...": nothing said it is the shard cache, or how to move it.
+    from curriculum.shards import ShardError
+    from sampler_server.cache import ShardCache
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ShardError, match=r"shard cache .*file/x: cannot use it as a directory \(Not a directory\); "
+                                         r"set SAMPLER_CACHE_DIR"):
+        ShardCache(tmp_path / "file" / "x")
