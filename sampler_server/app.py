@@ -260,7 +260,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     @app.api_route("/readyz", methods=["GET", "HEAD"])
     async def readyz() -> JSONResponse:
         if not svc.ready:
-            svc.recheck()
+            await anyio.to_thread.run_sync(svc.recheck)  # S3 calls: never on the event loop
         # A journal that cannot be applied makes every step above the watermark a 503: not ready.
         journal = [x for x in (svc.live.error, svc.live.unavailable) if x]
         ready = svc.ready and not journal

@@ -4,9 +4,11 @@ Shards are memory-mapped, so a remote shard must be a local file before it can b
 cache downloads it on first use and keeps it under `cache_dir` as `<sha256>.arrow`:
 
 - **verified**: the sha256 is computed while streaming and compared with the manifest's before the
-  file is renamed into place, so a file under its final name is always a verified copy (a restarted
-  process reuses it without hashing again); a mismatch deletes the download and raises `ShardError`
-  naming the shard and both digests.
+  file is renamed into place, so a file this process downloaded is a verified copy; a mismatch
+  deletes the download and raises `ShardError` naming the shard and both digests. A file found in
+  the directory at start-up (an earlier run's) is hashed once on its first open in this process:
+  the disk may have changed it since (a flipped byte served wrong bytes silently, a truncated file
+  failed every start). A damaged or wrong-size cached file is deleted and downloaded again.
 - **atomic**: the download goes to a temporary file in the same directory, then `os.replace`;
   readers never see a partial shard, and two processes filling one directory at once only race to
   rename identical verified bytes.
@@ -28,6 +30,7 @@ only if the sum of their budgets fits the disk.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -37,7 +40,9 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from curriculum import storage
-from curriculum.shards import ShardError, ShardView, open_shard
+from curriculum.shards import ShardError, ShardView, open_shard, sha256_file
+
+log = logging.getLogger("sampler_server.cache")
 
 DEFAULT_CACHE_BYTES = 64 << 30
 _NAME = re.compile(r"^[0-9a-f]{64}\.arrow$")
@@ -80,7 +85,8 @@ class ShardCache:
         # Views handed out per shard (weak: the cache does not keep them alive; ShardView is not
         # hashable, so a list of refs rather than a WeakSet; dead refs are pruned on eviction).
         self._views: dict[str, list[weakref.ref]] = {}
-        self.stats = {"downloads": 0, "downloaded_bytes": 0, "hits": 0, "coalesced": 0, "evictions": 0}
+        self.stats = {"downloads": 0, "downloaded_bytes": 0, "hits": 0, "coalesced": 0, "evictions": 0, "repaired": 0}
+        self._unverified: set[str] = set()  # adopted from disk, not hashed in this process yet
         self._scan()
 
     @property
@@ -100,6 +106,7 @@ class ShardCache:
                 p.unlink(missing_ok=True)
         for _, key, size in sorted(found):
             self._entries[key] = size
+            self._unverified.add(key)
         with self._lock:
             self._evict()
 
@@ -120,15 +127,22 @@ class ShardCache:
             for attempt in (0, 1):
                 path = self._fetch(key, location, int(size))
                 try:
+                    self._check_adopted(key, path, int(size))
                     view = open_shard(path)
                     break
                 except ShardError:
-                    # Deleted under us (another process sharing the directory evicted it): fetch
-                    # again once; a second failure is a real problem.
-                    if attempt or path.exists():
+                    # Deleted under us (another process sharing the directory evicted it), or a
+                    # damaged file on disk: fetch again once; a second failure is a real problem.
+                    if attempt:
                         raise
                     with self._lock:
                         self._entries.pop(key, None)
+                        self._unverified.discard(key)
+                    if path.exists():
+                        path.unlink(missing_ok=True)
+                        self.stats["repaired"] += 1
+                        log.warning("shard cache: %s was damaged on disk; downloading %s again", path,
+                                    storage.display(location))
             with self._lock:
                 self._views.setdefault(key, []).append(weakref.ref(view))
             return view
@@ -137,6 +151,19 @@ class ShardCache:
                 self._pins[key] -= 1
                 if not self._pins[key]:
                     del self._pins[key]
+
+    def _check_adopted(self, key: str, path: Path, size: int) -> None:
+        """A file adopted from disk must still be the verified copy (hashed once per process)."""
+        if key not in self._unverified:
+            return
+        try:
+            ok = path.stat().st_size == size and sha256_file(path) == key
+        except OSError:
+            ok = False
+        if not ok:
+            raise ShardError(f"shard cache {path}: not the verified copy any more")
+        with self._lock:
+            self._unverified.discard(key)
 
     def _fetch(self, key: str, location: str | Path, size: int) -> Path:
         path = self.path_of(key)

@@ -178,6 +178,9 @@ def amended_mixture_json(view: dict, regs: list, plans: list, phase: int, availa
     return {**view, "n_languages": len(langs), "languages": langs, "segments": pieces}
 
 
+RECHECK_SECONDS = 30.0  # a failed shard is tried again (by /readyz) at most this often
+
+
 class Build:
     """One variant of the recipe as served: its Sampler and what the routes derive from its plan."""
 
@@ -248,6 +251,7 @@ class Service:
         self.metrics = Metrics(sampler.build_id, sampler.recipe.name)
         self.progress = ProgressStore(sampler.build_id, settings.progress_history, settings.progress_log)
         self.failed_shards: dict[str, str] = {}
+        self._recheck_at: dict[str, float] = {}  # shard → monotonic time it may be rechecked
         self.started = time.time()
         self.amend_token = settings.amend_token_value.encode() if settings.amend_token_value else None
         self.live = Live(getattr(sampler, "journal", None), self.samplers, self.refresh_builds,
@@ -313,19 +317,28 @@ class Service:
                         shard=shard)
 
     def recheck(self) -> None:
-        """Clear shard failures whose file opens again (rebuilt or restored)."""
+        """Clear shard failures whose file opens again (rebuilt or restored): a remote shard only
+        once downloaded and verified again (that it exists said nothing of a checksum mismatch,
+        and /readyz flapped), each shard at most every RECHECK_SECONDS (a probe every few seconds
+        must not download it each time). Runs in a worker thread: the calls block."""
         m = self.sampler.manifest
+        rows = {r["path"]: r for r in m.shards.select("path", "sha256", "bytes").iter_rows(named=True)}
+        now = time.monotonic()
         for key in list(self.failed_shards):
+            if key not in rows or now < self._recheck_at.get(key, 0.0):
+                continue
+            if m.is_remote:  # a local recheck is a cheap open
+                self._recheck_at[key] = now + RECHECK_SECONDS
             loc = m.shard_location(key)
             try:
-                if m.is_remote:
-                    if storage.file_size(loc) is None:  # the cache re-downloads and re-checks it on use
-                        continue
+                if m.is_remote and self.sampler.shard_cache is not None:
+                    self.sampler.shard_cache.open(loc, rows[key]["sha256"], rows[key]["bytes"])
                 else:
                     open_shard(loc)
             except (ShardError, OSError, storage.StorageError):
                 continue
             self.failed_shards.pop(key, None)
+            self._recheck_at.pop(key, None)
         if self.ready:
             self.metrics.ready.set(1)
 

@@ -272,3 +272,66 @@ def test_a_cache_dir_that_cannot_be_a_directory_is_named_as_the_shard_cache(tmp_
     with pytest.raises(ShardError, match=r"shard cache .*file/x: cannot use it as a directory \(Not a directory\); "
                                          r"set SAMPLER_CACHE_DIR"):
         ShardCache(tmp_path / "file" / "x")
+
+
+def test_a_cached_file_damaged_on_disk_is_downloaded_again(built, tmp_path):
+    # A flipped byte in a cache file served wrong bytes to every later process, silently; a
+    # truncated one failed every start with "rebuild it" (the good object was never fetched again).
+    uri, _ = built
+    a = _shards(uri)[0]
+    cache = ShardCache(tmp_path / "c")
+    good = cache.open(*a).tokens.copy()
+    path = cache.path_of(a[1])
+    for damage in ("flip", "truncate"):
+        raw = bytearray(path.read_bytes())
+        if damage == "flip":
+            raw[len(raw) // 2] ^= 0xFF
+        else:
+            raw = raw[: len(raw) // 2]
+        path.write_bytes(bytes(raw))
+        again = ShardCache(tmp_path / "c")  # a new process adopts the file from disk
+        view = again.open(*a)
+        assert np.array_equal(view.tokens, good) and again.stats["downloads"] == 1 and again.stats["repaired"] == 1
+        assert sha256_file(path) == a[1]
+        del view
+    fresh = ShardCache(tmp_path / "c")  # an intact file is hashed once and reused, not downloaded
+    assert np.array_equal(fresh.open(*a).tokens, good) and fresh.stats["downloads"] == 0
+
+
+def test_readyz_stays_false_for_a_corrupt_remote_shard_until_it_verifies_again(built, s3, tmp_path, monkeypatch):
+    # /readyz went back to ready as soon as the object *existed* (the corrupt one did), so it
+    # flapped; its S3 calls also ran on the event loop and stalled every request.
+    from fastapi.testclient import TestClient
+
+    import sampler_server.service as service
+    from sampler_server.app import create_app
+    from sampler_server.settings import ServerSettings
+
+    uri, _ = built
+    m = read_manifest(uri)
+    for r in m.shards.iter_rows(named=True):  # a copy of the manifest under another prefix
+        for key in (f"m/{r['path']}",):
+            s3.client.copy_object(Bucket=s3.bucket, Key=f"mc/{r['path']}", CopySource={"Bucket": s3.bucket, "Key": key})
+    for name in ("manifest.json", "languages.parquet", "shards.parquet"):
+        s3.client.copy_object(Bucket=s3.bucket, Key=f"mc/{name}", CopySource={"Bucket": s3.bucket, "Key": f"m/{name}"})
+    recipe_path = tmp_path / "r.toml"
+    recipe_path.write_text(_toml(RECIPE))
+    settings = ServerSettings(manifest=s3.uri("mc"), recipe=recipe_path, seed=11, chunk=8, block_tokens=1024,
+                              cache_dir=tmp_path / "cache", warmup=False, journal=str(tmp_path / "j.jsonl"))
+    with TestClient(create_app(settings)) as c:
+        total = c.get("/v1/recipe").json()["total_steps"]
+        # Corrupt (same size) the shard the first batch needs, before anything is cached.
+        good = {}
+        for r in m.shards.iter_rows(named=True):
+            body = s3.client.get_object(Bucket=s3.bucket, Key=f"mc/{r['path']}")["Body"].read()
+            good[r["path"]] = body
+            s3.client.put_object(Bucket=s3.bucket, Key=f"mc/{r['path']}", Body=body[:-9] + bytes(9))
+        r = c.get("/v1/batches/0")
+        assert r.status_code == 503 and "checksum mismatch" in r.json()["message"], r.text
+        monkeypatch.setattr(service, "RECHECK_SECONDS", 0.0)
+        for _ in range(2):  # downloaded and verified again each time: still corrupt, still not ready
+            assert c.get("/readyz").status_code == 503
+        for path, body in good.items():
+            s3.client.put_object(Bucket=s3.bucket, Key=f"mc/{path}", Body=body)
+        assert c.get("/readyz").status_code == 200
+        assert c.get("/v1/batches/0").status_code == 200 and total > 0
