@@ -911,28 +911,36 @@ def _publish(staging: Path, uri: str, workers: int = 8) -> dict[str, int]:
         want[name] = ((staging / name).stat().st_size, sha256_file(staging / name))
     ledger_path = staging / WORK / "uploaded.jsonl"
     ledger: dict[str, tuple[int, str]] = {}
+    written: dict[str, int | None] = {}  # the object's mtime right after this directory uploaded it
     if ledger_path.exists():
         for line in ledger_path.read_text().splitlines():
             try:
                 rec = json.loads(line)
                 ledger[rec["path"]] = (int(rec["bytes"]), rec["sha256"])
+                written[rec["path"]] = rec.get("mtime_ns")
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a kill
-    remote = storage.list_files(uri)  # one listing instead of a request per object
+    listing = storage.list_files_with_mtime(uri)  # one listing instead of a request per object
+    remote = {rel: size for rel, (size, _) in listing.items()}
 
     def same(rel: str) -> bool:
         size, sha = want[rel]
         if remote.get(rel) != size:
             return False
-        return ledger.get(rel) == (size, sha) or storage.sha256_of(storage.join(uri, rel)) == sha
+        # The ledger vouches for an object only if nothing wrote it since this directory did (a
+        # same-size overwrite kept a corrupted shard and was reported as "same sha256").
+        vouched = ledger.get(rel) == (size, sha) and written.get(rel) is not None and listing[rel][1] == written[rel]
+        return vouched or storage.sha256_of(storage.join(uri, rel)) == sha
 
     lock = threading.Lock()
     ledger_path.parent.mkdir(parents=True, exist_ok=True)
 
     def record(rel: str) -> None:
         size, sha = want[rel]
+        mtime = storage.mtime_ns(storage.join(uri, rel))
         with lock, open(ledger_path, "a") as f:
-            f.write(json.dumps({"path": rel, "bytes": size, "sha256": sha}) + "\n")
+            f.write(json.dumps({"path": rel, "bytes": size, "sha256": sha, "mtime_ns": mtime}) + "\n")
+            written[rel] = mtime
 
     todo = {rel for rel in want if not same(rel)}
     if todo and MANIFEST_JSON in remote:
@@ -950,8 +958,8 @@ def _publish(staging: Path, uri: str, workers: int = 8) -> dict[str, int]:
     for rel in superseded:
         storage.delete_file(storage.join(uri, rel))
     if superseded or len(ledger) > len(want):  # keep the ledger to what is published now
-        _atomic_text(ledger_path, "".join(json.dumps({"path": rel, "bytes": want[rel][0], "sha256": want[rel][1]}) + "\n"
-                                          for rel in sorted(want)))
+        _atomic_text(ledger_path, "".join(json.dumps({"path": rel, "bytes": want[rel][0], "sha256": want[rel][1],
+                                                      "mtime_ns": written.get(rel)}) + "\n" for rel in sorted(want)))
     return {"uploaded": len(done), "skipped": len(want) - len(done), "bytes": sum(want[r][0] for r in done),
             "deleted": len(superseded)}
 

@@ -159,13 +159,26 @@ def _open_input(location: str | Path):
 
 def list_files(location: str | Path) -> dict[str, int]:
     """Every file under a directory / prefix, recursively: relative POSIX path → size."""
+    return {rel: size for rel, (size, _) in list_files_with_mtime(location).items()}
+
+
+def list_files_with_mtime(location: str | Path) -> dict[str, tuple[int, int | None]]:
+    """Every file under a directory / prefix, recursively: relative POSIX path → (size, mtime in
+    ns or None). An object store's mtime is its last write: an object overwritten since is seen."""
     fs, base = resolve(location)
     base = base.rstrip("/")
     out = {}
     for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
         if info.type == pafs.FileType.File:
-            out[posixpath.relpath(info.path, base) if base else info.path] = info.size
+            out[posixpath.relpath(info.path, base) if base else info.path] = (info.size, info.mtime_ns)
     return out
+
+
+def mtime_ns(location: str | Path) -> int | None:
+    """Last write of a file or object in ns (None if missing or not known)."""
+    fs, path = resolve(location)
+    info = fs.get_file_info(path)
+    return info.mtime_ns if info.type == pafs.FileType.File else None
 
 
 def download(location: str | Path, dest: str | Path, chunk: int = CHUNK) -> str:

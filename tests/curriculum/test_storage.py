@@ -7,6 +7,7 @@ S3 client talks to it over the wire exactly as it would to AWS or MinIO.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -122,19 +123,25 @@ def test_build_publishes_and_skips_what_is_already_there(corpus, small_tokenizer
     again = build(cfg, workers=1, progress=False, work_dir=tmp_path / "stage")
     assert again.upload == {"uploaded": 0, "skipped": n, "bytes": 0, "deleted": 0}
 
-    # Same size, different bytes, and no ledger (another staging directory would have none): the
-    # object is hashed, found different and re-uploaded; manifest.json is rewritten after it.
+    # Same size, different bytes, written after this staging directory's upload: its ledger no
+    # longer vouches for the object (it did, and the rerun said "same sha256" over a corrupt shard);
+    # then without a ledger (another staging directory has none): hashed either way, re-uploaded,
+    # manifest.json rewritten after it.
     victim = m.shards["path"][0]
     key = f"built/{victim}"
-    body = bytearray(s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read())
-    body[-50] ^= 0xFF
-    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=bytes(body))
-    (tmp_path / "stage" / ".work" / "uploaded.jsonl").unlink()
-    fixed = build(cfg, workers=1, progress=False, work_dir=tmp_path / "stage")
-    assert fixed.upload["uploaded"] == 2 and fixed.upload["skipped"] == n - 2
-    assert verify_manifest(uri)[1] == []
+    good = s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+    for drop_ledger in (False, True):
+        body = bytearray(good)
+        body[-50] ^= 0xFF
+        time.sleep(1.1)  # S3's last-modified time has whole seconds
+        s3.client.put_object(Bucket=s3.bucket, Key=key, Body=bytes(body))
+        if drop_ledger:
+            (tmp_path / "stage" / ".work" / "uploaded.jsonl").unlink()
+        fixed = build(cfg, workers=1, progress=False, work_dir=tmp_path / "stage")
+        assert fixed.upload["uploaded"] == 2 and fixed.upload["skipped"] == n - 2, (drop_ledger, fixed.upload)
+        assert verify_manifest(uri)[1] == []
     ledger = [json.loads(x) for x in (tmp_path / "stage" / ".work" / "uploaded.jsonl").read_text().splitlines()]
-    assert [r["path"] for r in ledger] == [victim, "manifest.json"]
+    assert [r["path"] for r in ledger] == [victim, "manifest.json"] and all(r["mtime_ns"] for r in ledger)
 
     with pytest.raises(CurriculumError, match="--work-dir is for a remote --out"):
         build(BuildConfig(**{**cfg.model_dump(), "out": str(tmp_path / "x")}), progress=False, work_dir=tmp_path / "w")
