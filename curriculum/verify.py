@@ -71,8 +71,7 @@ def verify_manifest(root: str | Path) -> tuple[int, list[str]]:
             )
         problems += _drop_problems(m, docs)
     problems += _order_problems(m)
-    if not m.is_remote:
-        problems += _unlisted_shards(m)
+    problems += _unlisted_shards(m)
     return m.shards.height, problems
 
 
@@ -108,18 +107,16 @@ def _order_problems(m: Manifest) -> list[str]:
 
 def _unlisted_shards(m: Manifest) -> list[str]:
     """Shard files in a language folder that shards.parquet does not list (left by an earlier
-    build into the same directory, say)."""
-    root = Path(m.root)
+    build, or another build published, into the same directory or prefix); one listing."""
     listed = set(m.shards["path"].to_list())
-    out = []
-    for lang in m.languages["language"].to_list():
-        folder = root / lang
-        if folder.is_dir():
-            for f in sorted(folder.glob("*.arrow")):
-                rel = f"{lang}/{f.name}"
-                if rel not in listed:
-                    out.append(f"shard file {rel}: not listed in shards.parquet (left by an earlier build?); delete it")
-    return out
+    langs = set(m.languages["language"].to_list())
+    try:
+        files = storage.list_files(m.root)
+    except (OSError, storage.StorageError) as exc:
+        return [f"{storage.display(m.root)}: cannot list it to look for unlisted shard files ({exc})"]
+    return [f"shard file {rel}: not listed in shards.parquet (left by an earlier build?); delete it"
+            for rel in sorted(files)
+            if rel.endswith(".arrow") and rel.count("/") == 1 and rel.split("/")[0] in langs and rel not in listed]
 
 
 def _fetch(m: Manifest, rel: str, scratch: Path) -> tuple[Path, str] | None:

@@ -56,6 +56,15 @@ def test_cli_verify_and_inspect_on_the_uri(built, s3):
     assert m.fingerprint == read_manifest(local).fingerprint
     assert "ukr_Cyrl" in run_cli("inspect", uri).stdout
     assert set(storage.list_files(uri)) == set(m.shards["path"].to_list()) | {"manifest.json", "languages.parquet", "shards.parquet"}
+    # A shard object no table lists (another build published into the prefix): found, as on disk.
+    first = m.shards.row(0, named=True)
+    stray = f"{first['language']}/00009-0000.arrow"
+    s3.client.copy_object(Bucket=s3.bucket, Key=f"m/{stray}", CopySource={"Bucket": s3.bucket, "Key": f"m/{first['path']}"})
+    try:
+        proc = run_cli("verify", uri, check=False)
+        assert proc.returncode == 1 and f"shard file {stray}: not listed in shards.parquet" in proc.stderr, proc.stderr
+    finally:
+        s3.client.delete_object(Bucket=s3.bucket, Key=f"m/{stray}")
 
 
 def test_round_trip_batches_byte_identical_to_local_disk(built, tmp_path):
