@@ -376,6 +376,11 @@ def build(
                                  param_hint="'--min-chars'")
     if executor not in ("local", "ray"):
         raise typer.BadParameter(f"give local or ray (got {executor!r})", param_hint="'--executor'")
+    if ray_address is not None and executor != "ray":  # was ignored: the build ran locally without a word
+        raise typer.BadParameter("is for --executor ray; add it, or drop --ray-address", param_hint="'--ray-address'")
+    if ray_address is not None and workers != "auto":  # a cluster's size is its own
+        raise typer.BadParameter("sets the local worker count; a Ray cluster (--ray-address) runs as many tasks as "
+                                 "it has CPUs: drop --workers", param_hint="'--workers'")
     if not is_remote(out) and local_path(out).exists() and not local_path(out).is_dir():
         raise CurriculumError(f"--out {out}: exists and is not a directory; give a directory (or an s3:// URI)")
     try:

@@ -262,7 +262,13 @@ class RayExecutor:
     bound to 127.0.0.1."""
 
     def __init__(self, address: str | None = None, workers: int | None = None, max_retries: int = 3):
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep listeners on 127.0.0.1
+        # RAY_ADDRESS names a cluster as --ray-address does (ray.init then refused num_cpus with a
+        # traceback).
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local instance: listeners on 127.0.0.1
+        else:
+            _reachable(address)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         import ray
 
@@ -290,6 +296,27 @@ class RayExecutor:
     def close(self) -> None:
         if self._owned:
             self._ray.shutdown()
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a cluster address nothing answers at (ray.init retried it for minutes, printing
+    'Failed to connect to GCS'). `auto` and `ray://` addresses are left to Ray."""
+    import socket
+
+    from curriculum.errors import CurriculumError
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise CurriculumError(f"--ray-address {address}: give HOST:PORT of the cluster's head (e.g. 10.0.0.1:6379), "
+                              "auto, or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise CurriculumError(f"--ray-address {address} (or RAY_ADDRESS): nothing answers there ({exc.strerror or exc}); "
+                              "start the head (`ray start --head`), or leave the address out for a local "
+                              "instance") from None
 
 
 def make_executor(kind: str = "local", workers: int = 1, ray_address: str | None = None,

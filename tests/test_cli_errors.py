@@ -35,6 +35,11 @@ CURRICULUM = [
     (["tokenizer", "train", "file.txt", "--out", "t.json", "--vocab-size", "0"], "'--vocab-size'"),
     (["demo-corpus", "file.txt"], "file.txt: exists and is not a directory"),
     (["tokenizer", "train", "file.txt", "--out", "t.json", "--vocab-size", "200"], "--vocab-size 200: must exceed 261"),
+    # Were ignored (built locally), a traceback, or minutes of "Failed to connect to GCS".
+    (["build", "file.txt", "--out", "o", "--tokenizer", "file.txt", "--ray-address", "127.0.0.1:1"],
+     "'--ray-address': is for --executor ray"),
+    (["build", "file.txt", "--out", "o", "--tokenizer", "file.txt", "--executor", "ray", "--ray-address", "127.0.0.1:1",
+      "--workers", "2"], "'--workers': sets the local worker count"),
     # Were "train_tokenizer: no texts given", whatever had been dropped.
     (["tokenizer", "train", "binary.bin.txt", "--out", "t.json"], "no text to train on in 1 input file(s): no documents "
      "(binary.bin.txt: not text: NUL bytes"),
@@ -261,3 +266,13 @@ def test_paths_for_the_cache_the_staging_dir_and_the_report_say_what_they_are(pl
     p = subprocess.run([sys.executable, "-m", "sampler_server.cli", "serve", "--manifest", "m", "--recipe", "r.toml"],
                        capture_output=True, text=True, timeout=300, cwd=place, env=env)
     assert p.returncode == 2 and "sampler-server: SAMPLER_CACHE_BYTES: " in p.stderr and "--cache-bytes" not in p.stderr
+
+
+def test_a_ray_address_nothing_answers_at_is_refused_in_seconds(place, small_tokenizer):
+    import os
+
+    for extra, env in ((["--ray-address", "127.0.0.1:1"], {}), ([], {"RAY_ADDRESS": "127.0.0.1:1"})):
+        p = subprocess.run([sys.executable, "-m", "curriculum.cli", "build", "file.txt", "--out", "o", "--tokenizer",
+                            str(small_tokenizer), "--executor", "ray", *extra], capture_output=True, text=True,
+                           timeout=120, cwd=place, env={**os.environ, **env})
+        assert p.returncode == 2 and "--ray-address 127.0.0.1:1 (or RAY_ADDRESS): nothing answers there" in p.stderr, p.stderr
