@@ -758,6 +758,7 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int | Literal["aut
         raise CurriculumError(f"work_dir / --work-dir is for a remote --out; {cfg.out} is local and holds its own work files")
     out = (Path(work_dir) if work_dir is not None else staging_dir(cfg.out)) if remote else storage.local_path(cfg.out)
     if remote:
+        _check_remote_out(cfg.out)  # before any work: a missing bucket or bad credentials failed only at the publish
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # was "error: /proc/.cache: No such file ...": nothing said what that path is
@@ -771,6 +772,21 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int | Literal["aut
             raise CurriculumError(f"--out {out} is inside the input {src}; put the output outside the input folders")
     with _exclusive(out / WORK):
         return _build(cfg, out, remote, executor, workers, ray_address, progress, retokenize)
+
+
+def _check_remote_out(uri: str) -> None:
+    """List the --out prefix and write (then delete) a probe object there: the publish at the end
+    of a build needs both, and a build of hours must not learn only then that it cannot."""
+    from curriculum import storage
+
+    probe = storage.join(uri, f".curriculum-write-probe-{os.getpid()}")
+    try:
+        storage.list_files(uri)
+        storage.write_bytes(probe, b"")
+        storage.delete_file(probe)
+    except (OSError, storage.StorageError) as exc:
+        raise CurriculumError(f"--out {storage.display(uri)}: cannot list and write there ({exc}); check the bucket, "
+                              "the endpoint and the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)") from None
 
 
 @contextmanager

@@ -104,8 +104,11 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
     credential environment, so its connection pool is reused across shards."""
     if not is_remote(location):
         return pafs.LocalFileSystem(), str(local_path(location).absolute())
-    fs, path = _from_uri(str(location))
     parts = urlsplit(str(location))
+    if "//" in parts.path:  # pyarrow failed later, mid-build, with "Empty path component"
+        raise StorageError(f"{display(location)}: an empty path component (a double slash); write the prefix with "
+                           "single slashes")
+    fs, path = _from_uri(str(location))
     key = (parts.scheme.lower(), parts.netloc, parts.query, _env_key())
     with _FS_LOCK:
         return _FS_CACHE.setdefault(key, fs), path

@@ -168,7 +168,9 @@ def test_retokenized_build_removes_the_shards_it_replaced(small_tokenizer, tmp_p
     assert len(first) > len(now)
     assert rep.retokenized and rep.upload["deleted"] == len(gone)
     assert set(storage.list_files(uri)) == now | set(foreign) | {"languages.parquet", "shards.parquet", "manifest.json"}
-    assert verify_manifest(uri)[1] == []
+    # The publish leaves what it did not upload; verify names the shard-like one as unlisted.
+    assert verify_manifest(uri)[1] == [f"shard file {lang}/99999-0000.arrow: not listed in shards.parquet (left by an "
+                                       "earlier build?); delete it"]
     ledger = [json.loads(x)["path"] for x in (tmp_path / "stage" / ".work" / "uploaded.jsonl").read_text().splitlines()]
     assert sorted(ledger) == sorted(now | {"languages.parquet", "shards.parquet", "manifest.json"})
 
@@ -185,3 +187,17 @@ def test_manifest_and_shards_roundtrip_bytes(tmp_path, s3):
     for rel, size in storage.list_files(uri).items():
         assert storage.read_bytes(storage.join(uri, rel)) == (local / rel).read_bytes() and size == (local / rel).stat().st_size
     assert sorted(storage.list_files(uri)) == sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+
+
+def test_a_remote_out_that_cannot_be_written_fails_before_any_work(corpus, small_tokenizer, tmp_path, s3):
+    # A missing bucket (or bad credentials) failed only at the publish, after the whole build; a
+    # double slash was pyarrow's "Empty path component" traceback, after the whole build too.
+    bad = s3.uri("m").replace(f"s3://{s3.bucket}/", "s3://no-such-bucket-x/")
+    cfg = BuildConfig(inputs=[str(corpus)], out=bad, tokenizer=str(small_tokenizer))
+    with pytest.raises(CurriculumError, match=r"--out s3://no-such-bucket-x/m: cannot list and write there"):
+        build(cfg, workers=1, progress=False, work_dir=tmp_path / "stage")
+    assert not (tmp_path / "stage" / ".work" / "extract").exists()
+    with pytest.raises(CurriculumError, match=r"an empty path component \(a double slash\)"):
+        build(BuildConfig(inputs=[str(corpus)], out=s3.uri("/m"), tokenizer=str(small_tokenizer)), workers=1,
+              progress=False, work_dir=tmp_path / "stage2")
+    assert not [k for k in storage.list_files(s3.uri("")) if ".curriculum-write-probe" in k]  # no probe left behind
