@@ -455,10 +455,16 @@ class Sampler:
         return cur
 
     def consumed_tokens(self, step: int) -> np.ndarray:
-        """Tokens of each language served before `step` (int64[K])."""
+        """Tokens of each language served before `step` (int64[K]); `step` may be `total_steps`
+        (the whole run: what a user checking the epoch caps at the end asks for)."""
         st = self._state
-        info = self.schedule(step)
-        g = info.first_sequence
+        step = _integer("Sampler.consumed_tokens: step", step)
+        if step == self.total_steps and step > 0:
+            info = self.schedule(step - 1)  # the end of the last step: its phase, past its last sequence
+            g = info.first_sequence + info.global_batch
+        else:
+            info = self.schedule(step)
+            g = info.first_sequence
         segs = st.segments[info.phase_index]
         for s, segm in enumerate(segs):
             if segm.start <= g < segm.stop or s == len(segs) - 1:

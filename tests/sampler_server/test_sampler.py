@@ -135,3 +135,16 @@ def test_streams_continue_across_phases_without_repeating(sampler):
     assert np.array_equal(used, sampler.consumed_tokens(last - 1) + np.bincount(
         sampler.assign(2, (sampler.plans[2].phase.steps - 1) * 8, sampler.plans[2].phase.steps * 8)[0],
         minlength=len(sampler.languages)) * 8192)
+
+
+def test_epochs_at_the_end_of_the_run_count_every_served_token(corpus, sampler):
+    # epochs(total_steps) raised "past the last phase": the end of the run could not be asked for.
+    T = sampler.total_steps
+    served = np.zeros(len(sampler.languages), np.int64)
+    for step in range(T - 6, T):  # the last phase's steps
+        b = sampler.batch(step)
+        np.add.at(served, b.lang, b.input_ids.shape[1])
+    before = sampler.consumed_tokens(T - 6)
+    assert np.array_equal(sampler.consumed_tokens(T) - before, served)
+    end = sampler.epochs(T)
+    assert end and all(v >= sampler.epochs(T - 1).get(k, 0.0) for k, v in end.items())
