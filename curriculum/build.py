@@ -758,12 +758,12 @@ def build(cfg: BuildConfig, executor: str = "local", workers: int | Literal["aut
         raise CurriculumError(f"work_dir / --work-dir is for a remote --out; {cfg.out} is local and holds its own work files")
     out = (Path(work_dir) if work_dir is not None else staging_dir(cfg.out)) if remote else storage.local_path(cfg.out)
     if remote:
-        _check_remote_out(cfg.out)  # before any work: a missing bucket or bad credentials failed only at the publish
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # was "error: /proc/.cache: No such file ...": nothing said what that path is
             raise CurriculumError(f"staging directory {out} of the remote --out {storage.display(cfg.out)}: cannot "
                                   f"create it ({exc.strerror}); pass --work-dir DIR on a writable local disk") from None
+        _check_remote_out(cfg.out)  # before any work: a missing bucket or bad credentials failed only at the publish
     here = out.resolve()
     for src in cfg.inputs:
         root = Path(src).resolve()
