@@ -3,7 +3,7 @@
 `synth_long_tail` gives L languages a realistic long tail: the rank-size curve of FineWeb-2's
 1,913 train subsets (real available data, from `data/fineweb2_language_distribution.csv`),
 interpolated in log space to L ranks and rescaled to the requested total. Language names are
-mmBERT's 1,833 languages + code ordered by how much the published run sampled of them (pretrain,
+mmBERT's 1,833 languages and code (1,834 keys) ordered by how much the published run sampled of them (pretrain,
 then mid-training, then decay), so the largest synthetic languages are the ones mmBERT treated as
 high-resource. Beyond 1,834 languages, synthetic keys `s0001_Latn`... fill the rest.
 """
