@@ -176,6 +176,11 @@ def test_trainer_settings_are_checked_before_anything_starts(place):
     assert "Error: Invalid value for '--nproc-per-node': Input should be greater than or equal to 1" in p.stderr
 
 
+def test_sampler_server_usage_errors_are_plain_lines(place):
+    p = run("sampler_server.cli", "serve", "--bogus", cwd=place)  # was a rich box
+    assert p.returncode == 2 and "╭" not in p.stderr and "Error: No such option: --bogus" in p.stderr, p.stderr
+
+
 def test_sampler_server_cli_errors(place):
     p = run("sampler_server.cli", "serve", "--manifest", str(ROOT / "nope"), "--recipe", str(RECIPES / "demo.toml"),
             "--journal", "emptydir", cwd=place)
