@@ -11,6 +11,8 @@ from typing import Optional
 import typer
 from pydantic import SecretStr, ValidationError
 
+from trainer_client.typer_main import run_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve curriculum batches over HTTP.")
 _state = {"debug": False}
 
@@ -180,19 +182,7 @@ def _bind_probe(host: str, port: int) -> tuple[str | None, int]:
 
 def main() -> None:
     """Console entry point `sampler-server`."""
-    try:
-        rc = app(standalone_mode=False)
-        sys.exit(rc if isinstance(rc, int) else 0)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - usage errors only; the rest re-raised
-        # A usage error as click's plain lines, as `curriculum` prints them (typer drew a box).
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
-            sys.exit(130)
-        raise
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from typing import Optional
 
 import typer
 
+from trainer_client.typer_main import run_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a ModernBERT MLM on batches from the sampler service.")
 _state: dict = {"debug": False, "argv": None}
 
@@ -186,19 +188,7 @@ def train(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point `trainer-client`."""
     _state["argv"] = list(argv) if argv is not None else sys.argv[1:]
-    try:
-        rc = app(args=argv, standalone_mode=False)
-        sys.exit(rc if isinstance(rc, int) else 0)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - usage errors only; the rest re-raised
-        # A usage error as click's plain lines, as `curriculum` prints them (typer drew a box).
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
-            sys.exit(130)
-        raise
+    run_app(app, argv)
 
 
 if __name__ == "__main__":
