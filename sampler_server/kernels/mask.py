@@ -1,19 +1,22 @@
-"""MLM masking: one counter-based hash per two tokens decides selection and action.
+"""MLM masking: one counter-based hash per four tokens decides selection and action.
 
-For sequence b with key = seq_keys[b], the hash of token pair k is h_k = token_hash(key, k) (see
-rng.py), and token j draws the 32-bit number
-  u_j = (h_{j >> 1} >> (32 * (j & 1))) & 0xFFFFFFFF      (the low half for even j, the high for odd).
-With t_sel = ceil(mask_ratio[b] * 2**32), t_mask = t_sel * 4 // 5 and t_rand = t_sel * 9 // 10:
-  selected  iff u_j < t_sel and the token is not special (is_special[id]), i.e. u_j / 2**32 < ratio;
+For sequence b with key = seq_keys[b], the hash of token quad k is h_k = token_hash(key, k) (see
+rng.py), and token j draws the 16-bit number
+  u_j = (h_{j >> 2} >> (16 * (j & 3))) & 0xFFFF        (the four 16-bit quarters, low one first).
+With t_sel = ceil(mask_ratio[b] * 2**16), t_mask = t_sel * 4 // 5 and t_rand = t_sel * 9 // 10:
+  selected  iff u_j < t_sel and the token is not special (is_special[id]), i.e. u_j / 2**16 < ratio;
   among selected tokens u_j is uniform on [0, t_sel): u_j < t_mask -> [MASK], u_j < t_rand -> a random
   id, otherwise unchanged (80/10/10 to within 1 / t_sel).
-The random id (needed by ~ratio/10 of tokens) comes from a second stream of the same form under the
-key mix64(key ^ PICK_TAG): r = token_hash(that key, j), id = random_pool[((r >> 32) * R) >> 32].
+So the ratio is rounded up to a multiple of 2**-16 (0.3 selects with probability 0.300003), and the
+80/10/10 split is exact to within 1 / t_sel: 0.0003 at a 5 % ratio (t_sel = 3,277).
+The random id (needed by ~ratio/10 of tokens) comes from a second stream under the key
+mix64(key ^ PICK_TAG), one hash per token: r = token_hash(that key, j), id = random_pool[((r >> 32) * R) >> 32].
 Labels are the original id where selected and -100 elsewhere. Everything depends only on (key, j),
 so the result does not depend on how a batch is split into sub-batches, ranks or threads.
 
-Speed (one thread, AVX-512: ~2.5x the former one-hash-per-token kernel). Per row: (1) a pass writes the
-pair hashes into a scratch buffer, whose uint32 view is exactly u_0, u_1, ... on a little-endian CPU;
+Speed (one thread, AVX-512). Per row: (1) a pass writes the quad hashes into a scratch buffer,
+whose uint16 view is exactly u_0, u_1, ... on a little-endian CPU (16 bits a token instead of 32
+cut masking by a quarter: the splitmix64 finalizer is most of the per-token arithmetic);
 (2) blocks of 32 tokens are masked by `_block`, written in LLVM vector IR so that compares and selects
 stay in vector registers and the block returns two 32-bit masks: the tokens that need a random id and
 the "candidates" whose id lies outside the longest special-free id range [lo, hi) (special tokens and
@@ -35,7 +38,7 @@ from numba.extending import intrinsic
 import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
 from sampler_server.kernels.rng import mix64
 
-if sys.byteorder != "little":  # the uint32 view of the pair hashes is u_0, u_1, ... only on little-endian CPUs
+if sys.byteorder != "little":  # the uint16 view of the quad hashes is u_0, u_1, ... only on little-endian CPUs
     raise ImportError("sampler_server.kernels.mask assumes a little-endian CPU (x86-64, aarch64)")
 
 IGNORE_INDEX = -100  # the label value torch's CrossEntropyLoss skips
@@ -44,7 +47,7 @@ PICK_TAG = np.uint64(0xB7E151628AED2A6B)  # digits of e: separates the random-id
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _S32 = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
-_TWO32 = 4294967296.0
+_TWO16 = 65536.0
 _BLOCK = 32  # tokens per vector block: one 32-bit mask per block for each rare kind
 _WORKERS = 32  # parallel work items per call (rows are dealt round-robin); more than any thread count used
 
@@ -61,30 +64,30 @@ def _contiguous_1d(name: str, ty: types.Type, dtype: types.Type) -> None:
 
 
 @intrinsic
-def _block(typingctx, ids, lab, u32, o, sel_max, t_mask, t_rand, mid, lo, span):
+def _block(typingctx, ids, lab, u16, o, sel_max, t_mask, t_rand, mid, lo, span):
     """Mask tokens o .. o+31 of one row: store labels and [MASK]s, return park | cand << 32.
 
     cand bit i: (id - lo) mod 2**32 >= span, i.e. the id of token o+i lies outside [lo, lo + span),
     where specials and invalid ids live; it was masked as if maskable and the caller must check it.
     park bit i: token o+i is selected and needs a random id (it is left unchanged here).
-    All lanes are computed with vector compares and selects; uint32 throughout."""
+    All lanes are computed with vector compares and selects: uint16 draws, uint32 ids."""
     _contiguous_1d("input_ids", ids, types.int32)
     _contiguous_1d("labels", lab, types.int32)
-    _contiguous_1d("the hash buffer", u32, types.uint32)
-    sig = types.uint64(ids, lab, u32, types.int64, types.uint32, types.uint32, types.uint32, types.int32, types.uint32, types.uint32)
+    _contiguous_1d("the hash buffer", u16, types.uint16)
+    sig = types.uint64(ids, lab, u16, types.int64, types.uint16, types.uint16, types.uint16, types.int32, types.uint32, types.uint32)
 
     def codegen(context, builder, sig, args):
         n = _BLOCK
         i32, i64 = ir.IntType(32), ir.IntType(64)
         vt = ir.VectorType(i32, n)
 
-        def row_ptr(k: int) -> ir.Value:
+        def row_ptr(k: int, lanes: ir.VectorType) -> ir.Value:
             a = context.make_array(sig.args[k])(context, builder, args[k])
-            return builder.bitcast(builder.gep(a.data, [args[3]]), vt.as_pointer())
+            return builder.bitcast(builder.gep(a.data, [args[3]]), lanes.as_pointer())
 
-        p_ids, p_lab, p_u = row_ptr(0), row_ptr(1), row_ptr(2)
+        p_ids, p_lab, p_u = row_ptr(0, vt), row_ptr(1, vt), row_ptr(2, ir.VectorType(ir.IntType(16), n))
         tok = builder.load(p_ids, align=4)
-        u = builder.load(p_u, align=4)
+        u = builder.load(p_u, align=2)
         cand = builder.icmp_unsigned(">=", builder.sub(tok, _splat(builder, args[8], n)), _splat(builder, args[9], n))
         sel = builder.icmp_unsigned("<=", u, _splat(builder, args[4], n))
         below_mask = builder.icmp_unsigned("<", u, _splat(builder, args[5], n))
@@ -172,9 +175,9 @@ def _check_range(is_special: np.ndarray, rng: np.ndarray) -> None:
 
 @njit(cache=True, nogil=True)
 def selection_thresholds(ratio: np.float64) -> tuple[np.uint64, np.uint64, np.uint64]:
-    """(t_sel, t_mask, t_rand) for a mask ratio in [0, 1]: u < t_mask -> [MASK], u < t_rand ->
-    random id, u < t_sel -> unchanged. ratio * 2**32 is exact, so t_sel = ceil of it is too."""
-    t_sel = np.uint64(np.ceil(ratio * _TWO32))
+    """(t_sel, t_mask, t_rand) for a mask ratio in [0, 1] and 16-bit draws u: u < t_mask -> [MASK],
+    u < t_rand -> random id, u < t_sel -> unchanged. ratio * 2**16 is exact, so t_sel = ceil of it is too."""
+    t_sel = np.uint64(np.ceil(ratio * _TWO16))
     return t_sel, (t_sel * np.uint64(4)) // np.uint64(5), (t_sel * np.uint64(9)) // np.uint64(10)
 
 
@@ -210,6 +213,12 @@ def _check_run(random_pool: np.ndarray, run: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True)
+def hash_words(L: np.int64) -> np.int64:
+    """uint64 words of scratch a row of L tokens needs: one hash per four tokens."""
+    return (L + 3) >> 2
+
+
+@njit(cache=True, nogil=True)
 def _pick(pick_key: np.uint64, j: np.int64, random_pool: np.ndarray, run: np.ndarray) -> np.int32:
     """The random replacement id of token j (multiply-shift maps 32 random bits onto the pool);
     `run` = pool_run(random_pool), so the value is random_pool[k] either way."""
@@ -223,15 +232,15 @@ def _pick(pick_key: np.uint64, j: np.int64, random_pool: np.ndarray, run: np.nda
 
 @njit(cache=True, nogil=True)
 def _mask_one(
-    ids: np.ndarray, lab: np.ndarray, u32: np.ndarray, j: np.int64, is_special: np.ndarray, sel_max: np.uint32,
-    t_mask: np.uint32, t_rand: np.uint32, mid: np.int32, pick_key: np.uint64, random_pool: np.ndarray, run: np.ndarray,
+    ids: np.ndarray, lab: np.ndarray, u16: np.ndarray, j: np.int64, is_special: np.ndarray, sel_max: np.uint16,
+    t_mask: np.uint16, t_rand: np.uint16, mid: np.int32, pick_key: np.uint64, random_pool: np.ndarray, run: np.ndarray,
 ) -> bool:
     """The rule for token j alone (the module docstring); returns False if its id is outside [0, V)."""
     tok = ids[j]
     lab[j] = np.int32(IGNORE_INDEX)
     if np.uint32(tok) >= np.uint32(is_special.shape[0]):
         return False
-    u = u32[j]
+    u = u16[j]
     if is_special[tok] or u > sel_max:
         return True
     lab[j] = tok
@@ -257,16 +266,16 @@ def _mask_row(
             ok &= np.uint32(ids[j]) < np.uint32(is_special.shape[0])
             lab[j] = np.int32(IGNORE_INDEX)
         return ok
-    sel_max = np.uint32(t_sel - np.uint64(1))  # u < t_sel <=> u <= t_sel - 1, which fits in 32 bits
-    t_mask = np.uint32(t_mask64)
-    t_rand = np.uint32(t_rand64)
+    sel_max = np.uint16(t_sel - np.uint64(1))  # u < t_sel <=> u <= t_sel - 1, which fits in 16 bits
+    t_mask = np.uint16(t_mask64)
+    t_rand = np.uint16(t_rand64)
     pick_key = mix64(key ^ PICK_TAG)
-    for k in range((L + 1) >> 1):  # vectorizes: 8 independent splitmix64 finalizers per register
+    for k in range(hash_words(L)):  # vectorizes: 8 independent splitmix64 finalizers per register
         hbuf[k] = mix64(key + np.uint64(k + 1) * _GOLDEN)
-    u32 = hbuf.view(np.uint32)  # u32[j] = u_j (little-endian)
+    u16 = hbuf.view(np.uint16)  # u16[j] = u_j (little-endian)
     full = L - L % _BLOCK
     for o in range(0, full, _BLOCK):
-        r = _block(ids, lab, u32, o, sel_max, t_mask, t_rand, mid, lo, span)
+        r = _block(ids, lab, u16, o, sel_max, t_mask, t_rand, mid, lo, span)
         if r == 0:
             continue
         park = np.uint32(r & _LOW32)
@@ -275,7 +284,7 @@ def _mask_row(
             i = trailing_zeros(cand)
             cand &= cand - np.uint32(1)
             j = o + i
-            tok = lab[j] if u32[j] <= sel_max else ids[j]  # the original id: selected tokens kept it in lab
+            tok = lab[j] if u16[j] <= sel_max else ids[j]  # the original id: selected tokens kept it in lab
             if np.uint32(tok) >= uV:
                 ok = False
             elif is_special[tok]:  # undo: never selected
@@ -287,7 +296,7 @@ def _mask_row(
             park &= park - np.uint32(1)
             ids[j] = _pick(pick_key, j, random_pool, run)
     for j in range(full, L):  # the last L % 32 tokens, one at a time
-        ok &= _mask_one(ids, lab, u32, j, is_special, sel_max, t_mask, t_rand, mid, pick_key, random_pool, run)
+        ok &= _mask_one(ids, lab, u16, j, is_special, sel_max, t_mask, t_rand, mid, pick_key, random_pool, run)
     return ok
 
 
@@ -352,7 +361,7 @@ def mask_tokens(
     # changes the bytes. n_work is fixed, not the thread count: numba.get_num_threads() in a
     # kernel would keep it out of the on-disk cache.
     n_work = min(B, _WORKERS)
-    scratch = np.empty((n_work, (L + 1) >> 1), np.uint64)
+    scratch = np.empty((n_work, hash_words(L)), np.uint64)
     bad = np.empty(B, np.bool_)
     for c in prange(n_work):
         _mask_rows(c, n_work, input_ids, labels, seq_keys, mask_ratio, is_special, mid, random_pool, pool_run, ulo, span,

@@ -38,11 +38,11 @@ def reference_mask(ids, keys, ratios, is_special, mask_id, pool):
     B, L = ids.shape
     keys = keys.astype(np.uint64)[:, None]
     j = np.arange(L, dtype=np.uint64)
-    # One hash per token pair: token j takes the low 32 bits of pair j // 2's hash if j is even,
-    # the high 32 bits if odd.
-    h = np_mix64(keys + (j // np.uint64(2) + np.uint64(1))[None, :] * GOLDEN)
-    u = (h >> (np.uint64(32) * (j % np.uint64(2)))[None, :]) & np.uint64(0xFFFFFFFF)
-    t_sel = np.ceil(ratios * 2.0**32).astype(np.uint64)[:, None]
+    # One hash per four tokens: token j takes the (j % 4)-th 16-bit quarter of quad j // 4's hash,
+    # the lowest first.
+    h = np_mix64(keys + (j // np.uint64(4) + np.uint64(1))[None, :] * GOLDEN)
+    u = (h >> (np.uint64(16) * (j % np.uint64(4)))[None, :]) & np.uint64(0xFFFF)
+    t_sel = np.ceil(ratios * 2.0**16).astype(np.uint64)[:, None]
     t_mask = t_sel * np.uint64(4) // np.uint64(5)
     t_rand = t_sel * np.uint64(9) // np.uint64(10)
     selected = (u < t_sel) & ~is_special[ids]
