@@ -171,7 +171,7 @@ def bench_shape(B: int, L: int, reps: int, collator) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--reps", type=int, default=300)
     ap.add_argument("--big", action="store_true", help="also a 4,608 x 1,024 batch (past the caches)")
     args = ap.parse_args()
 

@@ -35,7 +35,7 @@ from curriculum.shards import ShardError, open_shard
 from sampler_server.cache import DEFAULT_CACHE_BYTES, ShardCache
 from sampler_server.kernels.blend import BlendIndex, adaptive_chunk
 from sampler_server.kernels.assemble import assemble
-from sampler_server.kernels.mask import free_range, pool_run
+from sampler_server.kernels.mask import MASK_RULE_VERSION, free_range, pool_run
 from sampler_server.kernels.rng import sequence_keys
 from sampler_server.streams import DEFAULT_BLOCK_TOKENS, LanguageStream, Runs
 
@@ -149,10 +149,11 @@ class Sampler:
         recipe_fp, manifest_fp = full.fingerprint(), self.manifest.fingerprint
         self.journal_owner = hashlib.sha256(f"{recipe_fp}:{manifest_fp}:{self.seed}".encode()).hexdigest()[:16]
         self.journal_owner_about = f"manifest {manifest_fp} at {self.manifest.root}, recipe {recipe_fp}, seed {self.seed}"
-        # The run id: manifest + recipe + seed (+ variant, block size). A step no amendment
-        # reaches has it as its build id; amended steps hash it with the journal prefix.
+        # The run id: manifest + recipe + seed (+ variant, block size, masking rule). A step no
+        # amendment reaches has it as its build id; amended steps hash it with the journal prefix.
         self.build_id = self.run_id = hashlib.sha256(
-            f"{self.base_recipe.fingerprint()}:{manifest_fp}:{self.seed}:{self.variant or ''}{layout}".encode()
+            f"{self.base_recipe.fingerprint()}:{manifest_fp}:{self.seed}:{self.variant or ''}{layout}"
+            f":m{MASK_RULE_VERSION}".encode()
         ).hexdigest()[:16]
         self._streams = self._make_streams(block_tokens)
         self._chunk = chunk

@@ -42,6 +42,10 @@ if sys.byteorder != "little":  # the uint16 view of the quad hashes is u_0, u_1,
     raise ImportError("sampler_server.kernels.mask assumes a little-endian CPU (x86-64, aarch64)")
 
 IGNORE_INDEX = -100  # the label value torch's CrossEntropyLoss skips
+# Bumped whenever the rule above gives different bytes for the same key, so that the run id (and
+# every batch's build id) changes with it: a trainer resuming from a checkpoint, or failing over to
+# a replica, on the other rule stops instead of mixing masks. 2: 16-bit draws (was 32, unversioned).
+MASK_RULE_VERSION = 2
 PICK_TAG = np.uint64(0xB7E151628AED2A6B)  # digits of e: separates the random-id stream from the decisions
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -57,6 +57,17 @@ def test_same_global_batch_for_every_world_size_and_rebuild(corpus, sampler):
     assert other.build_id != sampler.build_id
 
 
+def test_build_id_names_the_masking_rule(corpus, sampler, monkeypatch):
+    # Masks of another rule version are other batches: a checkpoint or a replica on that rule
+    # must see another build id (the trainer then stops instead of mixing masks).
+    import sampler_server.sampler as sampler_module
+
+    monkeypatch.setattr(sampler_module, "MASK_RULE_VERSION", sampler_module.MASK_RULE_VERSION + 1)
+    bumped = Sampler(corpus, parse_recipe(SCALED_MMBERT), seed=7, chunk=64, block_tokens=4096)
+    assert bumped.build_id != sampler.build_id and bumped.run_id != sampler.run_id
+    assert bumped.journal_owner == sampler.journal_owner  # amendments still belong to the run
+
+
 def test_world_size_must_divide_the_batch(sampler):
     with pytest.raises(ScheduleError, match="does not divide the global batch of 8"):
         sampler.batch(0, 0, 3)
