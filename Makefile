@@ -31,8 +31,21 @@ test: install system-deps
 demo: install
 	$(PY) -m curriculum.demo --out $(DEMO_OUT)
 
+# Every benchmark in a small mode (~10 min here once .cache/bench holds the generated inputs; the
+# first run also writes a 10^8-token corpus and a 120 MB index). The README's tables come from
+# the full runs each section names.
 bench: install
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) benchmarks/bench_mask.py --reps 100
+	$(PY) benchmarks/bench_minhash.py --mb 2 --lsh-docs 20000
+	$(PY) benchmarks/bench_tokenize.py --mb 2 --reps 3
+	$(PY) benchmarks/bench_build.py --quick --skip-big
+	$(PY) benchmarks/bench_lid_prefix.py --reps 1
+	$(PY) benchmarks/bench_sampler.py --requests 100
+	$(PY) benchmarks/bench_scale.py --requests 20
+	$(PY) benchmarks/bench_http.py --quick --seconds 1
+	$(PY) benchmarks/bench_load.py --rounds 1
+	$(PY) benchmarks/bench_amend.py --requests 10 --follow 3 --repeats 1 --no-profile
+	$(PY) benchmarks/bench_trainer.py --steps 30
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT)

@@ -504,9 +504,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small run: --mb 8 --reps 1 --big-gb 0.25")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-big", action="store_true")
-    ap.add_argument("--keep", action="store_true", help="keep the big build's output under .cache/bench/")
+    ap.add_argument("--keep", action="store_true", help="keep the big build's output under --cache")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--cache", type=Path, default=CACHE, help="where the big file, its build and log go")
     args = ap.parse_args()
+    global CACHE
+    CACHE = args.cache
     if args.quick:
         args.mb, args.reps, args.big_gb = 8.0, 1, 0.25
     from curriculum import assets

@@ -11,7 +11,7 @@ that answers each 1-byte request with a buffer of one batch's size (8 x 8,192 x 
 - in-process `Sampler.batch` (no HTTP): the assembly rate the server can at most reach;
 - `GET /v1/batches/{step}` and `GET /v1/stream` for each wire choice (sparse / dense labels,
   zstd on / off), with 1 and 4 concurrent clients; tokens/s, bytes per token, ratio to the limit;
-- small requests: `/healthz`, a 1 x 128-token batch, and a raw 1-byte round trip, latency each.
+- small requests: `/healthz`, an 8 x 128-token batch, and a raw 1-byte round trip, latency each.
 Every number comes from this run on this machine; nothing leaves 127.0.0.1.
 """
 
@@ -336,9 +336,12 @@ def main() -> None:
                       f"{c} client(s): {r['tokens_per_s'] / 1e6:.0f}M tokens/s ({r['tokens_per_s'] / limits[c]:.2f}x)")
             blob.kill()
         print()
+        # The raw socket's rate moves with the machine's load (1.7-5.3 GB/s between runs minutes
+        # apart here), so each row is set against a raw measurement taken right before it.
         print("| stack | endpoint | labels | compression | client | clients | tokens/s | bytes/token | ms/batch (p50) "
-              "| vs raw limit |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "| raw limit next to it | vs that limit |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        raw_samples: dict[int, list[float]] = {1: [limits[1]], 4: [limits[4]]}
         choices = [("sparse", "none"), ("sparse", "zstd")] if args.quick else \
             [("sparse", "none"), ("dense", "none"), ("sparse", "zstd"), ("dense", "zstd")]
         runs = [(m, lab, comp, "http.client", c) for m in ("batches", "stream") for lab, comp in choices for c in (1, 4)]
@@ -346,11 +349,16 @@ def main() -> None:
         # Stacks alternate run by run, so that a change in the machine's load hits both alike.
         for mode, labels, comp, client, c in runs:
             for name in stacks:
+                limit = raw_clients(raw_port, n_bytes, c, max(0.5, args.seconds / 2))[0] / 4
+                raw_samples[c].append(limit)
                 r = http_clients(servers[name], c, args.seconds, mode=mode, labels=labels, compression=comp,
                                  client=client)
                 print(f"| {name} | {'/v1/batches' if mode == 'batches' else '/v1/stream (16)'} | {labels} | {comp} "
                       f"| {client} | {c} | {r['tokens_per_s'] / 1e6:.1f}M | {r['bytes_per_token']:.2f} "
-                      f"| {r['ms_per_batch']:.2f} | {r['tokens_per_s'] / limits[c]:.3f}x |")
+                      f"| {r['ms_per_batch']:.2f} | {limit / 1e6:.0f}M | {r['tokens_per_s'] / limit:.3f}x |")
+        for c, xs in raw_samples.items():
+            print(f"raw socket limit over the run, {c} client(s): {min(xs) / 1e6:.0f}-{max(xs) / 1e6:.0f}M tokens/s "
+                  f"(median {np.median(xs) / 1e6:.0f}M, {len(xs)} measurements)")
         for name in stacks[:1] if args.quick else stacks:
             print(f"\nper-request latency, small requests, {name} stack (median of 300, one client):")
             for what, us in small_latency(servers[name], raw_port, 300):

@@ -4,7 +4,7 @@ index, blend, shuffle, pack and mask run. Prints index build time and size on di
 start, p50/p99 batch latency at random steps in each phase, the epochs per language the plan
 implies, and the projection to a 1,024-GPU run.
 
-    python benchmarks/bench_scale.py [--requests 100] [--index-dir .cache/bench/index]
+    python benchmarks/bench_scale.py [--requests 100] [--cache .cache/bench]   # the index goes under --cache
 """
 
 from __future__ import annotations
