@@ -15,6 +15,15 @@ remembers the first one it sees (or the one a checkpoint was trained on) and rai
 other data. Amendments of the live curriculum do not change it: a batch's own build id (its
 metadata `build_id`) then also covers the amendments in force at its step, and its `run_id` is
 what the client checks. A replica still applying an amendment answers 503, which is retried.
+
+Journal check: two replicas of one run must also share one amendment journal, or they serve
+different batches under the same run id. So the client remembers the build id of every recent
+step's batch (and a checkpoint's last one), and the first time a replica serves it a batch after
+another source did, asks that replica (`GET /v1/schedule?step=t`) for the build id of t, the
+latest such earlier step: it must equal the one trained on, or `JournalMismatch` stops the run.
+The answer is final once the replica has served a later step: an amendment can only reach steps
+past every step already served (`curriculum.journal`), so the replica has applied every entry in
+force at t.
 """
 
 from __future__ import annotations
@@ -63,6 +72,23 @@ class BuildIdMismatch(SamplerError):
             "started with the run's manifest, recipe and seed, or start a new run (a fresh --checkpoint-dir)"
         )
         self.url, self.expected, self.got = url, expected, got
+
+
+class JournalMismatch(SamplerError):
+    """A replica serves an already trained step as another build: it does not share the run's
+    amendment journal (or its journal lost entries)."""
+
+    def __init__(self, url: str, step: int, expected: str, got: str, origin: str):
+        super().__init__(
+            f"server {url} serves step {step} as build {got}, but this run trained it as build {expected} "
+            f"({origin}): the replicas do not share one amendment journal, so they serve different batches "
+            "for the same steps. Start every replica with the same --journal (or resume where the run's "
+            "journal is), then rerun"
+        )
+        self.url, self.step, self.expected, self.got = url, step, expected, got
+
+
+_STEP_MEMORY = 256  # recent steps whose build ids the journal check remembers
 
 
 @dataclass(frozen=True)
@@ -167,6 +193,8 @@ class SamplerClient:
         self._lock = threading.Lock()
         self._active = 0
         self._down_until = [0.0] * len(self.urls)
+        self._steps: dict[int, tuple[str, str]] = {}  # step -> (its batch's build id, where it came from)
+        self._checked: set[tuple[str, int]] = set()  # (url, step) pairs the journal check passed
         self.stats = ClientStats()
         headers = {"User-Agent": "trainer-client"}
         token = token.strip() if token else token  # a secret file's trailing newline made every request fail
@@ -233,6 +261,40 @@ class SamplerClient:
             if self.build_id is not None and self.build_id != build_id:
                 raise BuildIdMismatch(self.urls[self._active], build_id, self.build_id, origin)
             self.build_id, self._build_origin = build_id, origin
+
+    def remember_step(self, step: int, build_id: str, source: str) -> None:
+        """Record the build id step `step` was trained as (`source`: a URL, or e.g. a checkpoint)."""
+        with self._lock:
+            self._steps[int(step)] = (str(build_id), source)
+            while len(self._steps) > _STEP_MEMORY:
+                del self._steps[min(self._steps)]
+
+    def _check_journal(self, url: str, step: int, variant: str | None) -> None:
+        """The journal check (module docstring) for `url`, which has just served `step`. Raises
+        JournalMismatch, or ValueError when the replica cannot answer (it then counts as failed)."""
+        with self._lock:
+            earlier = [t for t, (_, src) in self._steps.items() if t <= step and src != url]
+            if not earlier:
+                return
+            t = max(earlier)
+            expected, source = self._steps[t]
+            if (url, t) in self._checked:
+                return
+        params: dict[str, Any] = {"step": t}
+        if variant is not None:
+            params["variant"] = variant
+        try:
+            r = self._http.get(url + "/v1/schedule", params=params)
+        except httpx.TransportError as exc:
+            raise ValueError(f"checking step {t}'s build id: {type(exc).__name__}: {exc}") from None
+        if r.status_code != 200:
+            code, msg = _error_message(r)
+            raise ValueError(f"checking step {t}'s build id: HTTP {r.status_code} {code}: {msg}")
+        got = json_object(url, r, "build_id")["build_id"]
+        if got != expected:
+            raise JournalMismatch(url, t, expected, str(got), f"served by {source}")
+        with self._lock:
+            self._checked.add((url, t))
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                 json: Any = None, attempts: int | None = None, decode=None) -> tuple[str, Any]:
@@ -343,9 +405,13 @@ class SamplerClient:
                                      f"rank {md.get('rank')}/{md.get('world_size')}")
             if "variant" in md and md["variant"] != (variant or ""):
                 raise wire.WireError(f"asked for variant {variant!r}, the batch is of variant {md['variant']!r}")
+            self._check_journal(url, step, variant)
             return b
 
-        return self.request("GET", f"/v1/batches/{step}", params=params, decode=parse)[1]
+        url, batch = self.request("GET", f"/v1/batches/{step}", params=params, decode=parse)
+        if batch.metadata.get("build_id"):
+            self.remember_step(step, str(batch.metadata["build_id"]), url)
+        return batch
 
     def schedule(self, step: int) -> dict[str, Any]:
         """`GET /v1/schedule?step=`: the step's phase, sequence length, LR factor, ..."""

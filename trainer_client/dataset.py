@@ -140,6 +140,7 @@ class SamplerDataset(IterableDataset):
         self.variant, self.labels, self.compression = variant, labels, compression
         self.stats = DataStats()
         self._next_step = start_step
+        self._last_build: tuple[int, str] | None = None  # (step, build id) of the last batch handed out
         self._total_steps: int | None = None
 
     # -- state (torchdata StatefulDataLoader protocol) -------------------------------------
@@ -151,8 +152,11 @@ class SamplerDataset(IterableDataset):
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly after the last batch handed out."""
-        return {"version": STATE_VERSION, "next_step": self._next_step, "build_id": self.client.build_id,
-                "variant": self.variant, "rank": self.rank, "world_size": self.world_size}
+        out = {"version": STATE_VERSION, "next_step": self._next_step, "build_id": self.client.build_id,
+               "variant": self.variant, "rank": self.rank, "world_size": self.world_size}
+        if self._last_build is not None:  # the journal check on resume (client.py)
+            out["last_step"], out["last_build_id"] = self._last_build
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a `state_dict()`; the build id it names becomes the one the servers must serve.
@@ -165,6 +169,9 @@ class SamplerDataset(IterableDataset):
                              f"{self.variant!r}; pass the same --variant to resume")
         if state.get("build_id"):
             self.client.expect_build(str(state["build_id"]), "from the loaded dataset state")
+        if state.get("last_build_id") and state.get("last_step") is not None:
+            self._last_build = (int(state["last_step"]), str(state["last_build_id"]))
+            self.client.remember_step(*self._last_build, "the loaded dataset state")
         self._next_step = int(state["next_step"])
 
     # -- iteration ------------------------------------------------------------------------
@@ -187,8 +194,9 @@ class SamplerDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[TrainBatch]:
         wi = get_worker_info()
-        if wi is not None and wi.num_workers > 1:
-            raise RuntimeError("SamplerDataset prefetches with threads: use DataLoader(..., num_workers=0 or 1)")
+        if wi is not None:  # its position (state_dict) would advance in the worker, not here
+            raise RuntimeError("SamplerDataset prefetches with threads and keeps its position in this process: use "
+                               "DataLoader(..., num_workers=0)")
         stop = self.stop_step if self.stop_step is not None else self.total_steps()
         nxt = self._next_step
         pending: deque[tuple[int, Future[TrainBatch]]] = deque()
@@ -212,6 +220,7 @@ class SamplerDataset(IterableDataset):
                 refill()
                 self.stats.batches += 1
                 self._next_step = step + 1  # handed out = consumed, for state_dict()
+                self._last_build = (step, batch.build_id)
                 yield batch
         finally:
             for _, fut in pending:

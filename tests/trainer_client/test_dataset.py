@@ -25,7 +25,7 @@ import torch
 
 from trainer_client import wire
 from trainer_client.client import (
-    BuildIdMismatch, RetryPolicy, SamplerClient, SamplerRequestError, SamplerUnavailable, normalize_urls,
+    BuildIdMismatch, JournalMismatch, RetryPolicy, SamplerClient, SamplerRequestError, SamplerUnavailable, normalize_urls,
 )
 from trainer_client.dataset import SamplerDataset, to_train_batch
 
@@ -60,6 +60,12 @@ class FakeServer:
         self.build_ids = build_ids
         self.fail: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
+        self.amended: dict[str, int] = {}  # host -> from_step of an amendment in that host's journal
+
+    def step_build(self, host: str, step: int) -> str:
+        """A step's own build id: the run id, or the run id with the journal prefix in force."""
+        bid = self.build_ids[host]
+        return f"{bid}+j1" if host in self.amended and step >= self.amended[host] else bid
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         host, path = request.url.host, request.url.path
@@ -77,6 +83,8 @@ class FakeServer:
         if path == "/v1/recipe":
             return httpx.Response(200, json={"build_id": bid, "total_steps": TOTAL, "languages": len(LANGS), "phases": []},
                                   headers={"X-Build-Id": bid})
+        if path == "/v1/schedule" and "step" in request.url.params:
+            return httpx.Response(200, json={"build_id": self.step_build(host, int(request.url.params["step"]))})
         if path == "/v1/schedule":  # a server without variants: the variant= parameter is ignored
             return httpx.Response(200, json={"build_id": bid, "total_steps": TOTAL, "phases": [{"name": "a", "variant": None}]})
         if path == "/v1/progress":
@@ -92,7 +100,7 @@ class FakeServer:
             b = fake_batch(step, rank, world)
             info = SimpleNamespace(phase="a" if step < 8 else "b", phase_index=int(step >= 8), tau=0.7, mask_ratio=0.3,
                                    seq_len=b.input_ids.shape[1], lr_factor=0.5, global_batch=4, tokens_before=0, step=step)
-            data = wire.encode([(b, wire.batch_metadata(bid, info, rank, world))], LANGS)
+            data = wire.encode([(b, wire.batch_metadata(self.step_build(host, step), info, rank, world, run_id=bid))], LANGS)
             return httpx.Response(200, content=data, headers={"X-Build-Id": bid, "Content-Type": wire.MEDIA_TYPE})
         return httpx.Response(404, json={"error": "not_found", "message": path})
 
@@ -188,6 +196,32 @@ def test_a_replica_with_another_build_stops_the_client():
         client_for(srv, ["a", "b"], build_id="B1").check_replicas()
 
 
+def test_failover_onto_a_replica_with_another_journal_stops_the_client():
+    # Replica a amended the run from step 3, b never saw it (another --journal): same run id, but
+    # b serves steps 3.. unamended. Training on would switch curricula mid-run without a word.
+    srv = FakeServer({"a": "B1", "b": "B1"})
+    srv.amended["a"] = 3
+    c = client_for(srv, ["a", "b"])
+    assert [c.get_batch(s).metadata["build_id"] for s in range(5)] == ["B1"] * 3 + ["B1+j1"] * 2
+    srv.fail["a"] = "down"
+    with pytest.raises(JournalMismatch, match=r"server http://b:1 serves step 4 as build B1, but this run trained it "
+                                              r"as build B1\+j1 \(served by http://a:1\).*same --journal"):
+        c.get_batch(5)
+
+
+def test_failover_between_replicas_sharing_a_journal_is_checked_once():
+    srv = FakeServer({"a": "B1", "b": "B1"})
+    srv.amended.update(a=3, b=3)
+    c = client_for(srv, ["a", "b"])
+    for s in range(5):
+        c.get_batch(s)
+    assert not [p for _, p in srv.calls if p == "/v1/schedule"]  # one replica: nothing to check
+    srv.fail["a"] = "down"
+    srv.calls.clear()
+    assert [c.get_batch(s).metadata["step"] for s in (5, 6, 7)] == [5, 6, 7]
+    assert [(h, p) for h, p in srv.calls if p == "/v1/schedule"] == [("b", "/v1/schedule")]  # step 4, once
+
+
 def test_variant_the_server_ignores_is_an_error_not_silently_the_main_line():
     c = client_for(FakeServer({"a": "B1"}), ["a"])
     with pytest.raises(SamplerRequestError, match="asked for variant 'english-heavy', the schedule has none"):
@@ -266,10 +300,40 @@ def test_state_dict_resumes_exactly_after_the_last_batch_handed_out():
         next(iter(other))
 
 
+def test_resuming_on_a_replica_with_another_journal_stops():
+    # The state names the last batch's own build id: a replica whose journal lacks the amendment
+    # in force there (or has another) is refused at the first batch, not trained on.
+    srv = FakeServer({"a": "B1"})
+    srv.amended["a"] = 2
+    ds = dataset(srv, prefetch=2)
+    it = iter(ds)
+    assert [next(it).step for _ in range(4)] == [0, 1, 2, 3]
+    state = json.loads(json.dumps(ds.state_dict()))
+    it.close()
+    assert state["last_step"] == 3 and state["last_build_id"] == "B1+j1"
+    same = dataset(srv)
+    same.load_state_dict(state)
+    assert next(iter(same)).step == 4
+    unamended = dataset(FakeServer({"a": "B1"}))
+    unamended.load_state_dict(state)
+    with pytest.raises(JournalMismatch, match=r"serves step 3 as build B1, but this run trained it as build B1\+j1 "
+                                              r"\(served by the loaded dataset state\)"):
+        next(iter(unamended))
+
+
 def test_stop_step_and_a_torch_dataloader():
     ds = dataset(FakeServer({"a": "B1"}), start_step=3, stop_step=6)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0)
     assert [b.step for b in loader] == [3, 4, 5]
+
+
+def test_a_dataloader_worker_process_is_refused():
+    # In a worker process the position advances there, and state_dict() here stays at the start:
+    # a resume would repeat every batch. (num_workers=1 used to be allowed.)
+    ds = dataset(FakeServer({"a": "B1"}), start_step=3, stop_step=6)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1)
+    with pytest.raises(RuntimeError, match=r"num_workers=0"):
+        list(loader)
 
 
 def test_dataset_rejects_bad_arguments():
