@@ -375,9 +375,19 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
             "X-Batch-Start": str(start), "X-Batch-Count": str(count),
             "Cache-Control": "no-store"})
 
+    def phase_table(s: Sampler) -> list[dict]:
+        """The phases of `s` (a variant's too), as /v1/recipe and /v1/schedule list them."""
+        tl = s.timeline
+        return [{"name": p.name, "variant": p.variant, "start_step": s0, "steps": p.steps, "seq_len": p.seq_len,
+                 "batch_sequences": p.batch_sequences, "global_batch": p.batch_sequences, "batch_tokens": p.batch_tokens,
+                 "tokens": p.tokens, "tokens_start": t0,
+                 # so a trainer can check its world size against every step before it starts
+                 "warmup_steps": lay.warm_steps, "warmup_batch_sizes": sorted({int(b) for b in np.diff(lay.warm_first)})}
+                for p, s0, t0, lay in zip(s.recipe.phases, tl.phase_start, tl.tokens_start, tl.layouts)]
+
     @api.get("/v1/recipe")
     async def recipe() -> dict:
-        r, tl = sampler.recipe, sampler.timeline
+        tl = sampler.timeline
         return {
             "recipe": svc.recipe.model_dump(mode="json"), "fingerprint": svc.recipe.fingerprint(),
             "variant": sampler.variant, "variants": svc.recipe.variant_names(), "build_id": sampler.build_id,
@@ -385,12 +395,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
             "seed": sampler.seed, "manifest_fingerprint": sampler.manifest.fingerprint,
             "total_steps": sampler.total_steps, "total_tokens": tl.total_tokens, "languages": len(sampler.languages),
             "tokenizer": sampler.tokenizer.model_dump(mode="json"),
-            "phases": [{"name": p.name, "variant": p.variant, "start_step": s0, "steps": p.steps, "seq_len": p.seq_len,
-                        "batch_sequences": p.batch_sequences, "batch_tokens": p.batch_tokens, "tokens": p.tokens,
-                        # so a trainer can check its world size against every step before it starts
-                        "warmup_steps": lay.warm_steps,
-                        "warmup_batch_sizes": sorted({int(b) for b in np.diff(lay.warm_first)})}
-                       for p, s0, lay in zip(r.phases, tl.phase_start, tl.layouts)],
+            "phases": phase_table(sampler),
         }
 
     @api.get("/v1/schedule")
@@ -400,9 +405,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
             return {"build_id": s.build_id, "variant": s.variant, "total_steps": s.total_steps,
                     "total_tokens": s.timeline.total_tokens, "languages": len(s.languages),
                     "tokenizer": s.tokenizer.model_dump(mode="json"),
-                    "phases": [{"name": p.name, "variant": p.variant, "start_step": s0, "steps": p.steps,
-                                "seq_len": p.seq_len, "global_batch": p.batch_sequences, "tokens_start": t0}
-                               for p, s0, t0 in zip(s.recipe.phases, s.timeline.phase_start, s.timeline.tokens_start)]}
+                    "phases": phase_table(s)}
         try:
             info: StepInfo = s.schedule(step)
         except ScheduleError as exc:

@@ -308,15 +308,47 @@ def test_a_world_size_that_a_later_step_cannot_split_is_refused_at_start_up():
                "warmup_batch_sizes": [4, 8, 12]},
               {"name": "midtrain", "start_step": 100, "steps": 50, "batch_sequences": 15, "warmup_steps": 0,
                "warmup_batch_sizes": []}]
-    with pytest.raises(TrainError, match=r"2 ranks do not divide phase 'midtrain'.s global batch of 15 sequences, "
+    with pytest.raises(TrainError, match=r"2 ranks do not divide the global batch of 15 sequences of phase 'midtrain', "
                                          r"steps 100..149; use a world size that divides 15"):
         check_world_size(phases, 2, 0, 150)
     check_world_size(phases, 2, 0, 100)  # the run stops before midtrain
-    with pytest.raises(TrainError, match=r"8 ranks do not divide phase 'pretrain'.s global batch of 4 sequences \(a "
-                                         r"batch warm-up step\)"):
+    with pytest.raises(TrainError, match=r"8 ranks do not divide the global batch of 4 sequences of phase 'pretrain' "
+                                         r"\(a batch warm-up step\)"):
         check_world_size(phases, 8, 0, 100)
     check_world_size(phases, 8, 10, 100)  # resumed past the warm-up: only the full batch counts
     check_world_size(phases, 4, 0, 100)
+    # A phase table without batch sizes (a variant's used to be one) is not a pass.
+    with pytest.raises(TrainError, match="gives no batch size for phase 'midtrain'"):
+        check_world_size([phases[0], {"name": "midtrain", "start_step": 100, "steps": 50}], 2, 0, 150)
+
+
+def test_a_variants_phase_table_carries_the_batch_sizes(tmp_path):
+    # `trainer-client --variant` reads /v1/schedule?variant=; its table lacked batch_sequences and
+    # the warm-up sizes, so the world-size check skipped every phase of a variant run.
+    from fastapi.testclient import TestClient
+
+    from curriculum.randomcorpus import write_random_corpus
+    from sampler_server.app import create_app
+    from sampler_server.settings import ServerSettings
+
+    manifest = write_random_corpus(tmp_path / "m", {"aaa_Latn": 40_000, "bbb_Latn": 20_000}, seed=1, mean_doc_tokens=50,
+                                   shard_tokens=20_000)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        'name = "v"\n'
+        '[[phases]]\nname = "pretrain"\ntokens = 65536\nbatch_tokens = 4096\nseq_len = 128\nlanguages = "all"\n'
+        'tau = 0.7\nmask_ratio = 0.3\n'
+        '[[phases]]\nname = "decay"\ntokens = 24576\nbatch_tokens = 3072\nseq_len = 128\nlanguages = "all"\n'
+        'tau = 0.3\nmask_ratio = 0.1\n'
+        '[[phases.variants]]\nname = "all"\n[[phases.variants]]\nname = "one"\nlanguages = ["aaa_Latn"]\n'
+    )
+    app = create_app(ServerSettings(manifest=manifest, recipe=recipe, journal=tmp_path / "j.jsonl"))
+    with TestClient(app) as c:
+        main = c.get("/v1/recipe").json()["phases"]
+        for variant in ("all", "one"):
+            table = c.get("/v1/schedule", params={"variant": variant}).json()["phases"]
+            assert [p["batch_sequences"] for p in table] == [p["batch_sequences"] for p in main] == [32, 24]
+            assert all("warmup_batch_sizes" in p and "warmup_steps" in p for p in table)
 
 
 def test_init_from_starts_a_fresh_run_from_a_checkpoints_weights(data, servers, reference):
