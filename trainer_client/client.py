@@ -5,9 +5,10 @@ another replica or a later try may not share — connection refused or reset, ti
 body, HTTP 408/429/5xx, bytes that do not decode — is retried on the next URL of the list; when
 every URL has failed once, the client sleeps (exponential backoff with jitter) and starts another
 round, up to `RetryPolicy.attempts` rounds. A URL that failed is tried last for a cool-down period,
-so a dead replica does not cost a timeout per request. A 4xx other than 408/429 is the caller's
-mistake (a step past the end, a world size that does not divide the batch): it is raised at once
-with the server's message, never retried.
+so a dead replica does not cost a timeout per request. A 4xx other than 408/429 with a sampler-server's JSON
+error body is the caller's mistake (a step past the end, a world size that does not divide the
+batch): it is raised at once with the server's message, never retried. Any other error answer (a
+proxy's page, another service on that port) counts as a failed replica, in one line.
 
 Build id: `build_id` identifies manifest + recipe + seed (the server's run id). The client
 remembers the first one it sees (or the one a checkpoint was trained on) and raises
@@ -146,14 +147,25 @@ def normalize_urls(urls: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _error_message(r: httpx.Response) -> tuple[str, str]:
+def _sampler_error(r: httpx.Response) -> tuple[str, str] | None:
+    """(code, message) of a sampler-server's JSON error body; None for anything else."""
     try:
         body = r.json()
     except ValueError:
-        return "error", r.text[:200]
-    if not isinstance(body, dict):
-        return "error", r.text[:200]
-    return str(body.get("error", "error")), str(body.get("message", body))
+        return None
+    if not isinstance(body, dict) or "error" not in body:
+        return None
+    return str(body["error"]), str(body.get("message", body))
+
+
+def _error_message(r: httpx.Response) -> tuple[str, str]:
+    """(code, message) of an error response, on one line whatever the body (an HTML page too)."""
+    known = _sampler_error(r)
+    if known is not None:
+        return known
+    kind = r.headers.get("content-type", "no content type").split(";")[0]
+    text = " ".join(r.text.split())[:120]
+    return "error", f"not a sampler-server's answer ({kind}: {text!r}): is a sampler-server running there?"
 
 
 def json_object(url: str, r: httpx.Response, *need: str) -> dict[str, Any]:
@@ -203,7 +215,11 @@ class SamplerClient:
                 raise ValueError("the server token (--token / SAMPLER_TOKEN) holds whitespace or control characters; "
                                  "an HTTP header cannot carry it")
             headers["Authorization"] = f"Bearer {token}"
-        t = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        # A number is the read timeout (`--timeout`): connecting to a live server takes milliseconds,
+        # and a dead or black-holed replica must not cost a whole read timeout before failover.
+        t = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(
+            connect=min(DEFAULT_TIMEOUT.connect, float(timeout)), read=float(timeout),
+            write=max(DEFAULT_TIMEOUT.write, float(timeout)), pool=max(DEFAULT_TIMEOUT.pool, float(timeout)))
         self._http = httpx.Client(timeout=t, headers=headers, transport=transport,
                                   limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
 
@@ -320,7 +336,15 @@ class SamplerClient:
                     self._failed(i, errors[url])
                     continue
                 if r.status_code >= 400:
-                    code, msg = _error_message(r)
+                    known = _sampler_error(r)
+                    if known is None:  # a proxy's page or another service on that port: try the others
+                        code, msg = _error_message(r)
+                        errors[url] = f"HTTP {r.status_code} {code}: {msg}"
+                        self._failed(i, errors[url])
+                        continue
+                    code, msg = known
+                    if r.status_code in (401, 403):
+                        msg += " (trainer-client: --token or SAMPLER_TOKEN)"
                     raise SamplerRequestError(url, r.status_code, code, msg)
                 self.check_build(url, r.headers.get("x-run-id") or r.headers.get("x-build-id"))
                 if decode is not None:
@@ -376,7 +400,8 @@ class SamplerClient:
                 bid = json_object(url, r).get("build_id") if r.status_code == 200 else None
             except (httpx.TransportError, ValueError) as exc:
                 out[url] = f"unreachable ({type(exc).__name__})"
-                log.warning("sampler %s is unreachable at start-up; it will be tried again on failover", url)
+                self._failed(self.urls.index(url), f"unreachable at start-up ({type(exc).__name__}); it is tried last "
+                             "for a while and again on failover")
                 continue
             if bid is None:
                 out[url] = f"HTTP {r.status_code}"

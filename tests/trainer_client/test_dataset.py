@@ -158,6 +158,51 @@ def test_failover_to_the_next_url_and_stay_there():
     assert [h for h, _ in srv.calls] == ["b"]
 
 
+def test_another_service_on_a_port_is_a_failed_replica_named_in_one_line():
+    # python -m http.server on a replica's port: its HTML 404 page was raised at once (8 lines of
+    # HTML), and the healthy replica after it was never tried.
+    srv = FakeServer({"b": "B1"})
+
+    def with_a_web_server(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a":
+            return httpx.Response(404, text="<!DOCTYPE HTML>\n<html>\n<body>\n<h1>Not Found</h1>\n</body>\n</html>\n",
+                                  headers={"Content-Type": "text/html; charset=utf-8"})
+        return srv(request)
+
+    c = SamplerClient(["http://a:1", "http://b:1"], transport=httpx.MockTransport(with_a_web_server), retry=FAST, seed=0)
+    assert c.get_batch(2).metadata["step"] == 2 and c.active_url == "http://b:1"
+    only_a = SamplerClient(["http://a:1"], transport=httpx.MockTransport(with_a_web_server), retry=FAST, seed=0)
+    with pytest.raises(SamplerUnavailable) as err:
+        only_a.get_batch(2)
+    assert "\n" not in str(err.value)
+    assert "HTTP 404 error: not a sampler-server's answer (text/html: '<!DOCTYPE HTML> <html>" in str(err.value)
+    assert "is a sampler-server running there?" in str(err.value)
+
+
+def test_a_refused_token_says_how_to_pass_one():
+    def auth(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": "unauthorized", "message": "this server requires a bearer token"})
+
+    c = SamplerClient(["http://a:1"], transport=httpx.MockTransport(auth), retry=FAST, seed=0)
+    with pytest.raises(SamplerRequestError, match=r"HTTP 401 unauthorized: .*\(trainer-client: --token or SAMPLER_TOKEN\)"):
+        c.get_batch(0)
+
+
+def test_a_replica_unreachable_at_start_up_is_tried_last_and_timeout_is_the_read_timeout():
+    srv = FakeServer({"a": "B1", "b": "B1"})
+    srv.fail["a"] = "down"
+    c = client_for(srv, ["a", "b"])
+    assert c.check_replicas()["http://a:1"].startswith("unreachable")
+    srv.calls.clear()
+    c.get_batch(0)
+    assert [h for h, _ in srv.calls] == ["b"]  # not another connect attempt (and timeout) on a first
+    # --timeout 20: reads wait 20 s, connecting still gives up after 5 s (a black-holed replica
+    # cost 2 x 20 s before failover).
+    t = SamplerClient("http://a:1", timeout=20.0)._http.timeout
+    assert (t.connect, t.read) == (5.0, 20.0)
+    assert SamplerClient("http://a:1", timeout=2.0)._http.timeout.connect == 2.0
+
+
 @pytest.mark.parametrize("mode", ["timeout", "503", "garbage"])
 def test_timeouts_5xx_and_undecodable_bodies_are_retried_elsewhere(mode):
     srv = FakeServer({"a": "B1", "b": "B1"})
@@ -242,8 +287,8 @@ def test_a_server_answering_json_that_is_not_a_sampler_object_is_named_not_a_tra
         c.schedule(0) if not isinstance(body, dict) else c.info("v")
     out = c.check_replicas()
     assert set(out) == {"http://a:1"} and ("unreachable" in out["http://a:1"] or out["http://a:1"] == "HTTP 200")
-    with pytest.raises(SamplerRequestError, match="HTTP 404 error"):
-        c.request("GET", "/v1/nope")
+    with pytest.raises(SamplerUnavailable, match="HTTP 404 error: not a sampler-server's answer"):
+        c.request("GET", "/v1/nope")  # another service: a failed replica, not the caller's mistake
 
 
 def test_progress_reports_never_raise():
