@@ -51,10 +51,32 @@ def _die_with_parent() -> None:
         pass
 
 
+_LAUNCHED = "TRAINER_CLIENT_LAUNCHED"  # set in the ranks launch_local starts
+
+
+def resume_hint(argv: list[str]) -> str:
+    """How to go on after the run stopped, from its own --checkpoint-dir."""
+    ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--checkpoint-dir"),
+                next((a.split("=", 1)[1] for a in argv if a.startswith("--checkpoint-dir=")), None))
+    if ckpt is None:
+        return "no --checkpoint-dir was given, so a rerun starts from the beginning"
+    return f"rerun the same command to resume from the newest checkpoint in {ckpt}"
+
+
+def _how_it_ended(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    return f"exited with code {rc}"
+
+
 def launch_local(nproc: int, argv: list[str]) -> int:
-    """Start `nproc` ranks of `trainer-client <argv>` on this machine; the first failure stops the rest."""
+    """Start `nproc` ranks of `trainer-client <argv>` on this machine; the first failure stops the
+    rest and is reported (which rank, how, and how to resume)."""
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(nproc),
-               LOCAL_WORLD_SIZE=str(nproc))
+               LOCAL_WORLD_SIZE=str(nproc), **{_LAUNCHED: "1"})
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     procs = []
     for r in range(nproc):
@@ -62,6 +84,7 @@ def launch_local(nproc: int, argv: list[str]) -> int:
         procs.append(subprocess.Popen([sys.executable, "-m", "trainer_client.cli", *argv], env=e,
                                       preexec_fn=_die_with_parent))
     code = 0
+    ranks = {p.pid: r for r, p in enumerate(procs)}
     try:
         while procs:
             for p in list(procs):
@@ -70,15 +93,19 @@ def launch_local(nproc: int, argv: list[str]) -> int:
                     continue
                 procs.remove(p)
                 if rc != 0 and code == 0:
-                    code = rc
+                    code = rc if rc > 0 else 128 - rc  # a signal: the shell's convention
                     for q in procs:
                         q.terminate()
+                    if rc < 0:  # a rank that exits with a code has said why itself
+                        print(f"trainer-client: rank {ranks[p.pid]} (pid {p.pid}) {_how_it_ended(rc)}; stopped the "
+                              f"other ranks; {resume_hint(argv)}", file=sys.stderr)
             time.sleep(0.1)
     except KeyboardInterrupt:
         for q in procs:
             q.send_signal(signal.SIGINT)
         for q in procs:
             q.wait()
+        print(f"trainer-client: interrupted; {resume_hint(argv)}", file=sys.stderr)
         return 130
     return code
 
@@ -178,6 +205,10 @@ def train(
             raise
         typer.echo(f"trainer-client [rank {rank}]: {exc}", err=True)
         raise typer.Exit(2)
+    except KeyboardInterrupt:
+        if rank == "0" and _LAUNCHED not in os.environ:  # under launch_local, the launcher says it once
+            typer.echo(f"trainer-client: interrupted; {resume_hint(_state.get('argv') or sys.argv[1:])}", err=True)
+        raise typer.Exit(130)
     finally:
         shutdown()
     if summary is not None and rank == "0":

@@ -304,7 +304,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             if resume.get(key) != want:
                 raise TrainError(f"checkpoint {ckpt} was trained with {key}={resume.get(key)!r}, this run asks for "
                                  f"{want!r}; use the same setting or a fresh --checkpoint-dir")
-        if cfg.start_step is not None and cfg.start_step != resume["next_step"]:
+        # The same command again (its --start-step is where the run began) continues; another start does not.
+        if cfg.start_step is not None and cfg.start_step not in (resume["next_step"], resume.get("start_step")):
             raise TrainError(f"--start-step {cfg.start_step}, but checkpoint {ckpt} continues at step "
                              f"{resume['next_step']}; drop --start-step or use a fresh --checkpoint-dir")
     client.check_replicas(cfg.variant)
@@ -331,6 +332,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise TrainError(f"--start-step {cfg.start_step} is not before --steps {stop}: nothing would be trained")
     first = (resume["next_step"] if resume is not None else cfg.start_step if cfg.start_step is not None
              else int(read_trainer_json(init)["next_step"]) if init is not None else 0)
+    run_start = resume.get("start_step") if resume is not None else first  # recorded in every checkpoint
     check_world_size(info.phases, world, first, stop)
     peak_lr = cfg.lr if cfg.lr is not None else DEFAULT_PEAK_LR.get(cfg.model, 8e-4)
 
@@ -354,9 +356,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                             client=client)
         tokens_seen = int(meta.get("tokens", 0))
     start = ds.next_step
+    span = (f"steps {start}..{stop - 1} of {info.total_steps}" if start < stop
+            else f"already at step {start}, --steps is {stop}")
     _say(cfg, rank, f"trainer: build {client.build_id} from {client.active_url}; model {cfg.model} "
                     f"({n_params / 1e6:.2f}M parameters, attention {model.config._attn_implementation}) on "
-                    f"{world} x {device.type}; steps {start}..{stop - 1} of {info.total_steps}"
+                    f"{world} x {device.type}; {span}"
                     + (f"; resumed from {ckpt}" if ckpt else f"; initialised from {init}" if init else ""))
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
@@ -441,7 +445,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 lang_stats.zero_()
                 window = [0.0, 0.0, 0.0, 0]
             if cfg.checkpoint_dir is not None and (done % cfg.checkpoint_every == 0 or done == stop) and done != last_saved:
-                meta = {"next_step": done, "build_id": client.build_id, "variant": cfg.variant, "model": cfg.model,
+                meta = {"next_step": done, "start_step": run_start, "build_id": client.build_id, "variant": cfg.variant,
+                        "model": cfg.model,
                         "vocab_size": tok.vocab_size, "world_size": world, "tokens": tokens_seen,
                         "dataset": ds.state_dict(), "time": time.time(), "servers": client.urls}
                 path = save_checkpoint(cfg.checkpoint_dir, model, optim, meta, cfg.keep_checkpoints)

@@ -351,6 +351,18 @@ def test_a_variants_phase_table_carries_the_batch_sizes(tmp_path):
             assert all("warmup_batch_sizes" in p and "warmup_steps" in p for p in table)
 
 
+def test_the_same_command_with_its_start_step_resumes_and_another_start_is_refused(data, servers, reference):
+    # "Rerun the same command to resume" failed when that command had --start-step.
+    ckpt = data["tmp"] / "start-step-ckpt"
+    shutil.copytree(reference["ckpt"], ckpt)
+    same = run_cli(train_args(data, [servers["A"].url], "--checkpoint-dir", str(ckpt), "--start-step", "0"))
+    assert same.returncode == 0, same.stdout[-3000:] + same.stderr[-3000:]
+    assert f"already at step {TOTAL_STEPS}, --steps is {TOTAL_STEPS}" in same.stdout and "resumed from" in same.stdout
+    other = run_cli(train_args(data, [servers["A"].url], "--checkpoint-dir", str(ckpt), "--start-step", "5"))
+    assert other.returncode == 2 and f"--start-step 5, but checkpoint {ckpt / 'step_00000040'} continues at step 40" \
+        in other.stderr, other.stderr
+
+
 def test_init_from_starts_a_fresh_run_from_a_checkpoints_weights(data, servers, reference):
     """How a phase variant branches off the main line: weights and optimizer of a checkpoint, data
     from its next step, a new checkpoint directory (here the same build, so the losses must agree)."""

@@ -1,0 +1,50 @@
+"""The local launcher (`trainer-client train --nproc-per-node N`): how a run that stops says so."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import psutil
+
+from trainer_client.cli import launch_local, resume_hint
+
+
+def test_resume_hint_names_the_checkpoint_dir_or_says_a_rerun_starts_over():
+    assert resume_hint(["train", "--checkpoint-dir", "runs/a"]) == \
+        "rerun the same command to resume from the newest checkpoint in runs/a"
+    assert resume_hint(["train", "--checkpoint-dir=runs/b"]).endswith("in runs/b")
+    assert "starts from the beginning" in resume_hint(["train", "--server", "http://x:1"])
+
+
+def test_a_rank_killed_by_a_signal_is_named_and_the_exit_code_says_which(capfd):
+    # It exited 247 (-9 as a byte) with nothing on stderr.
+    with socket.socket() as hole:  # accepts and never answers: the ranks wait in their first request
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        url = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        out: dict[str, int] = {}
+        argv = ["train", "--server", url, "--model", "tiny", "--vocab-size", "100", "--checkpoint-dir", "ck/x"]
+        t = threading.Thread(target=lambda: out.setdefault("rc", launch_local(2, argv)))
+        t.start()
+        try:
+            me = psutil.Process()
+            deadline = time.time() + 120
+            ranks = []
+            while time.time() < deadline and len(ranks) < 2:
+                ranks = [c for c in me.children() if c.environ().get("RANK") in ("0", "1")]
+                time.sleep(0.1)
+            assert len(ranks) == 2, "the launcher did not start two ranks"
+            victim = next(c for c in ranks if c.environ()["RANK"] == "1")
+            os.kill(victim.pid, signal.SIGKILL)
+            t.join(60)
+        finally:
+            for c in psutil.Process().children(recursive=True):
+                c.kill()
+    assert not t.is_alive() and out["rc"] == 128 + signal.SIGKILL
+    err = capfd.readouterr().err
+    assert f"rank 1 (pid {victim.pid}) was killed by SIGKILL; stopped the other ranks; rerun the same command to " \
+           "resume from the newest checkpoint in ck/x" in err
