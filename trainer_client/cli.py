@@ -186,7 +186,7 @@ def train(
         argv = _strip_option(_state.get("argv") or sys.argv[1:], "--nproc-per-node")
         raise typer.Exit(launch_local(nproc_per_node, argv))
     logging.basicConfig(level=logging.WARNING, format=f"[rank {os.environ.get('RANK', '0')}] %(levelname)s %(name)s: %(message)s")
-    from trainer_client.client import SamplerError
+    from trainer_client.client import SamplerError, SamplerUnavailable
     from trainer_client.train import TrainConfig, TrainError, shutdown, summary_json
     from trainer_client.train import train as run_train
 
@@ -203,7 +203,9 @@ def train(
     except (SamplerError, TrainError, ValueError) as exc:
         if _state["debug"]:
             raise
-        typer.echo(f"trainer-client [rank {rank}]: {exc}", err=True)
+        # Mid-run, no replica answered: the run is resumable, so say how.
+        hint = f"; {resume_hint(_state.get('argv') or sys.argv[1:])}" if isinstance(exc, SamplerUnavailable) else ""
+        typer.echo(f"trainer-client [rank {rank}]: {exc}{hint}", err=True)
         raise typer.Exit(2)
     except KeyboardInterrupt:
         if rank == "0" and _LAUNCHED not in os.environ:  # under launch_local, the launcher says it once

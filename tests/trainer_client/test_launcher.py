@@ -48,3 +48,21 @@ def test_a_rank_killed_by_a_signal_is_named_and_the_exit_code_says_which(capfd):
     err = capfd.readouterr().err
     assert f"rank 1 (pid {victim.pid}) was killed by SIGKILL; stopped the other ranks; rerun the same command to " \
            "resume from the newest checkpoint in ck/x" in err
+
+
+def test_a_run_stopped_by_an_outage_says_how_to_resume(monkeypatch, capsys):
+    # "no sampler server answered ..." ended the run with exit 2 and no word about its checkpoints.
+    import trainer_client.train
+    from trainer_client import cli
+    from trainer_client.client import SamplerUnavailable
+
+    def outage(cfg):
+        raise SamplerUnavailable("GET /v1/batches/15: no sampler server answered after 8 round(s)")
+
+    monkeypatch.setattr(trainer_client.train, "train", outage)
+    argv = ["train", "--server", "http://127.0.0.1:9", "--model", "tiny", "--vocab-size", "100", "--checkpoint-dir", "ck/y"]
+    monkeypatch.setattr(cli, "_state", {**cli._state, "argv": argv, "debug": False})
+    assert cli.app(argv, standalone_mode=False) == 2  # click returns the exit code instead of exiting
+    err = capsys.readouterr().err
+    assert "no sampler server answered after 8 round(s); rerun the same command to resume from the newest " \
+           "checkpoint in ck/y" in err
