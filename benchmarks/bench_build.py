@@ -495,6 +495,7 @@ def big_rss(args: argparse.Namespace, tok_path: str) -> dict:
 
 
 def main() -> int:
+    global CACHE  # --cache replaces the default for every helper
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=40.0, help="MB of UTF-8 text for the throughput runs")
     ap.add_argument("--reps", type=int, default=2, help="repetitions of each build and peer; the best counts")
@@ -508,7 +509,6 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--cache", type=Path, default=CACHE, help="where the big file, its build and log go")
     args = ap.parse_args()
-    global CACHE
     CACHE = args.cache
     if args.quick:
         args.mb, args.reps, args.big_gb = 8.0, 1, 0.25

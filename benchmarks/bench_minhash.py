@@ -1,4 +1,4 @@
-"""MinHash signatures: our numba kernels vs datasketch.MinHash on the same shingles, same run.
+r"""MinHash signatures: our numba kernels vs datasketch.MinHash on the same shingles, same run.
 
     NUMBA_THREADING_LAYER=omp python benchmarks/bench_minhash.py [--mb 6] [--lsh-docs 100000]
 
