@@ -31,7 +31,7 @@ test: install system-deps
 demo: install
 	$(PY) -m curriculum.demo --out $(DEMO_OUT)
 
-# Every benchmark in a small mode (~10 min here once .cache/bench holds the generated inputs; the
+# Every benchmark in a small mode (~4 min here once .cache/bench holds the generated inputs; the
 # first run also writes a 10^8-token corpus and a 120 MB index). The README's tables come from
 # the full runs each section names.
 bench: install

@@ -406,6 +406,17 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
                     "total_tokens": s.timeline.total_tokens, "languages": len(s.languages),
                     "tokenizer": s.tokenizer.model_dump(mode="json"),
                     "phases": phase_table(s)}
+        # Read the journal first: another process of this replica (--workers, a balancer) may have
+        # served the step with an entry this one has not polled yet, and a trainer checks a trained
+        # step's build id here after a failover (trainer_client.client, the journal check). Every
+        # entry in force at an already served step is in the journal (the watermark rule).
+        try:
+            await anyio.to_thread.run_sync(svc.live.sync)
+        except JournalBroken as exc:
+            raise ApiError(503, "journal_broken", str(exc)) from None
+        except JournalUnavailable as exc:
+            raise ApiError(503, "journal_unavailable", f"{exc}; retry") from None
+        s = (await svc.build_async(variant)).sampler  # the amended build, if sync applied an entry
         try:
             info: StepInfo = s.schedule(step)
         except ScheduleError as exc:

@@ -167,7 +167,7 @@ def train(
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Vocabulary size, when the server does not report it."),
     token: Optional[str] = typer.Option(None, "--token", envvar="SAMPLER_TOKEN", help="Bearer token of the server (env SAMPLER_TOKEN)."),
     prefetch: int = typer.Option(4, "--prefetch", help="Batches fetched ahead of the one training."),
-    timeout: float = typer.Option(60.0, "--timeout", help="Seconds before a request to a server is given up (then retried)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for a server's answer before the request is retried elsewhere (connecting gives up after at most 5 s)."),
     attn: str = typer.Option("auto", "--attn", help="auto | flash_attention_2 | sdpa | eager."),
     seed: int = typer.Option(0, "--seed", help="Model initialisation seed."),
     run_name: str = typer.Option("", "--run-name", help="Shown with progress reports on the dashboard."),

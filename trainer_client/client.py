@@ -69,8 +69,9 @@ class BuildIdMismatch(SamplerError):
     def __init__(self, url: str, expected: str, got: str, origin: str):
         super().__init__(
             f"server {url} serves build {got}, but this run uses build {expected} ({origin}); "
-            "its batches would come from another manifest, recipe or seed. Point --server at replicas "
-            "started with the run's manifest, recipe and seed, or start a new run (a fresh --checkpoint-dir)"
+            "its batches would come from another manifest, recipe or seed, or a sampler-server whose masking rule "
+            "differs (sampler_server MASK_RULE_VERSION). Point --server at replicas started with the run's "
+            "manifest, recipe and seed on the run's sampler version, or start a new run (a fresh --checkpoint-dir)"
         )
         self.url, self.expected, self.got = url, expected, got
 

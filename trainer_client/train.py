@@ -487,16 +487,17 @@ def check_world_size(phases: list[dict], world: int, first: int, stop: int) -> N
         s0, n = int(p.get("start_step", 0)), int(p.get("steps", 0))
         if s0 + n <= first or s0 >= stop:
             continue
-        if "batch_sequences" not in p:  # skipping the check would let the run fail at that step, days in
+        full = p.get("batch_sequences", p.get("global_batch"))  # older servers' variant tables: global_batch only
+        if full is None:  # skipping the check would let the run fail at that step, days in
             raise TrainError(f"the server's phase table gives no batch size for phase {p.get('name')!r}, so the world "
                              "size cannot be checked: run a sampler-server of this trainer's version")
         warm = int(p.get("warmup_steps", 0))
-        sizes = ([int(b) for b in p.get("warmup_batch_sizes", [])] if first < s0 + warm else []) + [int(p["batch_sequences"])]
+        sizes = ([int(b) for b in p.get("warmup_batch_sizes", [])] if first < s0 + warm else []) + [int(full)]
         bad = [b for b in sizes if b % world]
         if bad:
             common = math.gcd(*sizes)
             raise TrainError(f"{world} ranks do not divide the global batch of {bad[0]} sequences of phase {p.get('name')!r}"
-                             + (" (a batch warm-up step)" if bad[0] != int(p["batch_sequences"]) else "")
+                             + (" (a batch warm-up step)" if bad[0] != int(full) else "")
                              + f", steps {s0}..{s0 + n - 1}; use a world size that divides {common}")
 
 

@@ -192,6 +192,20 @@ def test_two_replicas_never_serve_pre_amendment_bytes(manifest, recipe):
         assert b.get("/v1/batches/41").status_code == 200
 
 
+def test_a_replica_that_has_not_polled_answers_a_served_steps_build_id_from_the_journal(manifest, recipe):
+    # A trainer that fails over checks the last trained step's build id with the new replica
+    # (trainer_client's journal check). Another process of that replica (--workers, a balancer)
+    # may not have polled the journal yet: it answered the unamended id and stopped a healthy run.
+    with client(manifest, recipe, journal_poll=3600) as a, client(manifest, recipe, journal_poll=3600) as b:
+        assert b.get("/v1/schedule", params={"step": 16}).status_code == 200  # b's view before the amendment
+        assert a.post("/v1/amendments", json={"from_step": 15, "changes": {"pretrain": {"tau": 0.1}}},
+                      headers=AUTH).status_code == 201
+        served = fetch(a, 16).metadata["build_id"]
+        assert served != a.get("/v1/recipe").json()["run_id"]  # an amended step
+        answer = b.get("/v1/schedule", params={"step": 16}).json()
+        assert answer["build_id"] == served and answer["tau"] == pytest.approx(0.1)
+
+
 def test_loss_balance_policy_amends_within_its_bounds_and_replays(manifest, recipe):
     with client(manifest, recipe, policy="loss-balance", policy_every=5, policy_lookahead=3) as c:
         plan = c.get("/v1/mixture", params={"phase": "pretrain"}).json()

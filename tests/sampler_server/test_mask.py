@@ -384,3 +384,24 @@ def test_invalid_id_raises_wherever_it_is(value: int) -> None:
             bad[1, pos] = value
             with pytest.raises(ValueError, match="outside"):
                 run_kernel(bad, keys, np.full(2, ratio), is_special, pool)
+
+
+# The bytes of each masking rule version, pinned. When this fails the rule changed: masks of a
+# running job would change under the same run id, so bump MASK_RULE_VERSION (it is hashed into
+# the run id) and add the new version's digest here.
+RULE_DIGESTS = {2: "a663d60f8d2bb6d120d3f8a62dd3697a036c0df6c3f185af441a672795f9507e"}
+
+
+def test_the_masking_rule_is_pinned_to_its_version():
+    import hashlib
+
+    from sampler_server.kernels.mask import MASK_RULE_VERSION
+
+    rng = np.random.default_rng(9)
+    ids = rng.integers(0, 1000, (6, 37)).astype(np.int32)  # 37: neither a multiple of 4 nor of 32
+    is_special = np.zeros(1000, np.bool_)
+    is_special[[0, 1, 2, 3, 4, 500]] = True
+    keys = np.array([sequence_key(5, 1, g) for g in range(6)], np.uint64)
+    out, lab = mask_batch(ids, keys, np.array([0.0, 2**-16, 0.05, 0.3, 0.999, 1.0]), is_special, 4)
+    assert MASK_RULE_VERSION in RULE_DIGESTS, "a new MASK_RULE_VERSION needs its digest here"
+    assert hashlib.sha256(out.tobytes() + lab.tobytes()).hexdigest() == RULE_DIGESTS[MASK_RULE_VERSION]

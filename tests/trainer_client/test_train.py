@@ -317,9 +317,12 @@ def test_a_world_size_that_a_later_step_cannot_split_is_refused_at_start_up():
         check_world_size(phases, 8, 0, 100)
     check_world_size(phases, 8, 10, 100)  # resumed past the warm-up: only the full batch counts
     check_world_size(phases, 4, 0, 100)
-    # A phase table without batch sizes (a variant's used to be one) is not a pass.
+    # A phase table without batch sizes is not a pass; an older server's variant table (global_batch
+    # only) is checked on its full batch.
     with pytest.raises(TrainError, match="gives no batch size for phase 'midtrain'"):
         check_world_size([phases[0], {"name": "midtrain", "start_step": 100, "steps": 50}], 2, 0, 150)
+    with pytest.raises(TrainError, match="global batch of 15 sequences of phase 'midtrain'"):
+        check_world_size([phases[0], {"name": "midtrain", "start_step": 100, "steps": 50, "global_batch": 15}], 2, 0, 150)
 
 
 def test_a_variants_phase_table_carries_the_batch_sizes(tmp_path):
