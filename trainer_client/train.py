@@ -251,22 +251,49 @@ def batch_digest(b: TrainBatch) -> str:
 
 
 class _Logs:
-    """metrics.jsonl (rank 0) and batches.rank{r}.tsv; line-buffered so a kill -9 loses nothing written."""
+    """metrics.jsonl (rank 0) and batches.rank{r}.tsv; line-buffered so a kill -9 loses nothing written.
 
-    def __init__(self, log_dir: Path | None, rank: int):
+    Each step is logged once: a run starting (or resuming) at step `start` first drops the lines
+    of steps >= start that an earlier run wrote (they are trained again), and a cut last line."""
+
+    def __init__(self, log_dir: Path | None, rank: int, start: int = 0):
         self.metrics: TextIO | None = None
         self.batches: TextIO | None = None
         if log_dir is None:
             return
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.batches = open(log_dir / f"batches.rank{rank}.tsv", "a", encoding="utf-8", buffering=1)
+        batches = log_dir / f"batches.rank{rank}.tsv"
+        _keep_steps_before(batches, start, lambda line: int(line.split("\t", 1)[0]))
+        self.batches = open(batches, "a", encoding="utf-8", buffering=1)
         if rank == 0:
-            self.metrics = open(log_dir / "metrics.jsonl", "a", encoding="utf-8", buffering=1)
+            metrics = log_dir / "metrics.jsonl"
+            _keep_steps_before(metrics, start, lambda line: int(json.loads(line)["step"]))
+            self.metrics = open(metrics, "a", encoding="utf-8", buffering=1)
 
     def close(self) -> None:
         for f in (self.metrics, self.batches):
             if f is not None:
                 f.close()
+
+
+def _keep_steps_before(path: Path, start: int, step_of) -> None:
+    """Rewrite `path` (atomically) without its lines of steps >= start and its unfinished last line."""
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8")
+    lines = text[: text.rfind("\n") + 1].splitlines()  # a kill mid-write leaves a cut last line
+    kept = []
+    for line in lines:
+        try:
+            if step_of(line) < start:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # not a step line (edited by hand): keep it
+            kept.append(line)
+    if len(kept) == len(lines) and text.endswith("\n") or not text:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _say(cfg: TrainConfig, rank: int, msg: str) -> None:
@@ -364,7 +391,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     + (f"; resumed from {ckpt}" if ckpt else f"; initialised from {init}" if init else ""))
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
-    logs = _Logs(cfg.log_dir, rank)
+    logs = _Logs(cfg.log_dir, rank, start)
     reporter = ThreadPoolExecutor(1, thread_name_prefix="progress") if rank == 0 else None
     lang_stats: torch.Tensor | None = None  # [K, 2]: loss sum, count since the last report
     window = [0.0, 0.0, 0.0, 0]  # loss sum, count, seconds, tokens

@@ -66,3 +66,19 @@ def test_a_run_stopped_by_an_outage_says_how_to_resume(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "no sampler server answered after 8 round(s); rerun the same command to resume from the newest " \
            "checkpoint in ck/y" in err
+
+
+def test_logs_keep_each_step_once_across_a_resume(tmp_path):
+    from trainer_client.train import _Logs
+
+    (tmp_path / "metrics.jsonl").write_text("".join(f'{{"step": {s}, "loss": 1.0}}\n' for s in range(12)) + '{"step": 12, "lo')
+    (tmp_path / "batches.rank0.tsv").write_text("".join(f"{s}\tabc\n" for s in range(13)))
+    logs = _Logs(tmp_path, 0, start=10)  # resumed from the checkpoint at step 10
+    logs.metrics.write('{"step": 10, "loss": 2.0}\n')
+    logs.batches.write("10\tdef\n")
+    logs.close()
+    steps = [__import__("json").loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(11))  # 10 and 11 of the killed run dropped, the cut line too
+    assert (tmp_path / "batches.rank0.tsv").read_text().splitlines()[-2:] == ["9\tabc", "10\tdef"]
+    _Logs(tmp_path, 0, start=0).close()  # a fresh run from step 0 in the same directory
+    assert (tmp_path / "metrics.jsonl").read_text() == "" and (tmp_path / "batches.rank0.tsv").read_text() == ""
