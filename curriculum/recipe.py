@@ -11,7 +11,7 @@ import json
 import math
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
@@ -27,6 +27,7 @@ class _Model(BaseModel):
 # A number, never a bool or a numeric string: pydantic's lax mode reads JSON `true` as 1.0 and
 # "0.4" as 0.4, so a UI's checkbox or a quoted value in an amendment would change a phase.
 Number = Annotated[float, Strict()]
+Count = Annotated[int, Strict()]  # likewise: `true` is not 1, "64" is not 64
 
 
 class Anneal(_Model):
@@ -47,7 +48,7 @@ class TopN(_Model):
     top: Annotated[int, Strict(), Field(gt=0, le=1_000_000)]
 
 
-LanguageSelection = Union[Literal["all"], TopN, list[str]]
+LanguageSelection = Union[Literal["all"], TopN, Annotated[list[str], Field(min_length=1)]]
 
 
 class LRSchedule(_Model):
@@ -59,10 +60,21 @@ class LRSchedule(_Model):
     with x in [0, 1] the fraction of the decay done. Every shape ends exactly at `final_factor`.
     """
 
-    warmup_tokens: Annotated[float, Field(ge=0)] = 0.0
+    warmup_tokens: Annotated[Number, Field(ge=0)] = 0.0
     decay: Literal["none", "linear", "one_minus_sqrt", "inv_sqrt"] = "none"
-    decay_tokens: Annotated[float, Field(gt=0)] | None = None
-    final_factor: Annotated[float, Field(gt=0, le=1)] = 0.02
+    decay_tokens: Annotated[Number, Field(gt=0)] | None = None
+    final_factor: Annotated[Number, Field(gt=0, le=1)] = 0.02
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decay_settings_need_a_decay(cls, data: Any) -> Any:
+        # decay_tokens / final_factor under the default decay = "none" were accepted and ignored.
+        if isinstance(data, dict) and data.get("decay", "none") == "none":  # (a dumped phase carries the defaults)
+            given = [k for k, default in (("decay_tokens", None), ("final_factor", 0.02)) if data.get(k, default) != default]
+            if given:
+                raise ValueError(f"{' and '.join(given)} set, but decay is \"none\": they would be ignored; set decay "
+                                 "to \"linear\", \"one_minus_sqrt\" or \"inv_sqrt\", or drop them")
+        return data
 
     def factor(self, tokens_done: float, phase_tokens: float) -> float:
         """LR factor after `tokens_done` tokens of a phase of `phase_tokens`."""
@@ -84,7 +96,7 @@ class LRSchedule(_Model):
 
 
 MAX_PHASE_TOKENS = 1e15
-MAX_WARMUP_STEPS = 1_000_000  # the schedule keeps one entry per warm-up step (mmBERT's ramp: ~25k steps)
+MAX_WARMUP_STEPS = 1_000_000  # the schedule keeps one entry per warm-up step (mmBERT's ramp: ~66k steps)
 
 
 class BatchWarmup(_Model):
@@ -93,9 +105,9 @@ class BatchWarmup(_Model):
     of `multiple` (default: `min_sequences`), so any world size dividing `multiple` (and the full
     batch) splits every step of the ramp."""
 
-    tokens: Annotated[float, Field(gt=0)]
-    min_sequences: Annotated[int, Field(gt=0)]
-    multiple: Annotated[int, Field(gt=0)] | None = None
+    tokens: Annotated[Number, Field(gt=0)]
+    min_sequences: Annotated[Count, Field(gt=0)]
+    multiple: Annotated[Count, Field(gt=0)] | None = None
 
     @property
     def step_multiple(self) -> int:
@@ -107,14 +119,14 @@ class PhaseVariant(_Model):
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     description: str = ""
-    tokens: Annotated[float, Field(gt=0)] | None = None
+    tokens: Annotated[Number, Field(gt=0)] | None = None
     languages: LanguageSelection | None = None
     on_missing: Literal["error", "skip"] | None = None
     tau: Scalar | None = None
     mask_ratio: Scalar | None = None
-    max_epochs: Annotated[float, Field(gt=0)] | None = None
-    source_weights: dict[str, Annotated[float, Field(ge=0)]] | None = None
-    language_weights: dict[str, Annotated[float, Field(ge=0)]] | None = None
+    max_epochs: Annotated[Number, Field(gt=0)] | None = None
+    source_weights: dict[str, Annotated[Number, Field(ge=0)]] | None = None
+    language_weights: dict[str, Annotated[Number, Field(ge=0)]] | None = None
 
 
 class Phase(_Model):
@@ -123,18 +135,18 @@ class Phase(_Model):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     # At most 10^15 (mmBERT's whole run is 3·10^12): 1e30 was accepted, gave 2·10^26 steps, and a
     # request for a far step then walked the blend for hours and raised the watermark for good.
-    tokens: Annotated[float, Field(gt=0, le=MAX_PHASE_TOKENS, description="token budget of the phase")]
-    batch_tokens: Annotated[int, Field(gt=0, description="global batch size in tokens")]
-    seq_len: Annotated[int, Field(gt=1)]
+    tokens: Annotated[Number, Field(gt=0, le=MAX_PHASE_TOKENS, description="token budget of the phase")]
+    batch_tokens: Annotated[Count, Field(gt=0, description="global batch size in tokens")]
+    seq_len: Annotated[Count, Field(gt=1)]
     languages: LanguageSelection = "all"
     on_missing: Literal["error", "skip"] = "error"
     tau: Scalar = 1.0
     mask_ratio: Scalar = 0.15
-    max_epochs: Annotated[float, Field(gt=0)] | None = None
+    max_epochs: Annotated[Number, Field(gt=0)] | None = None
     lr: LRSchedule = LRSchedule()
-    source_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
-    language_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
-    anneal_segments: Annotated[int, Field(ge=1, le=4096)] = 16
+    source_weights: dict[str, Annotated[Number, Field(ge=0)]] = Field(default_factory=dict)
+    language_weights: dict[str, Annotated[Number, Field(ge=0)]] = Field(default_factory=dict)
+    anneal_segments: Annotated[Count, Field(ge=1, le=4096)] = 16
     batch_warmup: BatchWarmup | None = None
     variants: list[PhaseVariant] = Field(default_factory=list)
     variant: str | None = Field(None, description="set on a resolved phase: which variant it is")
@@ -271,6 +283,14 @@ class Recipe(_Model):
         if "current" in names:  # curriculum.amend.CURRENT: an amendment's key for the phase of its from_step
             raise ValueError("phase name 'current' is reserved (amendments use it for the phase containing their "
                              "from_step); rename the phase")
+        # A variant's own length moves every later phase's start step, per variant: the plan shows
+        # one schedule for the phases after it, so that would be wrong there (found by an audit).
+        for p in self.phases[:-1]:
+            longer = [v.name for v in p.variants if v.tokens is not None and v.tokens != p.tokens]
+            if longer:
+                raise ValueError(f"phase {p.name!r}: variant(s) {', '.join(longer)} set their own tokens, but phases "
+                                 "follow it, which would start at another step in each variant; give variants their "
+                                 "own tokens only in the last phase")
         return self
 
     def variant_names(self) -> dict[str, list[str]]:
@@ -298,7 +318,9 @@ class Recipe(_Model):
 
     @property
     def total_tokens(self) -> float:
-        return sum(p.tokens for p in self.phases)
+        """Tokens of the run as served by default: each phase with variants as its first variant
+        (a variant may set its own `tokens`; the phase's own is then only a template)."""
+        return sum(p.resolve().tokens for p in self.phases)
 
     def fingerprint(self) -> str:
         """Stable hash of the recipe's content (part of a batch's build id)."""
@@ -308,6 +330,11 @@ class Recipe(_Model):
 
 def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
     """Validate a recipe dict; errors name `source`, the phase and the field."""
+    phases = data.get("phases") if isinstance(data, dict) else None
+    for i, p in enumerate(phases if isinstance(phases, list) else []):
+        if isinstance(p, dict) and "variant" in p:  # set on a resolved phase only; [[phases.variant]] is a typo
+            raise RecipeError(f"recipe {source}: phase {p.get('name', i)!r} (phases[{i}]), field 'variant': not a recipe "
+                              "field (a resolved phase's label); variants are declared as [[phases.variants]]")
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
@@ -350,9 +377,13 @@ def _describe(exc: ValidationError, data: dict, source: str) -> str:
             where = f"phase {name!r} (phases[{idx}])" if name else f"phases[{idx}]"
             loc = loc[2:]
         field = _field_path(loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        if len(loc) >= 3 and loc[0] == "variants" and isinstance(loc[1], int) and err["type"] == "extra_forbidden":
+            allowed = ", ".join(k for k in PhaseVariant.model_fields if k != "name")
+            msg = f"a variant cannot set {loc[2]!r}; it may set {allowed} (the rest is the phase's)"
         parts = [p for p in (where, f"field {field!r}" if field else "") if p]
         key = f"{where}/{field.split('.')[0]}"
-        lines.append((key, len(field.split(".")) if field else 0, f"{', '.join(parts) or 'recipe'}: {err['msg']}"))
+        lines.append((key, len(field.split(".")) if field else 0, f"{', '.join(parts) or 'recipe'}: {msg}"))
     # A union reports one error per branch; keep only the deepest (most specific) per field.
     best: dict[str, int] = {}
     for key, depth, _ in lines:

@@ -55,7 +55,7 @@ class PhaseLayout:
 def _layout(tokens: float, batch: int, seq_len: int, w_tokens: float, w_min: int, w_mult: int) -> PhaseLayout:
     firsts = [0]
     if w_tokens > 0:
-        # O(warm-up steps) once per phase; mmBERT's 60B-token ramp is ~25k steps.
+        # O(warm-up steps) once per phase; mmBERT's 60B-token ramp is ~66k steps.
         done = 0
         while done * seq_len < w_tokens:
             raw = w_min + (batch - w_min) * (done * seq_len) / w_tokens

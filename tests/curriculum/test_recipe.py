@@ -82,6 +82,20 @@ def test_good_recipe_parses_all_forms(tmp_path):
         # Was clipped to the phase's 5e5 tokens without a word.
         (('final_factor = 0.02 }', 'final_factor = 0.02, decay_tokens = 6e5 }'),
          ["phase 'b'", "lr.decay_tokens (600000) exceeds the phase's tokens (500000)"]),
+        # Bools and numeric strings were coerced: `tokens = true` planned a 1-token phase.
+        (("tokens = 1e6", "tokens = true"), ["phase 'a'", "'tokens'", "valid number"]),
+        (("batch_tokens = 4096\nseq_len = 128", 'batch_tokens = "4096"\nseq_len = 128'), ["phase 'a'", "'batch_tokens'", "valid integer"]),
+        (("max_epochs = 4", "max_epochs = true"), ["phase 'b'", "'max_epochs'", "valid number"]),
+        (("max_epochs = 4", 'max_epochs = 4\nlanguage_weights = { fr = "3" }'), ["phase 'b'", "language_weights", "valid number"]),
+        # An empty list said "none of its languages is in the manifest" at plan time.
+        (('languages = ["fr", "deu_Latn"]', "languages = []"), ["phase 'b'", "languages", "at least 1 item"]),
+        # decay_tokens / final_factor without a decay were accepted and ignored.
+        (('lr = { decay = "inv_sqrt", final_factor = 0.02 }', "lr = { final_factor = 0.5 }"),
+         ["phase 'b'", "final_factor set, but decay is \"none\""]),
+        # The internal label of a resolved phase, or [[phases.variant]] for [[phases.variants]].
+        (("max_epochs = 4", 'max_epochs = 4\nvariant = "x"'), ["phase 'b' (phases[1]), field 'variant'", "[[phases.variants]]"]),
+        # pydantic's "Value error, " prefix leaked into every model-level message.
+        (("tau = 0.7", "tau = 1.7"), ["field 'tau': tau must be in [0, 1]"]),
     ],
 )
 def test_validation_errors_name_file_phase_and_field(tmp_path, edit, needles):
@@ -118,3 +132,51 @@ def test_lr_shapes_end_at_final_factor():
         assert all(x >= y - 1e-12 for x, y in zip(vals, vals[1:])), decay  # monotone after warm-up
     stable = LRSchedule(decay="linear", decay_tokens=20, final_factor=0.1)
     assert stable.factor(80, 100) == 1.0 and stable.factor(90, 100) == pytest.approx(0.55)
+
+
+VARIANTS = """
+name = "v"
+[[phases]]
+name = "pre"
+tokens = 1e6
+batch_tokens = 4096
+seq_len = 128
+[[phases]]
+name = "decay"
+tokens = 1e6
+batch_tokens = 4096
+seq_len = 128
+[[phases.variants]]
+name = "big"
+tokens = 4e6
+[[phases.variants]]
+name = "small"
+"""
+
+
+def test_variant_lengths_totals_and_what_a_variant_may_set(tmp_path):
+    r = load_recipe(write(tmp_path, VARIANTS))
+    assert r.total_tokens == 5e6  # the default variant's (was the phase template's 2e6)
+    assert r.resolve("small").total_tokens == 2e6
+    # A variant of an earlier phase may not change its length: the later phases would start at
+    # another step in each variant, and the plan shows one schedule for them.
+    bad = write(tmp_path, """
+name = "v"
+[[phases]]
+name = "pre"
+tokens = 1e6
+batch_tokens = 4096
+seq_len = 128
+[[phases.variants]]
+name = "x"
+tokens = 2e6
+[[phases]]
+name = "decay"
+tokens = 1e6
+batch_tokens = 4096
+seq_len = 128
+""")
+    with pytest.raises(RecipeError, match=r"phase 'pre': variant\(s\) x set their own tokens, but phases follow it"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match=r"a variant cannot set 'seq_len'; it may set description, tokens, languages"):
+        load_recipe(write(tmp_path, VARIANTS.replace('name = "small"', 'name = "small"\nseq_len = 256')))
