@@ -134,24 +134,13 @@ def test_lr_shapes_end_at_final_factor():
     assert stable.factor(80, 100) == 1.0 and stable.factor(90, 100) == pytest.approx(0.55)
 
 
-VARIANTS = """
-name = "v"
-[[phases]]
-name = "pre"
-tokens = 1e6
-batch_tokens = 4096
-seq_len = 128
-[[phases]]
-name = "decay"
-tokens = 1e6
-batch_tokens = 4096
-seq_len = 128
-[[phases.variants]]
-name = "big"
-tokens = 4e6
-[[phases.variants]]
-name = "small"
-"""
+def two_phases(pre: str = "", decay: str = "") -> str:
+    """A two-phase recipe with `pre` / `decay` appended to each phase's body (e.g. variants)."""
+    body = "tokens = 1e6\nbatch_tokens = 4096\nseq_len = 128\n"
+    return f'name = "v"\n[[phases]]\nname = "pre"\n{body}{pre}[[phases]]\nname = "decay"\n{body}{decay}'
+
+
+VARIANTS = two_phases(decay='[[phases.variants]]\nname = "big"\ntokens = 4e6\n[[phases.variants]]\nname = "small"\n')
 
 
 def test_variant_lengths_totals_and_what_a_variant_may_set(tmp_path):
@@ -160,22 +149,7 @@ def test_variant_lengths_totals_and_what_a_variant_may_set(tmp_path):
     assert r.resolve("small").total_tokens == 2e6
     # A variant of an earlier phase may not change its length: the later phases would start at
     # another step in each variant, and the plan shows one schedule for them.
-    bad = write(tmp_path, """
-name = "v"
-[[phases]]
-name = "pre"
-tokens = 1e6
-batch_tokens = 4096
-seq_len = 128
-[[phases.variants]]
-name = "x"
-tokens = 2e6
-[[phases]]
-name = "decay"
-tokens = 1e6
-batch_tokens = 4096
-seq_len = 128
-""")
+    bad = write(tmp_path, two_phases(pre='[[phases.variants]]\nname = "x"\ntokens = 2e6\n'))
     with pytest.raises(RecipeError, match=r"phase 'pre': variant\(s\) x set their own tokens, but phases follow it"):
         load_recipe(bad)
     with pytest.raises(RecipeError, match=r"a variant cannot set 'seq_len'; it may set description, tokens, languages"):
