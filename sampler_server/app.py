@@ -10,6 +10,7 @@ until the file is back. No request parameter is ever used to build a filesystem 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import logging
@@ -188,6 +189,8 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         if (denied := await _token_first(request)) is not None:
             return denied
         message, details = _describe_validation(exc)
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):  # unreadable, like the other bad bodies
+            return _error(400, "invalid_body", message, details=details)
         return _error(422, "invalid_request", message, details=details)
 
     @app.exception_handler(StarletteHTTPException)
@@ -257,27 +260,28 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     async def healthz() -> dict:
         return {"status": "ok", "build_id": sampler.build_id}
 
+    def problems() -> list[str]:
+        """Why this replica is not ready: failed shards, and a journal that cannot be applied or
+        read (it makes every step above the watermark a 503)."""
+        return list(svc.failed_shards.values()) + [x for x in (svc.live.error, svc.live.unavailable) if x]
+
     @app.api_route("/readyz", methods=["GET", "HEAD"])
     async def readyz() -> JSONResponse:
         if not svc.ready:
             await anyio.to_thread.run_sync(svc.recheck)  # S3 calls: never on the event loop
-        # A journal that cannot be applied makes every step above the watermark a 503: not ready.
-        journal = [x for x in (svc.live.error, svc.live.unavailable) if x]
-        ready = svc.ready and not journal
-        body = {"ready": ready, "build_id": sampler.build_id}
-        if not ready:
-            body["problems"] = list(svc.failed_shards.values()) + journal
-        return JSONResponse(body, status_code=200 if ready else 503)
+        bad = problems()
+        body = {"ready": not bad, "build_id": sampler.build_id}
+        if bad:
+            body["problems"] = bad
+        return JSONResponse(body, status_code=503 if bad else 200)
 
     # -- the dashboard page: the page needs the token (header or ?token=), its assets are code --
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    async def index(request: Request, token: str | None = None) -> Response:
-        if svc.token is not None and not _token_ok(token):
-            try:
-                await require_token(request)
-            except ApiError:
-                return _error(401, "unauthorized", "this dashboard needs the server's token: open /?token=<token>")
+    async def index() -> Response:
+        # The page holds no data (its script fetches everything with the token, and says so on a
+        # 401), so it needs no token itself: it used to, and a reload, after the script had moved
+        # ?token= from the address bar into sessionStorage, was a bare 401 page.
         body, media = static["index.html"]
         return Response(body, media_type=media, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
@@ -292,6 +296,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
 
     @api.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        svc.metrics.ready.set(0 if problems() else 1)  # as /readyz says: a broken journal too
         return Response(svc.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     @api.get("/v1/batches/{step}")
@@ -410,12 +415,10 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         # served the step with an entry this one has not polled yet, and a trainer checks a trained
         # step's build id here after a failover (trainer_client.client, the journal check). Every
         # entry in force at an already served step is in the journal (the watermark rule).
-        try:
+        # A journal that cannot be applied or read leaves the applied state, which is right for
+        # every step already served (the watermark rule); /readyz reports the problem.
+        with contextlib.suppress(JournalBroken, JournalUnavailable):
             await anyio.to_thread.run_sync(svc.live.sync)
-        except JournalBroken as exc:
-            raise ApiError(503, "journal_broken", str(exc)) from None
-        except JournalUnavailable as exc:
-            raise ApiError(503, "journal_unavailable", f"{exc}; retry") from None
         s = (await svc.build_async(variant)).sampler  # the amended build, if sync applied an entry
         try:
             info: StepInfo = s.schedule(step)

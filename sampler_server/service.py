@@ -351,7 +351,11 @@ class Service:
         s = build.sampler
         try:
             s.timeline.rank_slice(s.schedule(start), rank, world_size)
-            s.schedule(start + count - 1)
+            last = start + count - 1
+            if last >= s.total_steps:  # name what the client sent, not a step it never asked for
+                raise ApiError(400, "invalid_step", f"start {start} + count {count} runs to step {last}, past the last "
+                               f"step {s.total_steps - 1:,} of this run: from start {start}, count can be at most "
+                               f"{s.total_steps - start:,}")
             bad = s.timeline.first_unsplittable(start, start + count, world_size)
             if bad is not None:
                 s.timeline.rank_slice(s.schedule(bad), rank, world_size)  # raises, naming the step

@@ -7,7 +7,8 @@ const COLORS = ["#3b6ea8", "#e07b39", "#4c9a5f", "#b8474a", "#7a5fa8", "#8c6d46"
 const TAIL = "#a9b4c2", HOT = "#c0392b", CONSUMED = "#3b6ea8";
 const params = new URLSearchParams(location.search);
 // ?refresh=MS; anything that is not a number (a typo such as "2s" gave NaN: a 0 ms busy loop) is the default.
-const REFRESH_MS = (() => { const v = Number(params.get("refresh") || 2000); return Number.isFinite(v) ? Math.max(500, v) : 2000; })();
+// Bounded both ways: setTimeout reads its delay as a 32-bit int, so 2^31 ms wrapped to 0 (a busy loop).
+const REFRESH_MS = (() => { const v = Number(params.get("refresh") || 2000); return Number.isFinite(v) ? Math.min(Math.max(500, v), 3600000) : 2000; })();
 
 // The token arrives once as ?token=; keep it for this tab and take it out of the address bar.
 let token = params.get("token");
@@ -460,8 +461,11 @@ function showError(err) {
   const box = document.getElementById("error");
   if (!err) { box.hidden = true; return; }
   box.hidden = false;
-  box.textContent = err.status === 401 ? "This server needs its token: open the page as /?token=YOUR_TOKEN." : "Cannot reach the sampler: " + err.message;
+  box.textContent = typeof err === "string" ? err
+    : err.status === 401 ? "This server needs its token: open the page as /?token=YOUR_TOKEN." : "Cannot reach the sampler: " + err.message;
 }
+
+let lastLive = null;  // the last progress summary drawn (a resize redraws from it)
 
 let liveSignature = null;
 
@@ -475,6 +479,7 @@ function renderLiveAll(live) {
     return;
   }
   liveSignature = sig;
+  lastLive = live;
   renderKpis(live); renderBudgets(live); renderLive(live);
   document.body.dataset.reports = live.reports;
 }
@@ -496,7 +501,9 @@ async function refresh() {
       live = plan.live;
     }
     renderLiveAll(live);
-    showError(null);
+    // A journal that cannot be applied stops every replica past the watermark: say why, not
+    // only "not ready" with the reason in a tooltip.
+    showError(journal.error ? "The amendment journal cannot be applied: " + journal.error : null);
   } catch (err) { showError(err); }
   setTimeout(refresh, REFRESH_MS);
 }
@@ -516,7 +523,10 @@ async function start() {
   let resizeTimer = null;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => { renderMixtures(); renderEpochs(); }, 200);
+    resizeTimer = setTimeout(() => {
+      renderMixtures(); renderEpochs();
+      if (lastLive) { liveSignature = null; renderLiveAll(lastLive); }  // the budgets and live charts too
+    }, 200);
   });
   setTimeout(refresh, REFRESH_MS);
 }

@@ -415,3 +415,6 @@ def test_a_journal_the_run_cannot_apply_is_shown_and_curriculum_amend_checks_the
         ready = c.get("/readyz")  # was 200 {"ready": true}: a balancer kept routing to it
         assert ready.status_code == 503 and not ready.json()["ready"]
         assert any("cannot be applied" in x for x in ready.json()["problems"]), ready.json()
+        assert "sampler_ready 0.0" in c.get("/metrics").text  # was 1.0 while /readyz said 503
+        # A served step's schedule (a trainer's journal check after a failover) still answers.
+        assert c.get("/v1/schedule", params={"step": 3}).status_code == 200
