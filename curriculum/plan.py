@@ -171,20 +171,28 @@ def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: in
             "capped": capped,
         }
     )
-    tiny = table.filter(pl.col("allotted_tokens") < phase.seq_len)
+    warnings += allotment_warnings(phase.label, phase.seq_len, table)
+    return PhasePlan(phase, index, start_step, start_tokens, keys, available, segments, table, warnings)
+
+
+def allotment_warnings(label: str, seq_len: int, table: pl.DataFrame) -> list[str]:
+    """Warnings about a phase's allotments (columns language, allotted_tokens, epochs): languages
+    allotted less than one sequence, and languages repeated past EPOCH_WARNING epochs."""
+    out = []
+    tiny = table.filter(pl.col("allotted_tokens") < seq_len)
     if tiny.height:
-        warnings.append(
-            f"phase {phase.label!r}: {tiny.height} language(s) are allotted less than one {phase.seq_len}-token sequence; "
+        out.append(
+            f"phase {label!r}: {tiny.height} language(s) are allotted less than one {seq_len}-token sequence; "
             f"each sequence holds one language, so the sampler may serve them nothing"
         )
     over = table.filter(pl.col("epochs") > EPOCH_WARNING).sort("epochs", descending=True)
     if over.height:
         names = ", ".join(f"{r['language']} ({r['epochs']:.1f})" for r in over.head(5).iter_rows(named=True))
-        warnings.append(
-            f"phase {phase.label!r}: {over.height:,} language(s) repeated more than {EPOCH_WARNING:g} epochs: {names}"
+        out.append(
+            f"phase {label!r}: {over.height:,} language(s) repeated more than {EPOCH_WARNING:g} epochs: {names}"
             + (" ..." if over.height > 5 else "")
         )
-    return PhasePlan(phase, index, start_step, start_tokens, keys, available, segments, table, warnings)
+    return out
 
 
 def plan_recipe(recipe: Recipe, manifest: Manifest) -> list[PhasePlan]:

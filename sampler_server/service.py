@@ -15,12 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 from curriculum import storage
 from curriculum.amend import Amendment, AmendmentError, phase_allotments, phase_pieces
 from curriculum.errors import CurriculumError, RecipeError
-from curriculum.plan import PhasePlan, phase_summary
+from curriculum.plan import PhasePlan, allotment_warnings, phase_summary
 from curriculum.recipe import Recipe, load_recipe
 from curriculum.schedule import ScheduleError
 from curriculum.shards import ShardError, open_shard
@@ -175,7 +176,34 @@ def amended_mixture_json(view: dict, regs: list, plans: list, phase: int, availa
     L = regs[-1].recipe.phases[phase].seq_len
     pieces = [{"tau": plans[pc.regime][phase].segments[pc.segment].tau, "tokens": float((pc.stop - pc.start) * L),
                "regime": pc.regime} for pc in phase_pieces(regs, plans, phase)]
-    return {**view, "n_languages": len(langs), "languages": langs, "segments": pieces}
+    last = plans[-1][phase]  # its allotment warnings are the last regime's alone: recomputed from the sums
+    stale = set(allotment_warnings(last.phase.label, L, last.table))
+    fresh = allotment_warnings(last.phase.label, L, pl.DataFrame(
+        {"language": [r["language"] for r in langs], "allotted_tokens": [r["allotted_tokens"] for r in langs],
+         "epochs": [r["epochs"] for r in langs]}, schema={"language": pl.String, "allotted_tokens": pl.Float64,
+                                                          "epochs": pl.Float64}))
+    warnings = [w for w in view.get("warnings", []) if w not in stale] + fresh
+    return {**view, "n_languages": len(langs), "languages": langs, "segments": pieces, "warnings": warnings}
+
+
+def amended_plan_json(plan_json: dict, mixture: dict) -> dict:
+    """`phase_plan_json` of an amended phase, from its `amended_mixture_json` (the dashboard
+    showed the last regime's plan over the whole phase: other shares, epochs and warnings)."""
+    rows = mixture["languages"]  # heaviest first
+    top, rest = rows[:MIXTURE_BARS], rows[MIXTURE_BARS:]
+    by_size = sorted(rows, key=lambda r: (-r["available_tokens"], r["language"]))
+    epochs = [r["epochs"] for r in rows]
+    return {
+        **plan_json,
+        "n_languages": len(rows), "top10_share": float(sum(r["weight"] for r in rows[:10])),
+        "max_epochs_used": max(epochs, default=0.0), "capped_languages": sum(bool(r["capped"]) for r in rows),
+        "warnings": mixture["warnings"],
+        "top": [{k: v for k, v in r.items() if k != "source"} for r in top],
+        "tail": None if not rest else {"languages": len(rest), "weight": float(sum(r["weight"] for r in rest)),
+                                       "allotted_tokens": float(sum(r["allotted_tokens"] for r in rest))},
+        "epochs": {"language": [r["language"] for r in by_size], "available_tokens": [r["available_tokens"] for r in by_size],
+                   "epochs": [float(r["epochs"]) for r in by_size], "capped": [bool(r["capped"]) for r in by_size]},
+    }
 
 
 RECHECK_SECONDS = 30.0  # a failed shard is tried again (by /readyz) at most this often
@@ -216,8 +244,12 @@ class Build:
             available = {k: (int(t), src) for k, t, src in zip(ml["language"].to_list(), ml["tokens"].to_list(),
                                                                 ml["source"].to_list())}
             for i, p in enumerate(plans):
+                if len({pc.regime for pc in phase_pieces(st.regimes, st.plans, i)}) < 2:
+                    continue  # one regime's plan serves it all: its own numbers (re-summing moved an
+                    # untouched phase from budget to served tokens)
                 mixture_json[p.phase.name] = amended_mixture_json(mixture_json[p.phase.name], st.regimes, st.plans, i,
                                                                   available)
+                plans_json[i] = amended_plan_json(plans_json[i], mixture_json[p.phase.name])
         t0 = st.regimes[0].timeline  # the recipe's own timeline: what each phase would have served
         ends0 = list(t0.tokens_start[1:]) + [t0.total_tokens]
         original_json = ([phase_plan_json(p, int(b - a)) for p, a, b in zip(self.original_plans, t0.tokens_start, ends0)]

@@ -206,6 +206,23 @@ def test_a_replica_that_has_not_polled_answers_a_served_steps_build_id_from_the_
         assert answer["build_id"] == served and answer["tau"] == pytest.approx(0.1)
 
 
+def test_an_amendment_leaves_other_phases_mixtures_as_they_were_and_the_dashboard_shows_the_sums(manifest, recipe):
+    # Any amendment re-summed every phase from served tokens (pretrain's numbers moved), and the
+    # dashboard showed an amended phase's last plan, not what the phase serves.
+    with client(manifest, recipe) as c:
+        before = c.get("/v1/mixture", params={"phase": "pretrain"}).json()
+        assert c.post("/v1/amendments", json={"from_step": 45, "changes": {"midtrain": {"tau": 0.2}}},
+                      headers=AUTH).status_code == 201
+        assert c.get("/v1/mixture", params={"phase": "pretrain"}).json() == before
+        mid = c.get("/v1/mixture", params={"phase": "midtrain"}).json()
+        assert len({seg["regime"] for seg in mid["segments"]}) == 2  # two pieces, summed
+        dash = c.get("/v1/dashboard").json()["phases"][1]
+        weights = {r["language"]: r["weight"] for r in mid["languages"]}
+        assert all(r["weight"] == pytest.approx(weights[r["language"]]) for r in dash["top"])
+        assert dash["max_epochs_used"] == pytest.approx(max(r["epochs"] for r in mid["languages"]))
+        assert dash["warnings"] == mid["warnings"]
+
+
 def test_loss_balance_policy_amends_within_its_bounds_and_replays(manifest, recipe):
     with client(manifest, recipe, policy="loss-balance", policy_every=5, policy_lookahead=3) as c:
         plan = c.get("/v1/mixture", params={"phase": "pretrain"}).json()

@@ -177,7 +177,14 @@ def test_dashboard_marks_amendments(amended_url, chromium, tmp_path):
     assert not css(By.CSS_SELECTOR, '#mixtures .card[data-phase="decay:top6"] [data-amendment]')  # planned from the recipe
     bars = mid.find_elements(By.CSS_SELECTOR, 'svg[data-chart="mixture-midtrain"] rect.bar')
     ticks = mid.find_elements(By.CSS_SELECTOR, 'svg[data-chart="mixture-midtrain"] line.orig-share')
-    assert len(bars) == 8 and len(ticks) == 8  # top 8 now; each was among the recipe's top 10
+    # The phase as served: its 12 languages before A1 and its top 8 after, summed over both pieces
+    # as /v1/mixture and `plan --journal` count them (it showed the last plan's 8 alone): the top
+    # 10 and the rest as one bar, a tick for each of them that was among the recipe's top 10.
+    assert len(bars) == 11 and 8 <= len(ticks) <= 10
+    mixture = {r["language"]: r["weight"] for r in httpx.get(amended_url + "/v1/mixture", params={"phase": "midtrain"},
+                                                               headers=AUTH).json()["languages"]}
+    top = {r["language"]: r["weight"] for r in dash["phases"][1]["top"]}
+    assert len(top) == 10 and all(top[k] == pytest.approx(mixture[k]) for k in top)
     orig_mid = {r["language"]: r["weight"] for r in dash["original_phases"][1]["top"]}
     for t in ticks:
         assert float(t.get_attribute("data-value")) == pytest.approx(orig_mid[t.get_attribute("data-language")])
