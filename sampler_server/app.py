@@ -508,6 +508,20 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
     async def get_progress(limit: Limit = SERIES_POINTS) -> dict:
         return await anyio.to_thread.run_sync(svc.progress_summary, limit)
 
+    def current_variant_plans() -> list[dict]:
+        """The other variants' phases as they are served now: a variant's build, once made (an
+        amendment's admission makes every variant's), carries the amendments; until then the
+        recipe's plan is what it would serve. (The list was computed once at start-up, and a
+        variant's card kept its recipe τ after an amendment changed it.)"""
+        out = []
+        for entry in variant_plans:
+            built = svc.built(entry["variant"])
+            if built is None:
+                out.append(entry)
+                continue
+            out.append(next((p for p in built.refresh().plans_json if p["phase"] == entry["phase"]), entry))
+        return out
+
     @api.get("/v1/dashboard")
     async def dashboard() -> dict:
         return {
@@ -515,7 +529,7 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
             "seed": sampler.seed, "manifest": Path(storage.display(sampler.manifest.root)).name, "total_steps": sampler.total_steps,
             "total_tokens": sampler.timeline.total_tokens, "languages": len(sampler.languages),
             "epoch_warning": EPOCH_WARNING, "top_group": TOP_GROUP, "started": svc.started,
-            "phases": svc.default.refresh().plans_json, "variant_phases": variant_plans,
+            "phases": svc.default.refresh().plans_json, "variant_phases": current_variant_plans(),
             "original_phases": svc.default.original_json,
             "amendments": (await anyio.to_thread.run_sync(svc.live.describe))["amendments"],
             "live": await anyio.to_thread.run_sync(svc.progress_summary, SERIES_POINTS),

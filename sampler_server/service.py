@@ -327,6 +327,10 @@ class Service:
                 log.info("variant %r: build %s", variant, s.build_id)
         return self._builds[variant]
 
+    def built(self, variant: str | None) -> Build | None:
+        """The build of `variant` if one was made (never makes one)."""
+        return self._builds.get(variant)
+
     async def build_async(self, variant: str | None) -> Build:
         hit = self._builds.get(variant)
         return hit if hit is not None else await anyio.to_thread.run_sync(self.build, variant)

@@ -223,6 +223,21 @@ def test_an_amendment_leaves_other_phases_mixtures_as_they_were_and_the_dashboar
         assert dash["warnings"] == mid["warnings"]
 
 
+def test_a_variants_dashboard_card_follows_an_amendment(manifest, tmp_path):
+    # The other variants' cards were planned once at start-up: after an amendment set decay's τ
+    # to 0.5, `/v1/mixture?variant=` said 0.5 and the card still 0.3.
+    variants = {**SCALED_MMBERT, "phases": SCALED_MMBERT["phases"][:2] + [
+        {**SCALED_MMBERT["phases"][2], "variants": [{"name": "all"}, {"name": "top6", "languages": {"top": 6}}]}]}
+    recipe = write_recipe(tmp_path / "variants.toml", variants)
+    with client(manifest, recipe) as c:
+        card = lambda: next(p for p in c.get("/v1/dashboard").json()["variant_phases"] if p["name"] == "decay:top6")  # noqa: E731
+        assert card()["tau"] == pytest.approx(0.3)
+        assert c.post("/v1/amendments", json={"from_step": 45, "changes": {"decay": {"tau": 0.5}}},
+                      headers=AUTH).status_code == 201
+        served = c.get("/v1/mixture", params={"phase": "decay", "variant": "top6"}).json()
+        assert served["tau"] == pytest.approx(0.5) and card()["tau"] == pytest.approx(0.5)
+
+
 def test_loss_balance_policy_amends_within_its_bounds_and_replays(manifest, recipe):
     with client(manifest, recipe, policy="loss-balance", policy_every=5, policy_lookahead=3) as c:
         plan = c.get("/v1/mixture", params={"phase": "pretrain"}).json()
