@@ -76,8 +76,13 @@ def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], 
         return ranked["language"].head(sel.top).to_list(), warnings
     have = set(present["language"].to_list())
     keys: list[str] = []
+    named: dict[str, str] = {}
     for label in sel:
         key = _key(label, all_keys, phase, "languages")
+        if key in named:  # `en` and `eng_Latn` both: was merged silently (two weights for one are refused)
+            raise RecipeError(f"phase {phase.name!r}, field 'languages': {named[key]!r} and {label!r} are both {key}; "
+                              "list each language once", phase=phase.name, field="languages")
+        named[key] = label
         if key not in have:
             msg = f"phase {phase.name!r}: language {label!r} ({key}) is not in the manifest (or has no tokens)"
             if phase.on_missing == "error":
@@ -85,8 +90,7 @@ def select_languages(phase: Phase, languages: pl.DataFrame) -> tuple[list[str], 
                                   field="languages")
             warnings.append(msg + "; skipped")
             continue
-        if key not in keys:
-            keys.append(key)
+        keys.append(key)
     if not keys:
         raise RecipeError(f"phase {phase.name!r}: none of its languages is in the manifest", phase=phase.name,
                           field="languages")

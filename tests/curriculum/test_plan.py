@@ -111,6 +111,10 @@ def test_two_weights_for_one_language_are_refused(synth_1833):
              "language_weights": {"en": 2.0, "eng_Latn": 3.0}}
     with pytest.raises(RecipeError, match=r"'en' and 'eng_Latn' are both eng_Latn; give one weight per language"):
         plan_recipe(parse_recipe({"name": "a", "phases": [phase]}), read_manifest(synth_1833))
+    # The same language twice in a list was merged without a word; it is refused the same way.
+    listed = {**phase, "language_weights": {}, "languages": ["eng_Latn", "fra_Latn", "en"]}
+    with pytest.raises(RecipeError, match=r"field 'languages': 'eng_Latn' and 'en' are both eng_Latn; list each language once"):
+        plan_recipe(parse_recipe({"name": "a", "phases": [listed]}), read_manifest(synth_1833))
 
 
 def test_plan_json_lists_the_segments_and_skipped_weights_are_named(synth_1833, tmp_path):
