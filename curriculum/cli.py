@@ -270,11 +270,23 @@ def plan(
         if s["batch_warmup"]:
             w = s["batch_warmup"]
             console.print(f"batch warm-up: {w['min_sequences']:,} → {s['batch_sequences']:,} sequences over {_fmt(w['tokens'])} tokens (steps in multiples of {w['multiple']})")
+        mask = s["mask_ratio"] if isinstance(s["mask_ratio"], float) else f"{s['mask_ratio']['start']}→{s['mask_ratio']['end']}"
+        cap = "" if s["max_epochs"] is None else f" (cap {s['max_epochs']:g}" + (
+            f", {s['max_epochs'] / s['anneal_segments']:.3g} in each of the {s['anneal_segments']} τ segments)"
+            if s["anneal_segments"] > 1 else ")")
         console.print(
-            f"{s['n_languages']:,} languages · τ={tau} · batch {s['batch_sequences']:,}×{s['seq_len']:,} · "
+            f"{s['n_languages']:,} languages · τ={tau} · mask {mask} · batch {s['batch_sequences']:,}×{s['seq_len']:,} · "
             f"top-10 share {s['top10_share']:.1%} · tail ({s['tail_languages']:,} langs) {s['tail_share']:.1%} · "
-            f"max epochs {s['max_epochs_used']:.2f}" + (f" · {s['capped_languages']} capped" if s["capped_languages"] else "")
+            f"max epochs used {s['max_epochs_used']:.2f}{cap}"
+            + (f" · {s['capped_languages']:,} capped" if s["capped_languages"] else "")
         )
+        lr = s["lr"]
+        if lr["warmup_tokens"] or lr["decay"] != "none":
+            decay = ("" if lr["decay"] == "none" else
+                     f"{lr['decay']} decay to {lr['final_factor']:g}× over "
+                     f"{'the last ' + _fmt(lr['decay_tokens']) + ' tokens' if lr['decay_tokens'] else 'the whole phase'}")
+            console.print("LR (× peak): " + "; ".join(x for x in (
+                f"linear warm-up over {_fmt(lr['warmup_tokens'])} tokens" if lr["warmup_tokens"] else "", decay) if x))
         table = Table(show_header=True, header_style="bold", box=None)
         for col in ("language", "available", "share", "allotted", "epochs"):
             table.add_column(col, justify="left" if col == "language" else "right")

@@ -248,6 +248,8 @@ def phase_summary(plan: PhasePlan) -> dict:
         "tau": tau,
         "mask_ratio": mask,
         "max_epochs": p.max_epochs,
+        "lr": p.lr.model_dump(),
+        "anneal_segments": p.anneal_segments if p.annealed else 1,
         "n_languages": t.height,
         "top10_share": top10,
         "tail_share": 1.0 - top10,

@@ -48,7 +48,7 @@ def _summary_table(plans: list[PhasePlan]) -> str:
         )
     head = (
         "<tr><th>phase</th><th>tokens</th><th>steps</th><th>first step</th><th>batch (seq × len)</th>"
-        "<th>languages</th><th>τ</th><th>mask</th><th>top-10 share</th><th>tail share</th><th>max epochs</th></tr>"
+        "<th>languages</th><th>τ</th><th>mask</th><th>top-10 share</th><th>tail share</th><th>max epochs used</th></tr>"
     )
     return f'<table id="summary">{head}{"".join(rows)}</table>'
 

@@ -130,3 +130,18 @@ def test_plan_json_lists_the_segments_and_skipped_weights_are_named(synth_1833, 
     assert all(s["tokens"] == pytest.approx(2.5e10) and s["max_epochs"] == 2.0 for s in p["segments"])
     assert any("language_weights names 'de' (deu_Latn), which is not among the phase's languages; ignored" in w
                for w in p["warnings"]), p["warnings"]
+
+
+def test_the_plan_table_shows_mask_lr_and_how_a_cap_applies(synth_1833, tmp_path):
+    # The text plan showed τ but not the mask ratio, never the LR schedule, and "max epochs"
+    # (the most used) read like the recipe's cap, which an annealed τ applies per segment.
+    from conftest import run_cli
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "r"\n[[phases]]\nname = "p"\ntokens = 1e10\nbatch_tokens = 1048576\nseq_len = 1024\n'
+                      'languages = { top = 20 }\ntau = { start = 0.7, end = 0.3 }\nmask_ratio = 0.3\nmax_epochs = 2\n'
+                      'anneal_segments = 4\nlr = { warmup_tokens = 1e9, decay = "linear", final_factor = 0.1 }\n')
+    out = run_cli("plan", str(recipe), "--manifest", str(synth_1833)).stdout
+    assert "mask 0.3" in out and "max epochs used" in out
+    assert "(cap 2, 0.5 in each of the 4 τ segments)" in out
+    assert "LR (× peak): linear warm-up over 1B tokens; linear decay to 0.1× over the whole phase" in out
