@@ -124,7 +124,8 @@ class PhaseVariant(_Model):
     on_missing: Literal["error", "skip"] | None = None
     tau: Scalar | None = None
     mask_ratio: Scalar | None = None
-    max_epochs: Annotated[Number, Field(gt=0)] | None = None
+    # 0: no cap, removing the phase's (TOML has no null to unset an inherited field).
+    max_epochs: Annotated[Number, Field(ge=0)] | None = None
     source_weights: dict[str, Annotated[Number, Field(ge=0)]] | None = None
     language_weights: dict[str, Annotated[Number, Field(ge=0)]] | None = None
 
@@ -223,6 +224,8 @@ class Phase(_Model):
                 f"phase {self.name!r} has no variant {variant!r}; variants: {', '.join(v.name for v in self.variants)}"
             )
         over = {k: v for k, v in chosen.model_dump(exclude={"name", "description"}).items() if v is not None}
+        if over.get("max_epochs") == 0:
+            over["max_epochs"] = None
         data = {**self.model_dump(exclude={"variants"}), **over, "variant": chosen.name}
         return Phase.model_validate(data)
 

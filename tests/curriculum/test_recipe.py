@@ -154,3 +154,10 @@ def test_variant_lengths_totals_and_what_a_variant_may_set(tmp_path):
         load_recipe(bad)
     with pytest.raises(RecipeError, match=r"a variant cannot set 'seq_len'; it may set description, tokens, languages"):
         load_recipe(write(tmp_path, VARIANTS.replace('name = "small"', 'name = "small"\nseq_len = 256')))
+
+
+def test_a_variant_can_drop_the_phases_epoch_cap(tmp_path):
+    # TOML has no null: max_epochs = 0 in a variant was "greater than 0" and the cap could not go.
+    r = load_recipe(write(tmp_path, two_phases(decay='max_epochs = 3\n[[phases.variants]]\nname = "capped"\n'
+                                                      '[[phases.variants]]\nname = "free"\nmax_epochs = 0\n')))
+    assert r.resolve("capped").phases[1].max_epochs == 3 and r.resolve("free").phases[1].max_epochs is None
