@@ -131,7 +131,7 @@ function lineChart(points, { id, width = 560, height = 220, color = COLORS[0], x
   }
   s.appendChild(el("line", { class: "axis", x1: L, x2: L + W, y1: T + H, y2: T + H }));
   for (const t of niceTicks(x0, x1, 5)) {
-    if (t < x0 || t > x1) continue;
+    if (t < x0 || t > x1 || !Number.isInteger(t)) continue;  // x is a count (tokens): no "0.5" ticks
     s.appendChild(el("text", { x: X(t), y: T + H + 17, "text-anchor": "middle" }, xFmt(t)));
   }
   const d = points.map((p, i) => (i ? "L" : "M") + X(p.x).toFixed(1) + "," + Y(p.y).toFixed(1)).join("");
