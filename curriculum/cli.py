@@ -73,6 +73,11 @@ def _fmt(x: float) -> str:
     return fmt_tokens(x)
 
 
+def _count(n: float, word: str, text: str | None = None) -> str:
+    """'1 step', '540,720 steps' (`text`: how to write n, default with thousands separators)."""
+    return f"{text if text is not None else f'{n:,}'} {word}{'' if n == 1 else 's'}"
+
+
 def _change_text(field: str, value: object) -> str:
     """One change, short: multipliers of many languages are summarized by the largest moves."""
     if field == "language_weights" and isinstance(value, dict) and len(value) > 4:
@@ -266,7 +271,8 @@ def plan(
     for p in plans:
         s = phase_summary(p)
         tau = s["tau"] if isinstance(s["tau"], float) else f"{s['tau']['start']}→{s['tau']['end']}"
-        console.rule(f"[bold]{s['name']}[/]  {_fmt(s['tokens'])} tokens · {s['steps']:,} steps from {s['start_step']:,}")
+        console.rule(f"[bold]{s['name']}[/]  {_count(s['tokens'], 'token', _fmt(s['tokens']))} · "
+                     f"{_count(s['steps'], 'step')} from {s['start_step']:,}")
         if s["batch_warmup"]:
             w = s["batch_warmup"]
             console.print(f"batch warm-up: {w['min_sequences']:,} → {s['batch_sequences']:,} sequences over {_fmt(w['tokens'])} tokens (steps in multiples of {w['multiple']})")
@@ -275,7 +281,7 @@ def plan(
             f", {s['max_epochs'] / s['anneal_segments']:.3g} in each of the {s['anneal_segments']} τ segments)"
             if s["anneal_segments"] > 1 else ")")
         console.print(
-            f"{s['n_languages']:,} languages · τ={tau} · mask {mask} · batch {s['batch_sequences']:,}×{s['seq_len']:,} · "
+            f"{_count(s['n_languages'], 'language')} · τ={tau} · mask {mask} · batch {s['batch_sequences']:,}×{s['seq_len']:,} · "
             f"top-10 share {s['top10_share']:.1%} · tail ({s['tail_languages']:,} langs) {s['tail_share']:.1%} · "
             f"max epochs used {s['max_epochs_used']:.2f}{cap}"
             + (f" · {s['capped_languages']:,} capped" if s["capped_languages"] else "")
