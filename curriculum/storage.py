@@ -66,9 +66,15 @@ def local_path(location: str | Path) -> Path:
 
 
 def display(location: str | Path) -> str:
-    """The location without its query string (for messages: short, and the same for every endpoint)."""
+    """The location without its query string (for messages: short, and the same for every
+    endpoint) and without any user:password in it."""
     s = str(location)
-    return s.split("?", 1)[0] if is_remote(s) else s
+    if not is_remote(s):
+        return s
+    s = s.split("?", 1)[0]
+    scheme, sep, rest = s.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}" if "@" in host else s
 
 
 def join(location: str | Path, rel: str) -> str | Path:
@@ -105,6 +111,10 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
     if not is_remote(location):
         return pafs.LocalFileSystem(), str(local_path(location).absolute())
     parts = urlsplit(str(location))
+    if parts.username is not None or parts.password is not None:  # pyarrow would use them, and messages show URIs
+        raise StorageError(f"{display(location)}: credentials in the URI (user:password@) are refused: they would "
+                           "appear in logs, error bodies and the journal's run record; use the store's environment "
+                           "variables or credential files (AWS_ACCESS_KEY_ID, ...)")
     if "//" in parts.path:  # pyarrow failed later, mid-build, with "Empty path component"
         raise StorageError(f"{display(location)}: an empty path component (a double slash); write the prefix with "
                            "single slashes")

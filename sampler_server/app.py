@@ -53,6 +53,17 @@ log = logging.getLogger("sampler_server")
 
 STATIC_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "index.html": "text/html"}
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # the CLI's, for every worker of --workers N
+_TOKEN_IN_QUERY = re.compile(r"(?i)([?&]token=)[^&\s]*")
+
+
+class RedactTokens(logging.Filter):
+    """Access-log lines show `?token=***`: a dashboard opened as /?token=… put the secret in the
+    log (the page now takes it as a #fragment, which browsers never send; old links still work)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a.lower() for a in record.args):
+            record.args = tuple(_TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
 STREAM_PUBLISH_WINDOW = 16  # /v1/stream raises the amendment watermark this many of its steps at a time
 PLAIN_INT = re.compile(rf"-?[0-9]{{1,{MAX_DIGITS}}}")
 
@@ -133,6 +144,9 @@ def _query_names(route: object) -> tuple[str, ...]:
 def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> FastAPI:
     """The FastAPI app for one manifest + recipe + seed. Builds (and checks) the Sampler of the
     default variant unless one is given; raises StartupError when the inputs cannot be served."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
     sampler = sampler if sampler is not None else open_sampler(settings)
     if not hasattr(sampler, "journal"):  # a Sampler made by the caller: attach the journal here
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import sys
@@ -134,9 +135,13 @@ def serve(
             raise
         _fail(str(exc))
     http_impl, loop_impl = resolve_stack(settings.http, settings.loop)
+    if not settings.token_value and not _loopback(settings.host):  # e.g. the image's 0.0.0.0, published with -p
+        typer.echo(f"sampler-server: warning: serving on {settings.host} without a token: anyone who can reach this "
+                   "port reads every batch and can move the amendment watermark; set SAMPLER_TOKEN (or --token)",
+                   err=True)
     url = f"http://{settings.host}:{settings.port}/"
     typer.echo(f"sampler-server: serving {settings.recipe} on {url} (dashboard: {url}"
-               f"{'?token=…' if settings.token_value else ''}; HTTP {http_impl}, event loop {loop_impl})", err=True)
+               f"{'#token=…' if settings.token_value else ''}; HTTP {http_impl}, event loop {loop_impl})", err=True)
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, access_log=settings.access_log,
                   http=http_impl, loop=loop_impl)
     if application is not None:
@@ -146,6 +151,15 @@ def serve(
     # threading layer is not fork-safe); each builds its app from the SAMPLER_* environment.
     os.environ.update(worker_environment(settings))
     uvicorn.run("sampler_server.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 def worker_environment(settings) -> dict[str, str]:

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 TOP_GROUP = 10  # a phase's top languages by weight form the "top" group, the rest the "tail"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class Metrics:
@@ -78,6 +79,8 @@ class MetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             m = self.metrics
-            m.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
+            # Only known methods: a client's made-up method names (h11 accepts them) grew the registry for good.
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            m.requests.labels(route=route, method=method, status=str(status)).inc()
             m.bytes.labels(route=route).inc(sent)
             m.request_seconds.labels(route=route).observe(time.perf_counter() - t0)

@@ -10,13 +10,16 @@ const params = new URLSearchParams(location.search);
 // Bounded both ways: setTimeout reads its delay as a 32-bit int, so 2^31 ms wrapped to 0 (a busy loop).
 const REFRESH_MS = (() => { const v = Number(params.get("refresh") || 2000); return Number.isFinite(v) ? Math.min(Math.max(500, v), 3600000) : 2000; })();
 
-// The token arrives once as ?token=; keep it for this tab and take it out of the address bar.
-let token = params.get("token");
+// The token arrives once as #token= (a fragment: browsers never send it, so no access log or
+// proxy sees it; ?token= still works, but the server then receives it); keep it for this tab and
+// take it out of the address bar.
+const hash = new URLSearchParams(location.hash.slice(1));
+let token = hash.get("token") || params.get("token");
 if (token) {
   sessionStorage.setItem("sampler-token", token);
-  params.delete("token");
-  const rest = params.toString();
-  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+  params.delete("token"); hash.delete("token");
+  const rest = params.toString(), frag = hash.toString();
+  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + (frag ? "#" + frag : ""));
 } else {
   token = sessionStorage.getItem("sampler-token");
 }
@@ -462,7 +465,7 @@ function showError(err) {
   if (!err) { box.hidden = true; return; }
   box.hidden = false;
   box.textContent = typeof err === "string" ? err
-    : err.status === 401 ? "This server needs its token: open the page as /?token=YOUR_TOKEN." : "Cannot reach the sampler: " + err.message;
+    : err.status === 401 ? "This server needs its token: open the page as /#token=YOUR_TOKEN." : "Cannot reach the sampler: " + err.message;
 }
 
 let lastLive = null;  // the last progress summary drawn (a resize redraws from it)

@@ -307,3 +307,22 @@ def test_the_policy_lease_goes_to_one_holder_at_a_time(path):
     assert j.hold_policy("A", ttl=60)["holder"] == "B"
     j.policy_path.write_text("{torn")
     assert j.hold_policy("A", ttl=60) is None  # an unreadable record holds nothing
+
+
+def test_the_watermark_is_written_through_a_fresh_temp_file(tmp_path):
+    # It went through `.NAME.PID`: in a shared directory another user could plant a symlink under
+    # that predictable name and have a replica write through it.
+    import os
+
+    path = tmp_path / "j.jsonl"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    planted = tmp_path / f".{path.name}.watermark.{os.getpid()}"
+    planted.symlink_to(victim)
+    j = Journal(path)
+    j.publish(7)
+    assert victim.read_text() == "keep me\n" and j.watermark() == 7
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (j.watermark_path.stat().st_mode & 0o777) == 0o666 & ~umask  # readable by other users' replicas
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".j.jsonl.watermark.")) == [planted.name]

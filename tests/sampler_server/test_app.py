@@ -382,6 +382,24 @@ def test_bearer_token_guards_all_but_health(inputs):
         assert c.get("/static/..%2F__init__.py").status_code == 404
 
 
+def test_the_access_log_never_shows_a_token(inputs):
+    # uvicorn logged `GET /?token=READSECRET HTTP/1.1`: the read token (also the default amend
+    # token) in every log collector. The page now takes it as a #fragment, and old links are redacted.
+    import logging
+
+    from sampler_server.app import RedactTokens
+
+    create_app(settings_for(*inputs, warmup=False, token="s3cret-token"))
+    access = logging.getLogger("uvicorn.access")
+    assert sum(isinstance(f, RedactTokens) for f in access.filters) == 1
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", "/?refresh=500&token=s3cret-token&x=1", "1.1", 200), None)
+    assert access.filter(record)
+    assert record.getMessage() == '127.0.0.1:5 - "GET /?refresh=500&token=***&x=1 HTTP/1.1" 200'
+    page = (Path(__file__).resolve().parents[2] / "sampler_server/static/dashboard.js").read_text()
+    assert 'hash.get("token")' in page and "/#token=YOUR_TOKEN" in page
+
+
 def test_settings_from_environment(monkeypatch, inputs):
     monkeypatch.setenv("SAMPLER_MANIFEST", str(inputs[0]))
     monkeypatch.setenv("SAMPLER_RECIPE", str(inputs[1]))
@@ -549,3 +567,25 @@ def test_request_bodies_are_bounded(inputs):
         ok = c.post("/v1/progress", json={"step": 1, "tokens": 1}, headers=auth)
         assert ok.status_code == 201, ok.text
         assert c.get("/healthz").status_code == 200
+
+
+def test_security_edges_credentials_method_labels_and_open_binds(tmp_path, inputs):
+    # Found by a security review: user:password in a store URI was used by pyarrow and then shown
+    # in 503 bodies, /readyz and logs; made-up HTTP method names (h11 accepts them) each became a
+    # metrics label for good; a server bound to every address without a token said nothing.
+    from curriculum.storage import StorageError, display, resolve
+    from sampler_server.cli import _loopback
+    from sampler_server.metrics import _METHODS
+
+    with pytest.raises(StorageError, match="credentials in the URI .* are refused") as err:
+        resolve("s3://AKIAFAKE:TOPSECRET@bkt/m?endpoint_override=127.0.0.1:9")
+    assert "TOPSECRET" not in str(err.value) and "AKIAFAKE" not in str(err.value)
+    assert display("s3://AKIAFAKE:TOPSECRET@bkt/m/x.arrow?region=a") == "s3://bkt/m/x.arrow"
+    assert {"GET", "POST", "HEAD"} <= _METHODS
+    with TestClient(create_app(settings_for(*inputs, warmup=False))) as c:
+        for i in range(3):
+            c.request(f"FROBNICATE{i}", "/nope")
+        text = c.get("/metrics").text
+    assert 'method="OTHER"' in text and "FROBNICATE" not in text
+    assert [_loopback(h) for h in ("127.0.0.1", "::1", "[::1]", "localhost", "0.0.0.0", "10.0.0.5", "example.org")] == \
+        [True, True, True, True, False, False, False]

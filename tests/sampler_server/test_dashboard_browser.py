@@ -72,7 +72,7 @@ def test_dashboard_renders_live_data(dashboard_url, chromium, tmp_path):
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    chromium.get(f"{dashboard_url}/?token={TOKEN}&refresh=500")
+    chromium.get(f"{dashboard_url}/?refresh=500#token={TOKEN}")  # a fragment: never sent to the server
     # Live charts are redrawn when a report arrives: a node found just before may go stale.
     wait = WebDriverWait(chromium, 20, ignored_exceptions=(StaleElementReferenceException,))
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, 'svg[data-chart="loss"] path.series')))
