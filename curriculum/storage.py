@@ -194,15 +194,23 @@ def mtime_ns(location: str | Path) -> int | None:
     return info.mtime_ns if info.type == pafs.FileType.File else None
 
 
-def download(location: str | Path, dest: str | Path, chunk: int = CHUNK) -> str:
+def download(location: str | Path, dest: str | Path, chunk: int = CHUNK, limit: int | None = None) -> str:
     """Stream a file to a local path (written in place: callers rename it); returns its sha256,
-    computed on the way. FileNotFoundError if the source is missing."""
+    computed on the way. FileNotFoundError if the source is missing. With `limit`, stops after
+    limit + 1 bytes (a caller that knows the size then sees a mismatch without filling its disk
+    with an object that was replaced by a bigger one)."""
     h = hashlib.sha256()
     src = _open_input(location)
+    left = None if limit is None else limit + 1
     with src, open(dest, "wb") as out:
-        while block := src.read(chunk):
+        while left is None or left > 0:
+            block = src.read(chunk if left is None else min(chunk, left))
+            if not block:
+                break
             h.update(block)
             out.write(block)
+            if left is not None:
+                left -= len(block)
     return h.hexdigest()
 
 

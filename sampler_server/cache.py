@@ -204,7 +204,7 @@ class ShardCache:
         shown = storage.display(location)
         try:
             try:
-                digest = storage.download(location, tmp)
+                digest = storage.download(location, tmp, limit=size)  # a bigger object: stop at size + 1
             except FileNotFoundError:
                 raise ShardError(f"shard {shown}: missing in the object store; rerun `curriculum build --out` "
                                  "to publish it, or check the manifest location") from None

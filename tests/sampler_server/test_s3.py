@@ -192,10 +192,10 @@ def test_concurrent_opens_of_one_shard_share_one_download(built, tmp_path, monke
     real = storage.download
     calls = []
 
-    def slow_download(location, dest, *args):
+    def slow_download(location, dest, *args, **kwargs):
         calls.append(location)
         time.sleep(0.5)  # every other thread arrives while this download is in flight
-        return real(location, dest, *args)
+        return real(location, dest, *args, **kwargs)
 
     monkeypatch.setattr(storage, "download", slow_download)
     cache = ShardCache(tmp_path / "c", max_bytes=1 << 30)
