@@ -386,10 +386,35 @@ def _describe(exc: ValidationError, data: dict, source: str) -> str:
             msg = f"a variant cannot set {loc[2]!r}; it may set {allowed} (the rest is the phase's)"
         parts = [p for p in (where, f"field {field!r}" if field else "") if p]
         key = f"{where}/{field.split('.')[0]}"
-        lines.append((key, len(field.split(".")) if field else 0, f"{', '.join(parts) or 'recipe'}: {msg}"))
-    # A union reports one error per branch; keep only the deepest (most specific) per field.
+        lines.append((key, len(field.split(".")) if field else 0, f"{', '.join(parts) or 'recipe'}: ", msg,
+                      err["type"] in _WRONG_TYPE))
+    # A union reports one error per branch; keep only the deepest (most specific) per field, and
+    # where several branches failed at the same depth, say what the field takes, once.
     best: dict[str, int] = {}
-    for key, depth, _ in lines:
+    for key, depth, *_ in lines:
         best[key] = max(best.get(key, 0), depth)
-    uniq = list(dict.fromkeys(text for key, depth, text in lines if depth == best[key]))
-    return f"recipe {source}: " + "; ".join(uniq)
+    kept = [(key, head, msg, wrong) for key, depth, head, msg, wrong in lines if depth == best[key]]
+    out = []
+    for key in dict.fromkeys(k for k, *_ in kept):
+        mine = [x for x in kept if x[0] == key]
+        if len(mine) > 1 and not all(w for *_, w in mine):  # a branch of the right type said what is wrong
+            mine = [x for x in mine if not x[3]]
+        texts = list(dict.fromkeys(head + msg for _, head, msg, _ in mine))
+        field = key.rsplit("/", 1)[1]
+        if len(texts) > 1 and field in _UNION_HELP:
+            texts = [f"{mine[0][1]}expected {_UNION_HELP[field]}"]  # "phase 'p' (phases[0]), field 'tau': "
+        out += texts
+    return f"recipe {source}: " + "; ".join(out)
+
+
+# pydantic error types that only say "not this branch's type" (a union tries every branch)
+_WRONG_TYPE = frozenset({"literal_error", "model_type", "model_attributes_type", "dict_type", "list_type",
+                         "float_type", "int_type", "string_type", "float_parsing", "int_parsing", "is_instance_of",
+                         "bool_type"})
+
+
+_UNION_HELP = {  # what a field with several accepted forms takes (recipe fields and their variants')
+    "languages": '"all", { top = N } or a list of language codes',
+    "tau": "a number in [0, 1] or { start = …, end = … }",
+    "mask_ratio": "a number in [0, 1) or { start = …, end = … }",
+}

@@ -96,6 +96,10 @@ def test_good_recipe_parses_all_forms(tmp_path):
         (("max_epochs = 4", 'max_epochs = 4\nvariant = "x"'), ["phase 'b' (phases[1]), field 'variant'", "[[phases.variants]]"]),
         # pydantic's "Value error, " prefix leaked into every model-level message.
         (("tau = 0.7", "tau = 1.7"), ["field 'tau': tau must be in [0, 1]"]),
+        # A union's failed branches were three messages naming internal classes (TopN, Anneal).
+        (("languages = { top = 3 }", 'languages = "al"'),
+         ["phase 'a' (phases[0]), field 'languages': expected \"all\", { top = N } or a list of language codes"]),
+        (("tau = 0.7", 'tau = "0.7"'), ["field 'tau': expected a number in [0, 1] or { start = …, end = … }"]),
     ],
 )
 def test_validation_errors_name_file_phase_and_field(tmp_path, edit, needles):
