@@ -340,7 +340,7 @@ def main() -> None:
         # apart here), so it is measured again before every row; one short sample is noisy too, so
         # rows are set against the median of all of the run's samples (the row's own is shown).
         raw_samples: dict[int, list[float]] = {1: [limits[1]], 4: [limits[4]]}
-        table: list[tuple[str, int, dict, float]] = []
+        table: list[tuple[str, int, dict]] = []
         choices = [("sparse", "none"), ("sparse", "zstd")] if args.quick else \
             [("sparse", "none"), ("dense", "none"), ("sparse", "zstd"), ("dense", "zstd")]
         runs = [(m, lab, comp, "http.client", c) for m in ("batches", "stream") for lab, comp in choices for c in (1, 4)]
@@ -355,12 +355,12 @@ def main() -> None:
                 row = (f"| {name} | {'/v1/batches' if mode == 'batches' else '/v1/stream (16)'} | {labels} | {comp} "
                        f"| {client} | {c} | {r['tokens_per_s'] / 1e6:.1f}M | {r['bytes_per_token']:.2f} "
                        f"| {r['ms_per_batch']:.2f} | {limit / 1e6:.0f}M")
-                table.append((row, c, r, limit))
+                table.append((row, c, r))
         median = {c: float(np.median(xs)) for c, xs in raw_samples.items()}
         print("| stack | endpoint | labels | compression | client | clients | tokens/s | bytes/token | ms/batch (p50) "
               "| raw sample before it | vs the run's median raw limit |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for row, c, r, _ in table:
+        for row, c, r in table:
             print(f"{row} | {r['tokens_per_s'] / median[c]:.3f}x |")
         for c, xs in raw_samples.items():
             print(f"raw socket limit over the run, {c} client(s): {min(xs) / 1e6:.0f}-{max(xs) / 1e6:.0f}M tokens/s "

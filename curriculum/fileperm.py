@@ -9,6 +9,9 @@ ordinary `open(path, "w")` would give it: 0666 less the process's umask.
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 
 def _umask() -> int:
@@ -27,3 +30,18 @@ def _umask() -> int:
 def share(fd: int) -> None:
     """Give a file made by mkstemp the mode `open()` would have given it (0666 & ~umask)."""
     os.fchmod(fd, 0o666 & ~_umask())
+
+
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """`write(tmp)` to a fresh temp file beside `path` (mkstemp: an unpredictable name, created
+    exclusively, so nobody can plant a symlink there), shared as `open()` would, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    share(fd)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

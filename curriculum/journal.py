@@ -22,19 +22,17 @@ replica's own watermark need no check: amendments admitted after its publish sta
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import shlex
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from curriculum.amend import Amendment, AmendmentConflict, AmendmentError, parse_amendment
-from curriculum.fileperm import share
+from curriculum.fileperm import atomic_write
 from curriculum.errors import CurriculumError
 
 SUFFIX = ".amendments.jsonl"
@@ -253,7 +251,7 @@ class Journal:
         to `append`. True when the journal changed (apply `entries` before serving `step`)."""
         with self.locked():
             if step > self.watermark():
-                _replace_text(self.watermark_path, f"{int(step)}\n")
+                atomic_write(self.watermark_path, lambda p: Path(p).write_text(f"{int(step)}\n"))
             return self.refresh()
 
     def earliest_step(self) -> int:
@@ -300,23 +298,7 @@ def lease(theirs: object, holder: str, ttl: float, write: Callable[[dict], None]
 
 
 def _write_json(path: Path, data: dict) -> None:
-    _replace_text(path, json.dumps(data) + "\n")
-
-
-def _replace_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically. The temp file is made by mkstemp (a fresh name, created
-    exclusively): a predictable `.name.PID` beside a journal in a shared directory let another
-    user plant a symlink there and have the server write through it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        share(fd)  # mkstemp's 0600 would hide the file from other users' replicas
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(data) + "\n"))
 
 
 def _cut_torn_tail(fd: int) -> None:

@@ -12,8 +12,6 @@ A manifest describes a built (or synthetic) corpus:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -23,7 +21,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, model_validator
 
 from curriculum.errors import ManifestError
-from curriculum.fileperm import share
+from curriculum.fileperm import atomic_write
 
 FORMAT_VERSION = 1
 MANIFEST_JSON = "manifest.json"
@@ -298,29 +296,16 @@ def _check_shards_agree(root: Path | str, langs: pl.DataFrame, shards: pl.DataFr
         )
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    share(fd)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_manifest(root: str | Path, meta: ManifestMeta, languages: pl.DataFrame, shards: pl.DataFrame) -> Path:
     """Write the three files atomically (tables first, manifest.json last)."""
     root = Path(root)
     langs = _check_columns(languages, LANGUAGE_SCHEMA, root / LANGUAGES_PARQUET).sort("language")
     shards = _check_columns(shards, SHARD_SCHEMA, root / SHARDS_PARQUET).sort(["language", "index"])
     # Parquet written by polars is byte-identical for identical tables (no timestamps).
-    _atomic_write(root / LANGUAGES_PARQUET, lambda p: langs.write_parquet(p, statistics=False))
-    _atomic_write(root / SHARDS_PARQUET, lambda p: shards.write_parquet(p, statistics=False))
+    atomic_write(root / LANGUAGES_PARQUET, lambda p: langs.write_parquet(p, statistics=False))
+    atomic_write(root / SHARDS_PARQUET, lambda p: shards.write_parquet(p, statistics=False))
     body = json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-    _atomic_write(root / MANIFEST_JSON, lambda p: Path(p).write_text(body))
+    atomic_write(root / MANIFEST_JSON, lambda p: Path(p).write_text(body))
     return root
 
 

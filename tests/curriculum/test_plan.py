@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -14,7 +13,7 @@ from conftest import RECIPES, run_cli
 from curriculum.errors import RecipeError
 from curriculum.manifest import read_manifest
 from curriculum.plan import plan_recipe
-from curriculum.recipe import load_recipe, parse_recipe
+from curriculum.recipe import parse_recipe
 
 
 def test_synth_long_tail_is_realistic(synth_1833):
