@@ -291,8 +291,9 @@ def regime_at(regs: list[Regime], step: int) -> Regime:
 
 @dataclass(frozen=True)
 class Piece:
-    """Phase sequences [start, stop) blended with one set of weights, the blend starting fresh at
-    `start`. A segment that an amendment leaves alone stays one piece, so its bytes do not change."""
+    """Phase sequences [start, stop) blended with one set of weights, continuing from the phase's
+    counts and targets at `start` (sampler_server.kernels.blend). A segment that an amendment
+    leaves alone stays one piece, so its bytes do not change."""
 
     phase: int
     start: int

@@ -7,8 +7,9 @@ and `base` the tokens it served in earlier segments. The whole state at any g is
 count vector, which the blend index checkpoints; a restarted Sampler recomputes the same bytes.
 
 Amendments (`curriculum.amend`) split a phase at their `from_step`: the sequences before it keep
-their pieces (so their bytes), the ones after it are blended by new pieces that start fresh at
-the split with the amended weights, and every language's stream continues from `base`, the
+their pieces (so their bytes), the ones after it are blended by new pieces with the amended
+weights, each continuing from the phase's counts and cumulative targets where it starts (as the
+segments of an annealed τ do), and every language's stream continues from `base`, the
 tokens it served before — nothing skipped, nothing repeated. `amend` swaps in the new state in
 one reference assignment; a batch in flight finishes on the state it started with.
 """
@@ -33,7 +34,7 @@ from curriculum.recipe import Phase, Recipe, load_recipe
 from curriculum.schedule import StepInfo, Timeline
 from curriculum.shards import ShardError, open_shard
 from sampler_server.cache import DEFAULT_CACHE_BYTES, ShardCache
-from sampler_server.kernels.blend import BlendIndex, adaptive_chunk
+from sampler_server.kernels.blend import BLEND_RULE_VERSION, BlendIndex, adaptive_chunk
 from sampler_server.kernels.assemble import assemble
 from sampler_server.kernels.mask import MASK_RULE_VERSION, free_range, pool_run
 from sampler_server.kernels.rng import sequence_keys
@@ -60,12 +61,50 @@ class Batch:
         return int(np.diff(self.cu_seqlens).max()) if self.cu_seqlens.size > 1 else 0
 
 
+class _PhaseAt:
+    """A phase's count and cumulative target per language (global index) where a piece starts:
+    its blend continues from them (see sampler_server.kernels.blend). Computed on first use, by
+    walking the pieces before it to their ends."""
+
+    def __init__(self, n_languages: int, prev: _Segment | None):
+        self._n, self._prev = n_languages, prev
+        self._value: tuple[np.ndarray, np.ndarray] | None = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(counts int64[L], targets float64[L]); iterative, so thousands of pieces (a feedback
+        policy's amendments) need no deep recursion. No lock: the value is a pure function of
+        the pieces, so threads racing compute the same arrays."""
+        todo: list[_PhaseAt] = []
+        at: _PhaseAt | None = self
+        while at is not None and at._value is None:
+            todo.append(at)
+            at = at._prev.phase_at if at._prev is not None else None
+        for a in reversed(todo):
+            prev = a._prev
+            if prev is None:
+                a._value = (np.zeros(a._n, np.int64), np.zeros(a._n, np.float64))
+                continue
+            counts, target = prev.phase_at.arrays()
+            n = prev.stop - prev.start
+            counts, target = counts.copy(), target.copy()
+            counts[prev.lang] += prev.blend.counts_at(n)
+            target[prev.lang] += prev.blend.weights * n
+            a._value = (counts, target)
+        return self._value  # type: ignore[return-value]
+
+    def excess(self, lang: np.ndarray) -> np.ndarray:
+        """Count minus target of the languages `lang` (the blend's `excess`)."""
+        counts, target = self.arrays()
+        return counts[lang] - target[lang]
+
+
 @dataclass(frozen=True)
 class _Segment:
     start: int  # first phase sequence of the piece (the blend's position 0)
     stop: int
     lang: np.ndarray  # int32 global language index of each blended language
     blend: BlendIndex
+    phase_at: _PhaseAt  # where the phase stands at `start`
 
 
 def _same_segment(a: _Segment, b: _Segment) -> bool:
@@ -149,11 +188,11 @@ class Sampler:
         recipe_fp, manifest_fp = full.fingerprint(), self.manifest.fingerprint
         self.journal_owner = hashlib.sha256(f"{recipe_fp}:{manifest_fp}:{self.seed}".encode()).hexdigest()[:16]
         self.journal_owner_about = f"manifest {manifest_fp} at {self.manifest.root}, recipe {recipe_fp}, seed {self.seed}"
-        # The run id: manifest + recipe + seed (+ variant, block size, masking rule). A step no
+        # The run id: manifest + recipe + seed (+ variant, block size, masking and blend rules). A step no
         # amendment reaches has it as its build id; amended steps hash it with the journal prefix.
         self.build_id = self.run_id = hashlib.sha256(
             f"{self.base_recipe.fingerprint()}:{manifest_fp}:{self.seed}:{self.variant or ''}{layout}"
-            f":m{MASK_RULE_VERSION}".encode()
+            f":m{MASK_RULE_VERSION}:x{BLEND_RULE_VERSION}".encode()
         ).hexdigest()[:16]
         self._streams = self._make_streams(block_tokens)
         self._chunk = chunk
@@ -286,19 +325,27 @@ class Sampler:
         return _State(amendments, regs, build_ids, plans, segments, hasher)
 
     def _make_segments(self, pieces: list[Piece]) -> list[_Segment]:
-        out = []
+        """A phase's pieces as blends, each continuing from where the pieces before it left the
+        phase. A blend is therefore a function of its weights and of every piece before it in
+        the phase (`history`); blends of equal history are shared across amendments."""
+        out: list[_Segment] = []
+        history = ""  # digest of the pieces before (languages, weights, lengths); "" for the first
         for pc in pieces:
-            key = (pc.phase, pc.start, pc.languages, pc.weights.tobytes())
+            lang = np.array([self._lang_index[k] for k in pc.languages], np.int32)
+            at = _PhaseAt(len(self.languages), out[-1] if out else None)
+            key = (pc.phase, pc.start, pc.languages, pc.weights.tobytes(), history)
             blend = self._blends.get(key)
             if blend is None:
                 c = self._chunk or adaptive_chunk(pc.stop - pc.start, len(pc.languages))
-                blend = self._blends[key] = BlendIndex(pc.weights, c)
+                excess = None if not out else (lambda at=at, lang=lang: at.excess(lang))
+                blend = self._blends[key] = BlendIndex(pc.weights, c, excess, tag=history)
                 if self.index_dir is not None:
                     path = self._index_path(blend)
                     if path.exists():
                         blend.attach(np.load(path, mmap_mode="r"))
-            lang = np.array([self._lang_index[k] for k in pc.languages], np.int32)
-            out.append(_Segment(pc.start, pc.stop, lang, blend))
+            out.append(_Segment(pc.start, pc.stop, lang, blend, at))
+            history = hashlib.sha256(f"{history}:{lang.tobytes().hex()}:{pc.weights.tobytes().hex()}:"
+                                     f"{pc.stop - pc.start}".encode()).hexdigest()
         return out
 
     @property
@@ -345,9 +392,10 @@ class Sampler:
     # -- the persisted index ---------------------------------------------------------------
 
     def _index_path(self, blend: BlendIndex) -> Path:
-        # A blend is a function of its weights alone (and its chunk shapes the checkpoints), so
-        # index files are named by content: amended runs share them with the unamended one.
-        digest = hashlib.sha256(blend.weights.tobytes()).hexdigest()[:20]
+        # A blend is a function of its weights and of the pieces before it in its phase (none for
+        # a phase's first piece), and its chunk shapes the checkpoints, so index files are named
+        # by content: amended runs share them with the unamended one.
+        digest = hashlib.sha256(blend.weights.tobytes() + blend.tag.encode()).hexdigest()[:20]
         return self.index_dir / f"blend-{digest}-c{blend.chunk}.npy"
 
     def build_index(self, progress=None) -> dict:

@@ -69,8 +69,8 @@ class BuildIdMismatch(SamplerError):
     def __init__(self, url: str, expected: str, got: str, origin: str):
         super().__init__(
             f"server {url} serves build {got}, but this run uses build {expected} ({origin}); "
-            "its batches would come from another manifest, recipe or seed, or a sampler-server whose masking rule "
-            "differs (sampler_server MASK_RULE_VERSION). Point --server at replicas started with the run's "
+            "its batches would come from another manifest, recipe or seed, or a sampler-server whose masking or blending rule "
+            "differs (sampler_server MASK_RULE_VERSION, BLEND_RULE_VERSION). Point --server at replicas started with the run's "
             "manifest, recipe and seed on the run's sampler version, or start a new run (a fresh --checkpoint-dir)"
         )
         self.url, self.expected, self.got = url, expected, got
@@ -405,7 +405,7 @@ class SamplerClient:
                              "for a while and again on failover")
                 continue
             if bid is None:
-                out[url] = f"HTTP {r.status_code}"
+                out[url] = f"HTTP {r.status_code}" + (" without a build id: not a sampler-server?" if r.status_code == 200 else "")
                 continue
             self.check_build(url, bid)
             out[url] = bid

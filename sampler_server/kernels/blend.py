@@ -20,17 +20,35 @@ Two heaps give O(log K) a position: `waiting` keyed by window-open time, `ready`
 deadline; ties go to the lower language index in both, so the choice is a function of the keys
 alone. The keys are a function of the count vector, hence the whole state at time t is the count
 vector: restarting from the counts at a checkpoint reproduces the same continuation exactly,
-which is what `BlendIndex` uses for random access and what a recipe amendment starts from.
+which is what `BlendIndex` uses for random access.
+
+A phase whose weights change (an annealed τ's segments, an amendment) is blended in pieces of
+constant weights, and a piece does not start fresh: it continues from where the phase stands.
+With c_i the count and F_i the cumulative target of the phase at the piece's start, the piece's
+windows are those of the phase's deviation, i.e. of its own count shifted by the excess
+e_i = c_i - F_i: occurrence c + 1 opens at ceil((c + e_i + delta) / p_i) and is due by
+floor((c + e_i + 1 - delta) / p_i + 1) (piece-local times and counts). A language that fell
+behind in one piece is caught up in the next, so deviations do not add up piece after piece.
+Splitting a run of constant weights this way gives the same positions (the windows are the same
+numbers, up to rounding). Across a change of weights the bound is no theorem here: Tijdeman's
+holds for changing weights only when every deadline knows the future weights, and a piece must
+not depend on the future (an amendment may change it), so each deadline assumes the current
+weights go on. Measured in tests/sampler_server/test_blend.py.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit
 
 import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
+
+# Hashed into every run id: batches of a run with several pieces in a phase changed when pieces
+# stopped starting fresh (version 2), and a resumed job must not mix the two.
+BLEND_RULE_VERSION = 2
 
 
 @njit(cache=True, nogil=True)
@@ -82,30 +100,41 @@ def _pop(heap: np.ndarray, size: np.int64) -> np.int64:
 
 
 @njit(cache=True, nogil=True)
-def _open_time(c: np.int64, p: np.float64, delta: np.float64, limit: np.int64) -> np.int64:
-    """First integer time at which occurrence c + 1 may be placed: ceil((c + delta) / p), or
-    `limit` when that is later (compared as a float: a tiny p gives times past int64)."""
-    x = np.ceil((np.float64(c) + delta) / p)
-    return limit if x >= limit else np.int64(x)
+def _clamp(x: np.float64, limit: np.int64) -> np.int64:
+    """x (an integral float) as a time in [-limit, limit] (compared as a float: a tiny p gives
+    times past int64; a language far behind, times before the piece)."""
+    if x >= limit:
+        return limit
+    if x <= -limit:
+        return -limit
+    return np.int64(x)
 
 
 @njit(cache=True, nogil=True)
-def _deadline(c: np.int64, p: np.float64, one_minus_delta: np.float64, limit: np.int64) -> np.int64:
-    """Last integer time for occurrence c + 1: floor((c + 1 - delta) / p + 1), or `limit` when later."""
-    x = np.floor((np.float64(c) + one_minus_delta) / p + 1.0)
-    return limit if x >= limit else np.int64(x)
+def _open_time(c: np.int64, e: np.float64, p: np.float64, delta: np.float64, limit: np.int64) -> np.int64:
+    """First integer time at which occurrence c + 1 may be placed: ceil((c + e + delta) / p)."""
+    return _clamp(np.ceil((np.float64(c) + e + delta) / p), limit)
 
 
 @njit(cache=True, nogil=True)
-def blend_run(weights: np.ndarray, counts: np.ndarray, t0: np.int64, n: np.int64, out: np.ndarray) -> np.int64:
+def _deadline(c: np.int64, e: np.float64, p: np.float64, one_minus_delta: np.float64, limit: np.int64) -> np.int64:
+    """Last integer time for occurrence c + 1: floor((c + e + 1 - delta) / p + 1)."""
+    return _clamp(np.floor((np.float64(c) + e + one_minus_delta) / p + 1.0), limit)
+
+
+@njit(cache=True, nogil=True)
+def blend_run(weights: np.ndarray, excess: np.ndarray, counts: np.ndarray, t0: np.int64, n: np.int64,
+              out: np.ndarray) -> np.int64:
     """Write the languages of positions t0+1 .. t0+n into out[:n]; counts (int64[K]) is advanced.
 
-    `t0` must equal counts.sum() (the positions already assigned in this segment). Returns the
-    number of times no window was open and the earliest-opening language was taken instead; 0
-    unless floating point breaks the theorem (tests check it stays 0)."""
+    `t0` must equal counts.sum() (the positions already assigned in this piece); `excess`
+    (float64[K]) is each language's count minus its target where the piece starts (zeros for a
+    phase's first piece). Returns the number of times no window was open and the
+    earliest-opening language was taken instead; 0 for constant weights unless floating point
+    breaks the theorem (tests check it stays 0)."""
     K = weights.shape[0]
-    if counts.shape[0] != K:
-        raise ValueError("blend_run: counts must have one entry per weight")
+    if counts.shape[0] != K or excess.shape[0] != K:
+        raise ValueError("blend_run: counts and excess must have one entry per weight")
     if out.shape[0] < n:
         raise ValueError("blend_run: out is shorter than n")
     if counts.sum() != t0:
@@ -137,8 +166,8 @@ def blend_run(weights: np.ndarray, counts: np.ndarray, t0: np.int64, n: np.int64
     n_wait = 0
     n_ready = 0
     for i in range(K):
-        due[i] = _deadline(counts[i], weights[i], one_minus_delta, limit)
-        opens = _open_time(counts[i], weights[i], delta, limit)
+        due[i] = _deadline(counts[i], excess[i], weights[i], one_minus_delta, limit)
+        opens = _open_time(counts[i], excess[i], weights[i], delta, limit)
         if opens <= t0 + 1:
             n_ready = _push(ready, n_ready, (due[i] << shift) | i)
         else:
@@ -160,8 +189,8 @@ def blend_run(weights: np.ndarray, counts: np.ndarray, t0: np.int64, n: np.int64
             fallbacks += 1
         out[s] = i
         counts[i] += 1
-        due[i] = _deadline(counts[i], weights[i], one_minus_delta, limit)
-        opens = _open_time(counts[i], weights[i], delta, limit)
+        due[i] = _deadline(counts[i], excess[i], weights[i], one_minus_delta, limit)
+        opens = _open_time(counts[i], excess[i], weights[i], delta, limit)
         # Entering ready now or via waiting at t + 1 gives the same set there: the choice
         # depends only on the keys.
         if opens <= t + 1:
@@ -184,7 +213,12 @@ class BlendIndex:
 
     RECENT = 32  # count vectors kept at recent slice ends (K int64 each)
 
-    def __init__(self, weights: np.ndarray, chunk: int = 1 << 16):
+    def __init__(self, weights: np.ndarray, chunk: int = 1 << 16,
+                 excess: np.ndarray | Callable[[], np.ndarray] | None = None, tag: str = ""):
+        """`excess`: see `blend_run` (None: zeros). A callable is called once, on first use: for a
+        later piece of a phase it needs the counts at the end of the piece before, a walk that
+        only a request reaching this piece should pay. `tag`: an opaque name of what the excess
+        comes from (the sampler names index files by weights and tag)."""
         w = np.ascontiguousarray(weights, dtype=np.float64)
         if w.ndim != 1 or w.size == 0:
             raise ValueError(f"BlendIndex: weights must be a non-empty 1-D array, got shape {w.shape}")
@@ -197,6 +231,10 @@ class BlendIndex:
         self.weights = w
         self.weights.flags.writeable = False
         self.chunk = int(chunk)
+        self.tag = tag
+        self._excess_arg = excess
+        self._excess: np.ndarray | None = None
+        self._excess_lock = threading.Lock()
         self._checkpoints: dict[int, np.ndarray] = {0: np.zeros(w.size, np.int64)}
         self._recent: dict[int, np.ndarray] = {}  # position -> counts there (read-only), oldest first
         self._matrix: np.ndarray | None = None  # checkpoints 0..J as rows (e.g. memory-mapped from disk)
@@ -205,6 +243,22 @@ class BlendIndex:
     @property
     def n_languages(self) -> int:
         return int(self.weights.size)
+
+    @property
+    def excess(self) -> np.ndarray:
+        """Each language's count minus its target where this piece starts (float64[K], read-only)."""
+        e = self._excess
+        if e is not None:
+            return e
+        with self._excess_lock:  # not self._lock: a checkpoint walk holds that one and needs this
+            if self._excess is None:
+                arg = self._excess_arg() if callable(self._excess_arg) else self._excess_arg
+                e = np.zeros(self.weights.size) if arg is None else np.array(arg, dtype=np.float64)
+                if e.shape != self.weights.shape or not np.all(np.isfinite(e)):
+                    raise ValueError(f"BlendIndex: excess must be {self.weights.size} finite numbers, got {e!r}")
+                e.flags.writeable = False
+                self._excess = e
+            return self._excess
 
     def attach(self, matrix: np.ndarray) -> None:
         """Use precomputed checkpoints: row j = counts after j * chunk positions (int64[J+1, K])."""
@@ -243,7 +297,7 @@ class BlendIndex:
             counts = self._checkpoints[below].copy()
             scratch = np.empty(self.chunk, np.int32)
             for k in range(below + 1, j + 1):
-                blend_run(self.weights, counts, (k - 1) * self.chunk, self.chunk, scratch)
+                blend_run(self.weights, self.excess, counts, (k - 1) * self.chunk, self.chunk, scratch)
                 snap = counts.copy()
                 snap.flags.writeable = False
                 self._checkpoints[k] = snap
@@ -275,7 +329,7 @@ class BlendIndex:
         """Counts at g (a fresh array), walked from the nearest known position below it."""
         p, counts = self._nearest(g)
         if g > p:
-            blend_run(self.weights, counts, p, g - p, np.empty(g - p, np.int32))
+            blend_run(self.weights, self.excess, counts, p, g - p, np.empty(g - p, np.int32))
         return counts
 
     def counts_at(self, g: int) -> np.ndarray:
@@ -301,7 +355,7 @@ class BlendIndex:
         counts = self._walk_to(start)
         before = counts.copy()
         out = np.empty(n, np.int32)
-        blend_run(self.weights, counts, start, n, out)
+        blend_run(self.weights, self.excess, counts, start, n, out)
         self._remember(start + n, counts)
         return before, out
 

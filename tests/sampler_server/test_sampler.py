@@ -159,3 +159,26 @@ def test_epochs_at_the_end_of_the_run_count_every_served_token(corpus, sampler):
     assert np.array_equal(sampler.consumed_tokens(T) - before, served)
     end = sampler.epochs(T)
     assert end and all(v >= sampler.epochs(T - 1).get(k, 0.0) for k, v in end.items())
+
+
+def test_an_annealed_phase_keeps_every_language_within_one_sequence_of_its_target(corpus):
+    # τ annealed over 16 segments: each segment's weights blend as one piece. Pieces used to start
+    # fresh, each dropping the small languages' fractional share: the smallest of these 20
+    # languages, planned ~6 sequences, was served 0-2 times. Each piece now continues from where
+    # the phase stands, so the phase's counts follow the cumulative target of the segments' weights.
+    r = {"name": "r", "phases": [{"name": "b", "tokens": 40 * 48 * 128, "batch_tokens": 48 * 128, "seq_len": 128,
+                                  "languages": "all", "tau": {"start": 0.9, "end": 0.8}, "anneal_segments": 16}]}
+    s = Sampler(corpus, parse_recipe(r), seed=5, block_tokens=2048)
+    n = s.timeline.layouts[0].total_sequences
+    plan = s.plans[0]
+    L = len(s.languages)
+    rows = [s.languages.index(k) for k in plan.languages]
+    bounds = [-(-i * n // len(plan.segments)) for i in range(len(plan.segments) + 1)]
+    rate = np.zeros((n, L))  # each sequence's target share per language
+    for seg, a, b in zip(plan.segments, bounds, bounds[1:]):
+        rate[a:b, rows] = seg.allocation.weights / seg.allocation.weights.sum()
+    target = np.cumsum(rate, axis=0)
+    langs, _ = s.assign(0, 0, n)
+    counts = np.cumsum(np.eye(L)[langs], axis=0)
+    assert len(plan.segments) == 16 and target[-1].min() > 3  # the smallest language is owed > 3 sequences
+    assert np.abs(counts - target).max() <= 1.0
