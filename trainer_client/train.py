@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
@@ -225,12 +226,25 @@ def save_checkpoint(root: Path, model: torch.nn.Module, optim: torch.optim.Optim
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optim: torch.optim.Optimizer) -> dict[str, Any]:
-    """Load model and optimizer in place (resharded to this world size); returns trainer.json."""
+    """Load model and optimizer in place (resharded to this world size); returns trainer.json.
+
+    The optimizer's moments and step counts come from the checkpoint, its hyperparameters
+    (weight decay, betas, eps) from this run's flags: loading the state would otherwise restore
+    the saved param_groups over them, and `--init-from CKPT --weight-decay X` (a decay variant)
+    silently trained with the parent run's decay."""
+    meta = read_trainer_json(path)
+    flags = [{k: v for k, v in g.items() if k != "params"} for g in optim.param_groups]
     msd, osd = get_state_dict(model, optim)
     state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return read_trainer_json(path)
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    except (Exception, CheckpointException) as exc:  # a damaged save: EOFError, AssertionError, ... (CheckpointException is a BaseException)
+        raise TrainError(f"checkpoint {path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                         "delete that directory to resume from the one before") from None
+    for g, f in zip(optim.param_groups, flags):
+        g.update(f)
+    return meta
 
 
 def read_trainer_json(path: Path) -> dict[str, Any]:
@@ -423,12 +437,16 @@ def train(cfg: TrainConfig) -> TrainResult:
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
+            # Both values are global (all-reduced), so every rank stops here together, before
+            # the step is applied: an inf gradient with a finite loss made the clip factor 0 and
+            # the weights NaN, and the next checkpoint then poisoned every resume.
+            step_loss = float(tot[0] / tot[1].clamp_min(1.0))
+            if not math.isfinite(step_loss) or not math.isfinite(float(gnorm)):
+                what = f"loss is {step_loss}" if not math.isfinite(step_loss) else f"gradient norm is {float(gnorm)}"
+                raise TrainError(f"step {b.step}: {what}, so the step was not applied; lower --lr (peak {peak_lr}) "
+                                 "or check the data, then rerun to resume from the last checkpoint")
             optim.step()
             optim.zero_grad(set_to_none=True)
-
-            step_loss = float(tot[0] / tot[1].clamp_min(1.0))
-            if not math.isfinite(step_loss):
-                raise TrainError(f"step {b.step}: loss is {step_loss}; lower --lr (peak {peak_lr}) or check the data")
             if lang_stats is None:
                 lang_stats = torch.zeros(len(b.languages), 2, dtype=torch.float64, device=device)
             rows = torch.nonzero(b.labels.reshape(-1) != -100, as_tuple=True)[0] // b.seq_len

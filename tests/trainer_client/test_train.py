@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -382,6 +383,74 @@ def test_init_from_starts_a_fresh_run_from_a_checkpoints_weights(data, servers, 
     assert list(losses) == [30, 31, 32]
     assert losses == pytest.approx({s: reference["loss"][s] for s in losses}, rel=1e-5, abs=1e-6)
     assert (data["tmp"] / "init-ckpt" / "step_00000033" / "trainer.json").exists()
+
+
+def optimizer_groups(ckpt: Path) -> list[dict]:
+    """The optimizer param_groups a DCP checkpoint holds (read back in this process)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    import torch
+
+    out = ckpt.parent / f"{ckpt.name}.pt"
+    dcp_to_torch_save(str(ckpt), str(out))
+    return torch.load(out, weights_only=False)["optim"]["param_groups"]
+
+
+def test_init_from_takes_its_hyperparameters_from_the_flags_not_the_checkpoint(data, servers, reference):
+    # Loading the optimizer state restored the saved param_groups over the flags: a decay variant
+    # started with --init-from ... --weight-decay X trained with the parent's weight decay.
+    assert [g["weight_decay"] for g in optimizer_groups(reference["ckpt"] / "step_00000030")] == [0.01, 0.0]
+    ckpt = data["tmp"] / "wd-ckpt"
+    proc = run_cli(train_args(data, [servers["A"].url], "--init-from", str(reference["ckpt"] / "step_00000030"),
+                              "--checkpoint-dir", str(ckpt), "--steps", "31", "--weight-decay", "0.3",
+                              "--log-dir", str(data["tmp"] / "wd-logs")))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [g["weight_decay"] for g in optimizer_groups(ckpt / "step_00000031")] == [0.3, 0.0]
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_it(data, servers, reference):
+    ckpt = data["tmp"] / "damaged-ckpt"
+    shutil.copytree(reference["ckpt"] / "step_00000030", ckpt / "step_00000030")
+    part = next((ckpt / "step_00000030").glob("*.distcp"))
+    part.write_bytes(part.read_bytes()[:1000])
+    proc = run_cli(train_args(data, [servers["A"].url], "--checkpoint-dir", str(ckpt), "--steps", "31",
+                              "--log-dir", str(data["tmp"] / "damaged-logs")))
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert f"checkpoint {ckpt / 'step_00000030'}: unreadable" in proc.stderr
+    assert "delete that directory to resume from the one before" in proc.stderr
+
+
+INJECT_INF_GRAD = """
+import sys, torch
+from trainer_client.cli import main
+clip, calls = torch.nn.utils.clip_grad_norm_, [0]
+def clip_with_an_inf_gradient(params, *a, **k):  # a bf16 overflow in backward, with a finite loss
+    params = list(params)
+    if calls[0] == int(sys.argv[1]):
+        g = params[0].grad
+        (g.to_local() if hasattr(g, "to_local") else g).view(-1)[0] = float("inf")
+    calls[0] += 1
+    return clip(params, *a, **k)
+torch.nn.utils.clip_grad_norm_ = clip_with_an_inf_gradient
+main(sys.argv[2:])
+"""
+
+
+def test_a_non_finite_gradient_stops_before_the_step_is_applied_or_saved(data, servers):
+    # The inf gradient made the clip factor 0 and the weights NaN, and a checkpoint taken then
+    # made every resume fail at its first step.
+    ckpt, logs = data["tmp"] / "inf-ckpt", data["tmp"] / "inf-logs"
+    args = train_args(data, [servers["A"].url], "--checkpoint-dir", str(ckpt), "--checkpoint-every", "2",
+                      "--steps", "6", "--log-dir", str(logs))
+    proc = subprocess.run([sys.executable, "-c", INJECT_INF_GRAD, "3", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "step 3: gradient norm is inf, so the step was not applied" in proc.stderr
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step_00000002"]  # none after the bad step
+    again = run_cli(args)  # the same command without the fault resumes from step 2 and finishes
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resumed from" in again.stdout and [m["step"] for m in read_metrics(logs)] == list(range(6))
+    assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in read_metrics(logs))
 
 
 def test_feedback_policy_amends_a_real_run_and_the_journal_replays_it(data):
