@@ -823,7 +823,7 @@ def _build(cfg: BuildConfig, out: Path, remote: bool, executor: str, workers: in
             DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold).lsh_params()
         except ValueError as exc:
             raise CurriculumError(f"--dedup-threshold {cfg.dedup_threshold} with {cfg.num_perm} permutations: no LSH "
-                                  f"split of at least 2 bands ({exc}); use a threshold of at most 0.98, or --no-dedup "
+                                  f"split of at least 2 bands ({exc}); use a threshold of at most 0.995, or --no-dedup "
                                   "to keep exact copies too") from None
     workers_note = ""
     if workers == "auto":

@@ -474,8 +474,8 @@ def test_a_new_tokenizer_redoes_only_the_tokenize_stage(corpus, small_tokenizer,
     assert {p: p.stat().st_mtime_ns for p in extract} == extract and redone.retokenized
     assert tables(out) == tables(tmp_path / "fresh5") and redone.drops == fresh5.drops
     # A threshold LSH cannot split into 2+ bands is refused before any work (was a traceback after extract).
-    with pytest.raises(CurriculumError, match=r"--dedup-threshold 0.99 with 128 permutations: no LSH split"):
-        build(BuildConfig(out=str(tmp_path / "t99"), dedup_threshold=0.99, **cfg), workers=1, progress=False)
+    with pytest.raises(CurriculumError, match=r"--dedup-threshold 0.999 with 128 permutations: no LSH split"):
+        build(BuildConfig(out=str(tmp_path / "t99"), dedup_threshold=0.999, **cfg), workers=1, progress=False)
     assert not (tmp_path / "t99" / ".work" / "extract").exists()
 
 
