@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit
 
 import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
-from curriculum.languages import UnknownLanguageError, names_script, normalize_language
+from curriculum.languages import UnknownLanguageError, names_script, normalize_language, script_from_text
 from curriculum.normalize import ArrowTexts
 from curriculum.unicode_tables import SPACE, code_point_tables, decode_utf8
 
@@ -498,19 +498,31 @@ def _decode(line: bytes, lineno: int) -> str | _Bad:
         return _Bad("invalid_utf8", f"line {lineno}: invalid UTF-8 at byte {exc.start} ({exc.reason})")
 
 
-def _row_language(label: object, default: str | None) -> str | None | _Bad:
-    """Key of a per-document label; a missing label falls back to the file's language, and a label
-    without a script that names the folder's language keeps the folder's script (`srp` rows in
-    `srp_Latn/` are Latin: the label alone would give Serbian's most common script, Cyrillic)."""
+# ISO 639 codes that say "no particular language": such a row is treated as unlabeled (the file's
+# language, else LID decides). `zxx` (no linguistic content) stays a drop (unknown_language).
+_UNLABELED = frozenset({"und", "mul", "mis"})
+
+
+def _row_language(label: object, default: str | None, text: str) -> str | None | _Bad:
+    """Key of a per-document label; a missing (or `und`/`mul`/`mis`) label falls back to the file's
+    language. A label without a script that names the folder's language keeps the folder's script
+    (`srp` rows in `srp_Latn/` are Latin: the label alone would give Serbian's most common script,
+    Cyrillic); elsewhere the text's letters choose among its language's scripts, as for LID."""
     if label is None or label == "":
+        return default
+    if isinstance(label, str) and re.split(r"[-_@]", label.removeprefix("__label__"), maxsplit=1)[0].lower() in _UNLABELED:
         return default
     key = _label_key(label) if isinstance(label, str) else None
     if key is None:
         return _Bad("unknown_language", f"language {label!r} is not a language")
-    if default is not None and key != default and key.partition("_")[0] == default.partition("_")[0] \
-            and not names_script(label):
+    if names_script(label):
+        return key
+    if default is not None and key != default and key.partition("_")[0] == default.partition("_")[0]:
         return default
-    return key
+    return script_from_text(key, text[:_SCRIPT_PREFIX])
+
+
+_SCRIPT_PREFIX = 1000  # characters of a row whose letters choose the script of a label without one
 
 
 def _with_script(label: object, script: object) -> object:
@@ -560,7 +572,7 @@ def _read_jsonl(f: InputFile, col: _Collector, fh: BinaryIO, max_line_bytes: int
         if not text.strip():
             col.drop("empty_text", lineno, f"line {lineno}: {text_field!r} is empty or blank; line dropped")
             continue
-        lang = _row_language(_with_script(obj.get("language"), obj.get("language_script")), f.language)
+        lang = _row_language(_with_script(obj.get("language"), obj.get("language_script")), f.language, text)
         if isinstance(lang, _Bad):
             col.drop(lang.reason, lineno, f"line {lineno}: {lang.message}; line dropped")
             continue
@@ -794,7 +806,7 @@ def _parquet_batch(rb, row: int, f: InputFile, col: _Collector, as_str: bool, ex
         elif not text.strip():
             col.drop("empty_text", r, f"row {r}: {text_field!r} is empty or blank; row dropped")
         else:
-            lang = _row_language(labels[i], f.language)
+            lang = _row_language(labels[i], f.language, text)
             if isinstance(lang, _Bad):
                 col.drop(lang.reason, r, f"row {r}: {lang.message}; row dropped")
             elif col.add(text, lang, r, len(text)):

@@ -289,16 +289,35 @@ def char_script(ch: str) -> str | None:
     return _SCRIPT_OF_NAME.get(unicodedata.name(ch, "").split(" ", 1)[0])
 
 
+# Web addresses and e-mail addresses are Latin whatever the text's language: their letters must
+# not decide a script (Cyrillic Serbian with two URLs was taken for Latin Serbian).
+_ADDRESS = re.compile(r"\S*(?:://|www\.|@)\S*")
+
+
 def dominant_script(text: str, candidates: tuple[str, ...]) -> str | None:
-    """Which of `candidates` most letters of `text` are written in (ties: the earlier candidate);
-    None when no letter is in any of them."""
+    """Which of `candidates` most letters of `text` are written in (ties: the earlier candidate),
+    not counting web or e-mail addresses; None when no letter is in any of them."""
     counts = dict.fromkeys(candidates, 0)
+    if "/" in text or "@" in text or "www." in text:
+        text = _ADDRESS.sub(" ", text)
     for ch in text:
         s = char_script(ch)
         if s in counts:
             counts[s] += 1
     best = max(candidates, key=lambda s: counts[s]) if candidates else None
     return best if best is not None and counts[best] > 0 else None
+
+
+def script_from_text(key: str, text: str) -> str:
+    """`key` with the script most letters of `text` are written in, when FineWeb-2 holds its
+    language in several scripts (Serbian, Uzbek, Punjabi...) and the key's script is one of them;
+    for a label that names no script (`sr`), whose usual script is only a guess."""
+    code, _, script = key.partition("_")
+    scripts = fineweb2_scripts(code)
+    if len(scripts) < 2 or script not in scripts:
+        return key
+    found = dominant_script(text, scripts)
+    return key if found is None else f"{code}_{found}"
 
 
 def fineweb2_scripts(code: str) -> tuple[str, ...]:

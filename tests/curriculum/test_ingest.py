@@ -194,6 +194,22 @@ def test_row_labels_without_a_script_keep_the_folder_script_and_jsonl_reads_lang
         assert langs == ["srp_Latn", "por_Latn", "por_Latn", "por_Latn"] and not drops, (f.path, langs, drops)
 
 
+def test_row_labels_without_a_script_outside_a_language_folder_take_the_texts_script(tmp_path):
+    # ISO 639-1 labels (`sr`, `uz`) always got the language's most common script: Latin Serbian went
+    # to srp_Cyrl and Cyrillic Uzbek to uzn_Latn. `und`/`mul`/`mis` rows were dropped as unknown
+    # languages; they are unlabeled (LID decides: None here), while `zxx` (no language) stays a drop.
+    rows = [("sr", "Ovo je rečenica na srpskom, pisana latinicom."), ("sr", "Ово је реченица на српском."),
+            ("uz", "Бу ўзбек тилидаги гап."), ("uz", "Bu oʻzbek tilidagi gap."),
+            ("sr", "Ово је српски https://example.com/a/b и www.example.org или me@example.org"),
+            ("und", "Some text."), ("mul", "Some text."), ("mis-Latn", "Some text."), ("zxx", "12 34")]
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "a.jsonl").write_text("".join(json.dumps({"text": t, "language": la}) + "\n" for la, t in rows))
+    (f,), _ = discover_inputs([tmp_path / "web"])
+    texts, langs, _, drops, _, _ = read_all(f)
+    assert langs == ["srp_Latn", "srp_Cyrl", "uzn_Cyrl", "uzn_Latn", "srp_Cyrl", None, None, None]
+    assert drops == {"unknown_language": 1}
+
+
 # -- formats round-trip with provenance ---------------------------------------------------------
 
 

@@ -197,6 +197,11 @@ def test_a_label_without_a_script_takes_the_script_of_the_text(lid):
     latin_keys, _ = lid.predict(["".join(to_latin.get(c, c) for c in t.lower()) for t in docs])
     assert keys.count("srp_Cyrl") >= len(docs) - 1 and "srp_Latn" not in keys
     assert latin_keys.count("srp_Latn") >= len(docs) - 2 and "srp_Cyrl" not in latin_keys, latin_keys
+    # Addresses are Latin in any language: two of them turned a Cyrillic text into srp_Latn.
+    urls = [f"{t[:120]} https://www.example.com/news/2024/article-{i} www.example.org/contact info@example.org"
+            for i, t in enumerate(docs)]
+    url_keys, _ = lid.predict(urls)
+    assert "srp_Latn" not in url_keys and url_keys.count("srp_Cyrl") >= len(docs) - 1, url_keys
     # Only where the language has several scripts, and only from the letters: a label that names
     # its script (GlotLID's) is never re-scripted.
     assert lid.labels["__label__fr"] == "fra_Latn" and "__label__fr" not in lid._multi
