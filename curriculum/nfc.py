@@ -75,7 +75,8 @@ def _ccc_of(cp: int, ccc: np.ndarray) -> int:
 def _normalize_doc(data, start, end, flags, ccc, d_off, d_data, c_keys, c_vals, cps, dec, out, o) -> int:
     """`normalize_text` of the valid UTF-8 data[start:end], written as UTF-8 to out[o:]; returns
     the new end. cps and dec are scratch of ≥ end − start and ≥ max decomposition × that."""
-    # 1. Decode; CR and CRLF → LF; control characters (C0 and C1 but tab and LF, DEL) dropped.
+    # 1. Decode; CR and CRLF → LF, as are VT, FF, FS..US and NEL (line breaks); the other
+    # control characters (C0 and C1 but tab and LF, DEL) dropped.
     m = 0
     i = start
     while i < end:
@@ -84,6 +85,8 @@ def _normalize_doc(data, start, end, flags, ccc, d_off, d_data, c_keys, c_vals, 
             cp = 0x0A
             if i < end and data[i] == 0x0A:
                 i += 1
+        elif cp == 0x0B or cp == 0x0C or (cp >= 0x1C and cp <= 0x1F) or cp == 0x85:
+            cp = 0x0A
         elif (cp < 0x20 and cp != 0x09 and cp != 0x0A) or (cp >= 0x7F and cp <= 0x9F):
             continue
         cps[m] = cp

@@ -462,7 +462,11 @@ def test_large_jsonl_zst_streams_in_bounded_memory(tmp_path):
 
 def test_normalize_text_nfc_controls_newlines():
     assert normalize_text("Cafe\u0301") == "Café"
-    assert normalize_text("a\x00b\x07c\x1bd\x7fe\x85f\x9fg") == "abcdefg"
+    assert normalize_text("a\x00b\x07c\x1bd\x7fe\x9fg") == "abcdeg"
+    # Controls that break lines or pages become newlines: deleting them glued the words around them.
+    assert normalize_text("end of page.\x0cNext page") == "end of page.\nNext page"
+    assert normalize_text("a\x0bb\x1cc\x1dd\x1ee\x1ff\x85g") == "a\nb\nc\nd\ne\nf\ng"
+    assert all(ch.isspace() for ch in "\x0b\x0c\x1c\x1d\x1e\x1f\x85")  # what Python calls whitespace
     assert normalize_text("  line one\r\nline\ttwo\rline three\n\n") == "line one\nline\ttwo\nline three"
     assert normalize_text("zero\u200dwidth joiner\u00ad") == "zero\u200dwidth joiner\u00ad"  # Cf is kept
 
