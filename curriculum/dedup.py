@@ -77,6 +77,7 @@ CHAR_SHINGLE_SCRIPTS = frozenset({
     "Hani", "Hans", "Hant", "Hira", "Kana", "Hrkt", "Jpan",  # Chinese, Japanese
     "Thai", "Laoo", "Khmr", "Mymr", "Tibt",  # mainland Southeast Asia, Tibetan
     "Bali", "Java", "Lana", "Tale", "Talu", "Yiii",  # Balinese, Javanese, Tai scripts, Yi
+    "Bopo", "Tang", "Egyp", "Hluw", "Xsux", "Lina",  # Bopomofo, Tangut, hieroglyphs, cuneiform, Linear A
 })
 Method = Literal["auto", "datasketch", "banded"]
 _SCRIPT = re.compile(r"^[A-Z][a-z]{3}$")

@@ -5,6 +5,7 @@ recall/precision on generated near-duplicates."""
 from __future__ import annotations
 
 import math
+import re
 import os
 import subprocess
 import sys
@@ -567,13 +568,18 @@ def test_recall_and_precision_on_generated_near_duplicates():
     assert drop.sum() - false_drops > 0 and (drop.sum() - false_drops) / drop.sum() >= 0.97
 
 
-def test_char_shingles_find_near_duplicate_chinese():
+@pytest.mark.parametrize("key, first", [("cmn_Hani", 0x4E00), ("txg_Tang", 0x17000), ("egy_Egyp", 0x13000),
+                                        ("akk_Xsux", 0x12000), ("hlu_Hluw", 0x14400)])
+def test_char_shingles_find_near_duplicates_in_scripts_without_spaces(key, first):
+    # Tangut, hieroglyphs and cuneiform (in FineWeb-2) had word shingles: a 400-character document
+    # was one "word", one shingle, and a one-character edit gave an estimated Jaccard of 0.
     rng = np.random.default_rng(2)
-    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
+    chars = [chr(c) for c in range(first, first + 500)]
     cfg = DedupConfig()
-    docs = ["".join(rng.choice(chars, 400)) + "。" for _ in range(20)]
-    edited = [d[:200] + "好" + d[201:] for d in docs]  # one character: ~5 of ~396 shingles change
-    sig = signatures_for_texts(docs + edited, "cmn_Hani", cfg)
+    docs = ["".join(rng.choice(chars, 400)) for _ in range(20)]
+    edited = [d[:200] + chars[0] + d[201:] for d in docs]  # one character: ~5 of ~396 shingles change
+    assert uses_char_shingles(key) and all(len(re.findall(r"\w+", d)) == 1 for d in docs)
+    sig = signatures_for_texts(docs + edited, key, cfg)
     drop = find_duplicates(sig, np.arange(40, dtype=np.int64), cfg)
     assert not drop[:20].any() and drop[20:].mean() >= 0.9
 
