@@ -15,7 +15,13 @@ process that should use n threads.
 
 Literal special-token text in a document (say "[MASK]" in a web page) is tokenized as text on the
 HF path (`encode_special_tokens`), so data cannot inject control tokens. SentencePiece always
-matches its user-defined symbols (Gemma 2's `<mask>` is one), which cannot be switched off.
+matches its user-defined symbols, which cannot be switched off, and a role may be one (Gemma 2's
+MASK is the user-defined `<mask>`), as it may be a non-special added token on the HF path: then
+"<mask>" in a document came out as the MASK id, an input the model must read as "predict here"
+at a position it is never asked to predict. So where text can produce a role's id, each such id
+in an encoded document is replaced by the encoding of its first character followed by that of
+the rest ("<" + "mask>": `<`, `mask`, `>` in Gemma 2), the text as ordinary pieces; documents
+without one are the library's encoding unchanged.
 """
 
 from __future__ import annotations
@@ -86,6 +92,16 @@ class Tokenizer:
         self.info = info
         self._be = backend
         self._num_threads = num_threads
+        self._literal: dict[int, np.ndarray] = {}
+        self.literal_roles = 0  # role ids that text produced and were spelled out (see the module docstring)
+        producible = sorted({info.cls_id, info.sep_id, info.mask_id, info.pad_id} - backend.control)
+        for rid in producible:
+            piece = backend.tok.id_to_token(rid) if backend.kind == "hf" else backend.tok.id_to_piece(rid)
+            parts = [self._encode_raw([piece[:1]]), self._encode_raw([piece[1:]])] if len(piece) > 1 else []
+            ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.uint32)
+            if np.isin(ids, producible).any():  # the pieces spell a role again: an unknown token instead
+                ids = np.array([] if info.unk_id is None else [info.unk_id], np.uint32)
+            self._literal[rid] = ids
 
     @property
     def vocab_size(self) -> int:
@@ -97,10 +113,30 @@ class Tokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Flat uint32 ids of all texts (no special tokens added) and int64 offsets, len(texts) + 1."""
-        texts = list(texts)
-        if self.info.kind == "hf":
-            return self._encode_hf(texts)
-        return self._encode_sp(texts)
+        return self._spell_roles(*self._encode_raw(list(texts)))
+
+    def _encode_raw(self, texts: list) -> tuple[np.ndarray, np.ndarray]:
+        return self._encode_hf(texts) if self.info.kind == "hf" else self._encode_sp(texts)
+
+    def _spell_roles(self, flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Replace each role id that text produced by its literal pieces (see the module docstring)."""
+        if not self._literal:
+            return flat, offsets
+        hit = np.zeros(flat.size, dtype=bool)
+        for rid in self._literal:
+            hit |= flat == rid
+        if not hit.any():  # nearly always: one vectorized pass per role
+            return flat, offsets
+        pos = np.flatnonzero(hit)
+        parts, prev = [], 0
+        for p in pos.tolist():
+            parts += [flat[prev:p], self._literal[int(flat[p])]]
+            prev = p + 1
+        parts.append(flat[prev:])
+        grow = np.array([self._literal[int(flat[p])].size - 1 for p in pos], dtype=np.int64)
+        shift = np.concatenate(([0], np.cumsum(grow)))[np.searchsorted(pos, offsets)]
+        self.literal_roles += int(pos.size)
+        return np.concatenate(parts).astype(np.uint32, copy=False), offsets + shift
 
     def encode_arrow(self, texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         """`encode_batch` of an Arrow (large_)string array (nulls encode as empty texts).
@@ -117,9 +153,9 @@ class Tokenizer:
         if texts.null_count:
             texts = texts.fill_null("")
         if self.info.kind == "hf":
-            return self._encode_hf(texts.to_pylist())
+            return self._spell_roles(*self._encode_hf(texts.to_pylist()))
         binary = pa.large_binary() if pa.types.is_large_string(texts.type) else pa.binary()
-        return self._encode_sp(texts.view(binary).to_pylist())  # a view: same buffers, no copy
+        return self._spell_roles(*self._encode_sp(texts.view(binary).to_pylist()))  # a view: same buffers, no copy
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Text of `ids` (special tokens kept)."""

@@ -11,6 +11,7 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -323,6 +324,34 @@ def test_qwen3_needs_flags_then_round_trips(qwen3_path, by_lang, texts):
         assert tok.decode(ids[offsets[i] : offsets[i + 1]]) == unicodedata.normalize("NFC", t)
     cids, _ = tok.encode_batch([t for k in CJK_KEYS for t in by_lang[k]])
     assert int(cids.max()) >= 65_536
+
+
+def test_role_ids_that_text_produces_are_spelled_out(gemma_path, qwen3_path):
+    # Gemma 2's MASK is the user-defined piece `<mask>`, which SentencePiece always matches in text:
+    # "<mask>" in a web page became the MASK id, never a prediction target yet read as one.
+    sp = load_tokenizer(gemma_path)
+    raw = sp._be.tok
+    docs = ["a <mask> b", "no role here", "<mask><mask>", "", "x<mask>"]
+    ids, offsets = sp.encode_batch(docs)
+    _check_layout(ids, offsets, len(docs))
+    spelled = raw.encode("<") + raw.encode("mask>")
+    assert [raw.id_to_piece(i) for i in spelled] == ["<", "mask", ">"]
+    for d, doc in enumerate(docs):
+        got = ids[offsets[d] : offsets[d + 1]].tolist()
+        expect = []
+        for i in raw.encode(doc):  # the library's own ids, with each 4 spelled out
+            expect += spelled if i == sp.info.mask_id else [i]
+        assert got == expect and sp.info.mask_id not in got, doc
+        assert sp.decode(got) == doc  # the same text, as ordinary pieces
+    assert sp.literal_roles == 4
+    arrow_ids, arrow_offsets = sp.encode_arrow(pa.array(docs))
+    assert np.array_equal(arrow_ids, ids) and np.array_equal(arrow_offsets, offsets)
+    # HF: a mask id given by flag that is an added, non-special token (text produces it).
+    eot, fim_prefix = 151_643, 151_659
+    qw = load_tokenizer(qwen3_path, cls_id=eot, sep_id=eot, pad_id=eot, mask_id=fim_prefix)
+    assert qw._be.tok.encode("<|fim_prefix|>", add_special_tokens=False).ids == [fim_prefix]
+    ids, offsets = qw.encode_batch(["def f(): <|fim_prefix|> pass"])
+    assert fim_prefix not in ids.tolist() and qw.decode(ids) == "def f(): <|fim_prefix|> pass"
 
 
 # ---- assets ------------------------------------------------------------------------------------
