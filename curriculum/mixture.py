@@ -98,18 +98,3 @@ def allocate(
         remaining -= float(cap[over].sum())
     weights = allotted / allotted.sum()
     return Allocation(weights, allotted, allotted / n, capped)
-
-
-def unimax(tokens: np.ndarray, budget: float, max_epochs: float) -> np.ndarray:
-    """UniMax (Chung et al., 2023) as published: languages by size ascending, the k-th of L gets
-    min(B / (L - k), max_epochs · n_k) of the remaining budget B. Reference for τ = 0."""
-    n = np.asarray(tokens, dtype=np.float64)
-    order = np.argsort(n, kind="stable")
-    out = np.zeros_like(n)
-    remaining = float(budget)
-    L = n.size
-    for k, i in enumerate(order):
-        give = min(remaining / (L - k), max_epochs * n[i])
-        out[i] = give
-        remaining -= give
-    return out

@@ -134,10 +134,9 @@ def serve(
             raise
         _fail(str(exc))
     http_impl, loop_impl = resolve_stack(settings.http, settings.loop)
-    if not settings.token_value and not _loopback(settings.host):  # e.g. the image's 0.0.0.0, published with -p
-        typer.echo(f"sampler-server: warning: serving on {settings.host} without a token: anyone who can reach this "
-                   "port reads every batch and can move the amendment watermark; set SAMPLER_TOKEN (or --token)",
-                   err=True)
+    warning = open_bind_warning(settings.host, settings.token_value)
+    if warning:
+        typer.echo(warning, err=True)
     url = f"http://{settings.host}:{settings.port}/"
     typer.echo(f"sampler-server: serving {settings.recipe} on {url} (dashboard: {url}"
                f"{'#token=…' if settings.token_value else ''}; HTTP {http_impl}, event loop {loop_impl})", err=True)
@@ -150,6 +149,15 @@ def serve(
     # threading layer is not fork-safe); each builds its app from the SAMPLER_* environment.
     os.environ.update(worker_environment(settings))
     uvicorn.run("sampler_server.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+
+
+def open_bind_warning(host: str, token: str | None) -> str | None:
+    """The start-up warning for a server others can reach without a token (e.g. the image's
+    0.0.0.0, published with -p); None on loopback or with a token."""
+    if token or _loopback(host):
+        return None
+    return (f"sampler-server: warning: serving on {host} without a token: anyone who can reach this port reads "
+            "every batch and can move the amendment watermark; set SAMPLER_TOKEN (or --token)")
 
 
 def _loopback(host: str) -> bool:

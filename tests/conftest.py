@@ -9,8 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[1]
+# Property tests draw the same examples on every run and machine (a failure reproduces), and write
+# no example database into the working tree. Tests may still widen or narrow their own settings.
+settings.register_profile("project", derandomize=True, database=None)
+settings.load_profile("project")
 RECIPES = ROOT / "manifests" / "recipes"
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
 os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")

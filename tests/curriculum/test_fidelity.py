@@ -13,7 +13,7 @@ from conftest import RECIPES, ROOT, run_cli
 from curriculum.fidelity import compare_phase, load_published
 from curriculum.manifest import ManifestMeta, empty_shards, read_manifest, write_manifest
 from curriculum.plan import plan_phase
-from curriculum.recipe import parse_recipe
+from curriculum.recipe import RecipeError, parse_recipe
 from curriculum.synth import FINEWEB2_EXTRAS
 
 DATA = ROOT / "curriculum" / "data"
@@ -95,5 +95,5 @@ def test_missing_published_language_is_named(fw2, tmp_path):
     m = read_manifest(fw2)
     r = parse_recipe({"name": "x", "phases": [{"name": "p", "tokens": 1e9, "batch_tokens": 1024, "seq_len": 128,
                                                 "languages": ["eng_Latn", "sux"]}]})
-    with pytest.raises(Exception, match="sux.*not in the manifest"):
+    with pytest.raises(RecipeError, match="sux.*not in the manifest"):
         plan_phase(r.phases[0], 0, m.languages)

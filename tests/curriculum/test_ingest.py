@@ -471,6 +471,29 @@ def test_normalize_text_nfc_controls_newlines():
     assert normalize_text("zero\u200dwidth joiner\u00ad") == "zero\u200dwidth joiner\u00ad"  # Cf is kept
 
 
+def test_the_blank_document_kernel_is_str_isspace_on_every_code_point():
+    # `_any_blank` decides on UTF-8 bytes whether a batch takes the fast path; it must agree with
+    # `not text.strip()` for every character, including the whitespace Python knows beyond ASCII
+    # (\x1c-\x1f, \x85, \u2028, \u3000...).
+    from curriculum.ingest import _any_blank, _space_table
+
+    space = _space_table()
+
+    def blank(texts: list[str]) -> bool:
+        data = np.frombuffer("".join(texts).encode("utf-8"), dtype=np.uint8)
+        lens = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
+        return bool(_any_blank(data, np.concatenate(([0], np.cumsum(lens))), space))
+
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    whitespace = [ch for ch in chars if ch.isspace()]
+    others = [ch for ch in chars if not ch.isspace()]
+    assert {"\x1c", "\x1f", "\x85", "\u2028", "\u3000"} <= set(whitespace) and len(whitespace) == 29
+    assert not blank(others) and not blank([ch * 3 for ch in others])  # 1.1M one-character documents
+    for ch in whitespace:
+        assert blank([ch]) and blank(["x", ch * 3]) and not blank([ch + "a"]) and not blank(["a" + ch]), hex(ord(ch))
+    assert blank([""]) and not blank([]) and not blank(["a", "b"])
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=200))
 def test_normalize_text_properties(text):

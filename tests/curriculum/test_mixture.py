@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from curriculum.errors import MixtureError
-from curriculum.mixture import allocate, temperature_weights, unimax
+from curriculum.mixture import allocate, temperature_weights
 
 sizes = arrays(np.float64, st.integers(1, 60), elements=st.floats(1.0, 1e12, allow_nan=False, allow_infinity=False))
 taus = st.floats(0.0, 1.0)
@@ -56,6 +56,26 @@ def test_caps_never_exceeded_when_feasible(n, tau, frac, cap):
         np.testing.assert_allclose(a.allotted[free] / a.allotted[free].sum(), ref, rtol=1e-8)
     # A capped language sits exactly at its cap.
     np.testing.assert_allclose(a.allotted[a.capped], cap * n[a.capped], rtol=1e-9)
+
+
+def unimax(tokens: np.ndarray, budget: float, max_epochs: float) -> np.ndarray:
+    """UniMax (Chung et al., 2023) as published, the reference for τ = 0: languages by size
+    ascending, the k-th of L gets min(B / (L - k), max_epochs · n_k) of the remaining budget B."""
+    n = np.asarray(tokens, dtype=np.float64)
+    out = np.zeros_like(n)
+    remaining = float(budget)
+    for k, i in enumerate(np.argsort(n, kind="stable")):
+        out[i] = min(remaining / (n.size - k), max_epochs * n[i])
+        remaining -= out[i]
+    return out
+
+
+def test_unimax_by_hand():
+    # n = [10, 20, 30], budget 45, one epoch: 45/3 = 15 > 10, so the smallest gets 10; the other
+    # two split the remaining 35 evenly (17.5 each, under their caps of 20 and 30).
+    np.testing.assert_allclose(unimax(np.array([10.0, 20.0, 30.0]), 45.0, 1.0), [10.0, 17.5, 17.5])
+    np.testing.assert_allclose(allocate(np.array([10.0, 20.0, 30.0]), 0.0, 45.0, max_epochs=1.0).allotted,
+                               [10.0, 17.5, 17.5])
 
 
 @settings(max_examples=200, deadline=None)

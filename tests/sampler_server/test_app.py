@@ -574,7 +574,7 @@ def test_security_edges_credentials_method_labels_and_open_binds(tmp_path, input
     # in 503 bodies, /readyz and logs; made-up HTTP method names (h11 accepts them) each became a
     # metrics label for good; a server bound to every address without a token said nothing.
     from curriculum.storage import StorageError, display, resolve
-    from sampler_server.cli import _loopback
+    from sampler_server.cli import _loopback, open_bind_warning
     from sampler_server.metrics import _METHODS
 
     with pytest.raises(StorageError, match="credentials in the URI .* are refused") as err:
@@ -589,3 +589,9 @@ def test_security_edges_credentials_method_labels_and_open_binds(tmp_path, input
     assert 'method="OTHER"' in text and "FROBNICATE" not in text
     assert [_loopback(h) for h in ("127.0.0.1", "::1", "[::1]", "localhost", "0.0.0.0", "10.0.0.5", "example.org")] == \
         [True, True, True, True, False, False, False]
+    # What `serve` prints at start-up on such a host (a test may not bind beyond 127.0.0.1 to see it printed).
+    for host in ("0.0.0.0", "10.0.0.5", "example.org", "::"):
+        w = open_bind_warning(host, None)
+        assert w is not None and f"serving on {host} without a token" in w and "SAMPLER_TOKEN" in w
+        assert open_bind_warning(host, "s3cret") is None
+    assert all(open_bind_warning(h, None) is None for h in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"))

@@ -194,7 +194,11 @@ def test_concurrent_opens_of_one_shard_share_one_download(built, tmp_path, monke
 
     def slow_download(location, dest, *args, **kwargs):
         calls.append(location)
-        time.sleep(0.5)  # every other thread arrives while this download is in flight
+        # Hold the download until every other thread waits on it (bounded: a broken coalescing
+        # shows as a count below n - 1 below, not as a hang).
+        deadline = time.monotonic() + 30
+        while cache.stats["coalesced"] < n - 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
         return real(location, dest, *args, **kwargs)
 
     monkeypatch.setattr(storage, "download", slow_download)
@@ -212,7 +216,7 @@ def test_concurrent_opens_of_one_shard_share_one_download(built, tmp_path, monke
         t.start()
     for t in threads:
         t.join()
-    assert len(calls) == 1 and cache.stats["downloads"] == 1
+    assert len(calls) == 1 and cache.stats["downloads"] == 1 and cache.stats["coalesced"] == n - 1
     assert cache.stats["coalesced"] + cache.stats["hits"] == n - 1 and cache.stats["coalesced"] >= 1
     assert all(v is not None and v.tokens.tobytes() == views[0].tokens.tobytes() for v in views)
     assert [p.name for p in Path(tmp_path / "c").iterdir()] == [f"{sha}.arrow"]

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import RECIPES, run_cli
 from curriculum.randomcorpus import write_random_corpus
-from curriculum.recipe import load_recipe, parse_recipe
+from curriculum.recipe import RecipeError, load_recipe, parse_recipe
 from curriculum.schedule import ScheduleError, Timeline, phase_layout
 from sampler_server.sampler import Sampler
 
@@ -107,7 +107,7 @@ def test_variants_serve_their_languages_and_weights(corpus):
         counts = np.array([(names == k).sum() for k in plan.languages])
         assert np.abs(counts - w * langs.size).max() < 1.0
     assert len(samplers["eng"].plans[1].languages) == 3 and len(samplers["mid"].plans[1].languages) == 5
-    with pytest.raises(Exception, match="no variant 'nope'.*all, eng, mid"):
+    with pytest.raises(RecipeError, match="no variant 'nope'.*all, eng, mid"):
         Sampler(corpus, r, variant="nope")
 
 

@@ -413,7 +413,8 @@ def test_real_server_batches_equal_the_sampler_byte_for_byte(tmp_path):
         '[[phases]]\nname = "b"\ntokens = 2048\nbatch_tokens = 512\nseq_len = 128\nlanguages = "all"\ntau = 0.3\nmask_ratio = 0.15\n'
         '[[phases.variants]]\nname = "v1"\n[[phases.variants]]\nname = "v2"\nlanguages = { top = 1 }\n')
     port = _free_port()
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(ROOT / ".cache" / "numba"), NUMBA_THREADING_LAYER="omp")
+    env = dict(os.environ, NUMBA_CACHE_DIR=os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba")),
+               NUMBA_THREADING_LAYER="omp")
     proc = subprocess.Popen([sys.executable, "-m", "sampler_server.cli", "serve", "--manifest", str(manifest), "--recipe",
                              str(recipe), "--seed", "5", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -58,7 +58,8 @@ tau = 0.3
 mask_ratio = 0.15
 lr = { decay = "inv_sqrt", final_factor = 0.1 }
 """
-ENV = dict(os.environ, NUMBA_CACHE_DIR=str(ROOT / ".cache" / "numba"), NUMBA_THREADING_LAYER="omp")
+ENV = dict(os.environ, NUMBA_CACHE_DIR=os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba")),
+           NUMBA_THREADING_LAYER="omp")
 
 pytestmark = pytest.mark.slow
 
