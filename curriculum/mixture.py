@@ -49,8 +49,8 @@ class Allocation:
 
     weights: np.ndarray  # effective share of the budget per language (sums to 1)
     allotted: np.ndarray  # tokens per language (sums to the budget)
-    epochs: np.ndarray  # allotted / available
-    capped: np.ndarray  # bool: held at max_epochs · n_i
+    epochs: np.ndarray  # allotted / epoch size (the available tokens unless given apart)
+    capped: np.ndarray  # bool: held at max_epochs epochs
 
 
 def allocate(
@@ -59,17 +59,23 @@ def allocate(
     budget: float,
     max_epochs: float | None = None,
     multipliers: np.ndarray | None = None,
+    epoch_tokens: np.ndarray | None = None,
 ) -> Allocation:
-    """Split `budget` tokens over languages by p ∝ m n^τ, water-filling under an epoch cap."""
+    """Split `budget` tokens over languages by p ∝ m n^τ, water-filling under an epoch cap.
+
+    `epoch_tokens`: the budget's tokens one epoch of each language takes, when that is not its
+    token count n (the sampler's streams wrap each document in [CLS] ... [SEP], so a language's
+    epoch is n + 2 per document of the budget's stream tokens); epochs and the cap count in it."""
     n = np.asarray(tokens, dtype=np.float64)
+    epoch = n if epoch_tokens is None else np.asarray(epoch_tokens, dtype=np.float64)
     if budget <= 0:
         raise MixtureError(f"budget must be positive, got {budget}")
     raw = temperature_weights(n, tau, multipliers)
     if max_epochs is None:
         allotted = raw * budget
-        return Allocation(raw, allotted, allotted / n, np.zeros(n.shape, dtype=bool))
+        return Allocation(raw, allotted, allotted / epoch, np.zeros(n.shape, dtype=bool))
 
-    cap = max_epochs * n
+    cap = max_epochs * epoch
     eligible = raw > 0
     feasible = cap[eligible].sum()
     if budget > feasible * (1 + 1e-12):
@@ -97,4 +103,4 @@ def allocate(
         free &= ~over
         remaining -= float(cap[over].sum())
     weights = allotted / allotted.sum()
-    return Allocation(weights, allotted, allotted / n, capped)
+    return Allocation(weights, allotted, allotted / epoch, capped)

@@ -122,23 +122,32 @@ def _multipliers(phase: Phase, keys: list[str], sources: list[str], manifest_key
     return m
 
 
-def phase_segments(phase: Phase, available: np.ndarray, multipliers: np.ndarray | None = None) -> list[Segment]:
+def epoch_tokens(tokens: np.ndarray, docs: np.ndarray | None) -> np.ndarray:
+    """Stream tokens of one epoch of each language: its tokens plus [CLS] and [SEP] per document
+    (what the sampler serves of it; a phase's budget counts the same tokens)."""
+    t = np.asarray(tokens, dtype=np.int64)
+    return t if docs is None else t + 2 * np.asarray(docs, dtype=np.int64)
+
+
+def phase_segments(phase: Phase, available: np.ndarray, multipliers: np.ndarray | None = None,
+                   epoch: np.ndarray | None = None) -> list[Segment]:
     """Blend segments of a phase: one for constant τ, `anneal_segments` for an annealed τ.
 
     Each segment gets an equal share of the budget; an epoch cap applies per segment (so over the
-    phase too)."""
+    phase too). `epoch`: see `epoch_tokens` (default: the available tokens)."""
     taus = phase.segment_taus()
     seg_tokens = phase.tokens / len(taus)
     cap = phase.max_epochs / len(taus) if phase.max_epochs is not None else None
     out = []
     for tau in taus:
         try:
-            alloc = allocate(available, tau, seg_tokens, cap, multipliers)
+            alloc = allocate(available, tau, seg_tokens, cap, multipliers, epoch)
         except Exception as exc:  # MixtureError: say which phase, in the phase's own numbers
             if cap is not None and "infeasible" in str(exc):
                 raise RecipeError(
                     f"phase {phase.label!r}: max_epochs={phase.max_epochs} is infeasible: the phase's {phase.tokens:.4g} tokens "
-                    f"exceed max_epochs x its languages' {float(np.sum(available)):.4g} available tokens; raise max_epochs, "
+                    f"exceed max_epochs x its languages' {float(np.sum(available if epoch is None else epoch)):.4g} "
+                    "tokens a pass (documents with [CLS]/[SEP]); raise max_epochs, "
                     f"add languages or lower the phase's tokens", phase=phase.name, field="max_epochs"
                 ) from None
             raise RecipeError(f"phase {phase.label!r}: {exc}", phase=phase.name) from None
@@ -154,6 +163,7 @@ def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: in
     keys, warnings = select_languages(phase, languages)
     sub = pl.DataFrame({"language": keys}).join(languages, on="language", how="left", maintain_order="left")
     available = sub["tokens"].to_numpy().astype(np.int64)
+    epoch = epoch_tokens(available, sub["docs"].to_numpy() if "docs" in sub.columns else None)
     sources = sub["source"].to_list()
     mult = _multipliers(phase, keys, sources, set(languages["language"].to_list()), ignore_unselected_weights, warnings)
     known = set(languages["source"].to_list())
@@ -161,7 +171,7 @@ def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: in
     if unknown:  # a typo, or a recipe written for a corpus with sources this one lacks
         warnings.append(f"phase {phase.name!r}: source_weights names {', '.join(map(repr, unknown))}, a source no "
                         f"language of the manifest has (its sources: {', '.join(sorted(known))}); ignored")
-    segments = phase_segments(phase, available, mult)
+    segments = phase_segments(phase, available, mult, epoch)
     allotted = np.sum([s.allocation.allotted for s in segments], axis=0)
     capped = np.any([s.allocation.capped for s in segments], axis=0)
     table = pl.DataFrame(
@@ -171,7 +181,7 @@ def plan_phase(phase: Phase, index: int, languages: pl.DataFrame, start_step: in
             "available_tokens": available,
             "weight": allotted / allotted.sum(),
             "allotted_tokens": allotted,
-            "epochs": allotted / available,
+            "epochs": allotted / epoch,
             "capped": capped,
         }
     )

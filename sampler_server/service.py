@@ -21,7 +21,7 @@ import pyarrow as pa
 from curriculum import storage
 from curriculum.amend import Amendment, AmendmentError, phase_allotments, phase_pieces
 from curriculum.errors import CurriculumError, RecipeError
-from curriculum.plan import PhasePlan, allotment_warnings, phase_summary
+from curriculum.plan import PhasePlan, allotment_warnings, epoch_tokens, phase_summary
 from curriculum.recipe import Recipe, load_recipe
 from curriculum.schedule import ScheduleError
 from curriculum.shards import ShardError, open_shard
@@ -160,7 +160,8 @@ def phase_mixture_json(plan: PhasePlan) -> dict:
     }
 
 
-def amended_mixture_json(view: dict, regs: list, plans: list, phase: int, available: dict[str, tuple[int, str]]) -> dict:
+def amended_mixture_json(view: dict, regs: list, plans: list, phase: int,
+                         available: dict[str, tuple[int, str, int]]) -> dict:
     """`phase_mixture_json` of a phase as the amended run serves it: each language's tokens summed
     over the phase's pieces (the regimes' plans, each over its own steps), as `curriculum plan
     --journal` counts them; `segments` lists the pieces (τ, tokens, first step's regime)."""
@@ -169,10 +170,10 @@ def amended_mixture_json(view: dict, regs: list, plans: list, phase: int, availa
     rows = {r["language"]: r for r in view["languages"]}
     langs = []
     for k in sorted(allot, key=lambda k: (-allot[k], k)):
-        have, source = available.get(k, (0, "web"))
+        have, source, epoch = available.get(k, (0, "web", 0))  # epoch: see curriculum.plan.epoch_tokens
         r = rows.get(k, {"language": k, "source": source, "capped": False})
         langs.append({**r, "available_tokens": have, "weight": allot[k] / total, "allotted_tokens": allot[k],
-                      "epochs": allot[k] / have if have else 0.0})
+                      "epochs": allot[k] / epoch if epoch else 0.0})
     L = regs[-1].recipe.phases[phase].seq_len
     pieces = [{"tau": plans[pc.regime][phase].segments[pc.segment].tau, "tokens": float((pc.stop - pc.start) * L),
                "regime": pc.regime} for pc in phase_pieces(regs, plans, phase)]
@@ -241,8 +242,9 @@ class Build:
         mixture_json = {p.phase.name: phase_mixture_json(p) for p in plans}
         if version:  # an amended phase blends its pieces: the last regime's plan alone is not what it serves
             ml = sampler.manifest.languages
-            available = {k: (int(t), src) for k, t, src in zip(ml["language"].to_list(), ml["tokens"].to_list(),
-                                                                ml["source"].to_list())}
+            epochs_of = epoch_tokens(ml["tokens"].to_numpy(), ml["docs"].to_numpy()).tolist()
+            available = {k: (int(t), src, e) for k, t, src, e in zip(ml["language"].to_list(), ml["tokens"].to_list(),
+                                                                   ml["source"].to_list(), epochs_of)}
             for i, p in enumerate(plans):
                 if len({pc.regime for pc in phase_pieces(st.regimes, st.plans, i)}) < 2:
                     continue  # one regime's plan serves it all: its own numbers (re-summing moved an

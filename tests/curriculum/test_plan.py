@@ -31,7 +31,9 @@ def test_plan_json_matches_the_mixture_rule(synth_1833):
     plan = json.loads(out.stdout)
     assert [p["name"] for p in plan["phases"]] == ["pretrain", "midtrain", "decay:all", "decay:eng", "decay:mid"]
     assert [p["n_languages"] for p in plan["phases"]] == [60, 110, 1833, 110, 110]
-    avail = read_manifest(synth_1833).available_tokens()
+    ml = read_manifest(synth_1833).languages
+    avail = dict(zip(ml["language"].to_list(), ml["tokens"].to_list()))
+    docs = dict(zip(ml["language"].to_list(), ml["docs"].to_list()))
     for phase, tau, budget in zip(plan["phases"][:3], (0.7, 0.5, 0.3), (2.3e12, 6e11, 1e11)):
         langs = phase["languages"]
         n = np.array([avail[x["language"]] for x in langs], dtype=np.float64)
@@ -40,7 +42,9 @@ def test_plan_json_matches_the_mixture_rule(synth_1833):
         np.testing.assert_allclose(w, n**tau / np.sum(n**tau), rtol=0, atol=1e-9)
         allotted = np.array([x["allotted_tokens"] for x in langs])
         assert allotted.sum() == pytest.approx(budget, rel=1e-12)
-        np.testing.assert_allclose([x["epochs"] for x in langs], allotted / n, rtol=1e-12)
+        # An epoch is a pass over the language's stream: its tokens plus [CLS] and [SEP] per document.
+        stream = n + 2 * np.array([docs[x["language"]] for x in langs], dtype=np.float64)
+        np.testing.assert_allclose([x["epochs"] for x in langs], allotted / stream, rtol=1e-12)
     # The top-N phases are nested: the 60 are among the 110.
     first, second = ({x["language"] for x in p["languages"]} for p in plan["phases"][:2])
     assert first < second

@@ -182,3 +182,22 @@ def test_an_annealed_phase_keeps_every_language_within_one_sequence_of_its_targe
     counts = np.cumsum(np.eye(L)[langs], axis=0)
     assert len(plan.segments) == 16 and target[-1].min() > 3  # the smallest language is owed > 3 sequences
     assert np.abs(counts - target).max() <= 1.0
+
+
+def test_plan_epochs_are_the_passes_the_sampler_makes(tmp_path):
+    # An epoch is one pass over a language's stream, documents wrapped in [CLS] ... [SEP]. The plan
+    # divided by the tokens alone, so with 20-token documents it overstated epochs by 10 % (and a
+    # max_epochs cap allowed ~10 % fewer passes than it said).
+    sizes = {"aaa_Latn": 40_000, "bbb_Latn": 20_000, "ccc_Cyrl": 8_000}
+    m = write_random_corpus(tmp_path / "m", sizes, seed=2, mean_doc_tokens=20, shard_tokens=50_000)
+    r = {"name": "r", "phases": [{"name": "p", "tokens": 200 * 1024, "batch_tokens": 1024, "seq_len": 128,
+                                  "languages": "all", "tau": 0.5}]}
+    s = Sampler(m, parse_recipe(r), seed=1, block_tokens=4096)
+    plan = s.plans[0].table
+    served = s.total_steps * 1024 / (200 * 1024)  # whole steps: served / budget
+    used = s.epochs(s.total_steps)
+    for row in plan.iter_rows(named=True):
+        stream = s._streams[s.languages.index(row["language"])].stream_len
+        # Within one sequence of the plan's share (the blend's bound), counted in passes.
+        assert abs(used[row["language"]] - row["epochs"] * served) <= 128 / stream + 1e-9, row
+        assert row["epochs"] > 1.5  # several passes: a 10 % unit error would be ~0.15
