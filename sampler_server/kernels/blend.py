@@ -47,7 +47,8 @@ from numba import njit
 import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
 
 # Hashed into every run id: batches of a run with several pieces in a phase changed when pieces
-# stopped starting fresh (version 2), and a resumed job must not mix the two.
+# stopped starting fresh, and those of capped phases when epochs began to count [CLS]/[SEP]
+# (version 2); a resumed job must not mix the two.
 BLEND_RULE_VERSION = 2
 
 
