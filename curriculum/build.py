@@ -47,6 +47,13 @@ WORK_LAYOUT = 3  # bump when task outputs change form: a work dir of another lay
 NOT_IN_IDENTITY = ("out", "tokenizer_threads", "inputs", "tokenizer", "source")
 TOKENIZE_SETTINGS = ("cls_id", "sep_id", "mask_id", "pad_id", "shard_bytes", "chunk_bytes")
 DEDUP_SETTINGS = ("dedup_threshold",)  # the dedup decision only: signatures do not depend on it
+# Versions of rules that change task outputs without a setting changing, recorded in the work dir
+# so that a build interrupted under one version is not finished under another (mixing results).
+# extract 2: line-breaking controls become newlines; row labels without a script take the row's
+# letters; und/mul/mis rows are unlabeled; addresses do not decide a script.
+# tokenize 2: role ids that text produced are spelled out (curriculum.tokenize).
+EXTRACT_RULES = 2
+TOKENIZE_RULES = 2
 SHARD_NAME = re.compile(r"^\.?\d{5,}-\d{4,}\.arrow(\..+\.tmp)?$")  # tokenize_task's shards and their temp files
 SIG_IN_MEMORY_BYTES = 64 << 20  # a language's signatures up to this size are not memory-mapped
 DOC_ID_FILE_SHIFT = 36  # doc id = file index << 36 | row: 68B rows per file, 134M files
@@ -621,6 +628,19 @@ def _inputs_change(before: object, now: list[list]) -> str:
     return "; ".join(parts) or "their order"
 
 
+def _lsh_params(cfg: BuildConfig) -> list[int] | None:
+    """The (bands, rows) the dedup stage uses, None without dedup (or a threshold with no split,
+    which the build refuses before any work)."""
+    if not cfg.dedup:
+        return None
+    from curriculum.dedup import DedupConfig
+
+    try:
+        return list(DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold).lsh_params())
+    except ValueError:
+        return None
+
+
 def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, retokenize: bool = False) -> bool:
     """Record what this build is; refuse to resume a work dir left by a different build (its
     finished tasks would be reused for other inputs or settings). With `retokenize`, a change of
@@ -631,11 +651,14 @@ def _claim_work_dir(work: Path, cfg: BuildConfig, files, tokenizer_sha256: str, 
     dump = cfg.model_dump(exclude=set(NOT_IN_IDENTITY))
     ident = json.loads(json.dumps({
         "layout": WORK_LAYOUT,
-        "settings": {k: v for k, v in dump.items() if k not in TOKENIZE_SETTINGS and k not in DEDUP_SETTINGS},
+        "settings": {**{k: v for k, v in dump.items() if k not in TOKENIZE_SETTINGS and k not in DEDUP_SETTINGS},
+                     "extract_rules": EXTRACT_RULES},
         "inputs": [[os.path.abspath(f.path), os.path.getsize(f.path) if os.path.exists(f.path) else -1,
                     os.stat(f.path).st_mtime_ns if os.path.exists(f.path) else -1] for f in files],
-        "dedup": {k: dump[k] for k in DEDUP_SETTINGS},
-        "tokenize": {**{k: dump[k] for k in TOKENIZE_SETTINGS}, "tokenizer_sha256": tokenizer_sha256},
+        # The LSH split is derived (its choice rule changed once: 9 x 13 -> 16 x 8 at 0.8), so recorded.
+        "dedup": {**{k: dump[k] for k in DEDUP_SETTINGS}, "lsh_bands_rows": _lsh_params(cfg)},
+        "tokenize": {**{k: dump[k] for k in TOKENIZE_SETTINGS}, "tokenizer_sha256": tokenizer_sha256,
+                     "tokenize_rules": TOKENIZE_RULES},
     }))
     path = work / "build.json"
     if path.exists():
@@ -823,7 +846,8 @@ def _build(cfg: BuildConfig, out: Path, remote: bool, executor: str, workers: in
             DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold).lsh_params()
         except ValueError as exc:
             raise CurriculumError(f"--dedup-threshold {cfg.dedup_threshold} with {cfg.num_perm} permutations: no LSH "
-                                  f"split of at least 2 bands ({exc}); use a threshold of at most 0.995, or --no-dedup "
+                                  f"split of at least 2 bands ({exc}); use a lower threshold (0.98 splits at 32 permutations or more, 0.99 at 64, "
+                                  f"0.995 at 128), or --no-dedup "
                                   "to keep exact copies too") from None
     workers_note = ""
     if workers == "auto":

@@ -517,7 +517,7 @@ def _row_language(label: object, default: str | None, text: str) -> str | None |
         return _Bad("unknown_language", f"language {label!r} is not a language")
     if names_script(label):
         return key
-    if default is not None and key != default and key.partition("_")[0] == default.partition("_")[0]:
+    if default is not None and key.partition("_")[0] == default.partition("_")[0]:
         return default
     return script_from_text(key, text[:_SCRIPT_PREFIX])
 

@@ -67,7 +67,7 @@ class _PhaseAt:
     walking the pieces before it to their ends."""
 
     def __init__(self, n_languages: int, prev: _Segment | None):
-        self._n, self._prev = n_languages, prev
+        self._n, self._prev, self._first = n_languages, prev, prev is None
         self._value: tuple[np.ndarray, np.ndarray] | None = None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -78,11 +78,14 @@ class _PhaseAt:
         at: _PhaseAt | None = self
         while at is not None and at._value is None:
             todo.append(at)
-            at = at._prev.phase_at if at._prev is not None else None
+            prev = at._prev  # None: the phase's first piece, or computed meanwhile by another thread
+            at = prev.phase_at if prev is not None else None
         for a in reversed(todo):
-            prev = a._prev
-            if prev is None:
+            if a._first:
                 a._value = (np.zeros(a._n, np.int64), np.zeros(a._n, np.float64))
+                continue
+            prev = a._prev  # read before _value: another thread sets _value, then clears _prev
+            if prev is None:
                 continue
             counts, target = prev.phase_at.arrays()
             n = prev.stop - prev.start
@@ -90,6 +93,7 @@ class _PhaseAt:
             counts[prev.lang] += prev.blend.counts_at(n)
             target[prev.lang] += prev.blend.weights * n
             a._value = (counts, target)
+            a._prev = None  # known now: let the pieces before go (a long policy run makes thousands)
         return self._value  # type: ignore[return-value]
 
     def excess(self, lang: np.ndarray) -> np.ndarray:
@@ -199,6 +203,7 @@ class Sampler:
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self._plan_cache: dict[str, PhasePlan] = {}
         self._blends: dict[tuple, BlendIndex] = {}  # reused across amendments: built checkpoints survive
+        self._phase_ats: dict[tuple, _PhaseAt] = {}  # where each blend's piece starts, keyed alike
         self._amend_lock = threading.Lock()
         self._state = self._make_state(tuple(amendments))
         specials = np.array(sorted({tok.cls_id, tok.sep_id, tok.mask_id, tok.pad_id, *tok.special_ids}), np.int64)
@@ -268,6 +273,7 @@ class Sampler:
             # Forget blends no piece uses any more (a long run with a feedback policy makes many).
             live = {id(sg.blend) for segs in new.segments for sg in segs}
             self._blends = {k: b for k, b in self._blends.items() if id(b) in live}
+            self._phase_ats = {k: a for k, a in self._phase_ats.items() if k in self._blends}
 
     def check_amendments(self, amendments: list[Amendment] | tuple[Amendment, ...]) -> None:
         """Raise AmendmentError unless the run amended by `amendments` can be served."""
@@ -332,13 +338,21 @@ class Sampler:
         history = ""  # digest of the pieces before (languages, weights, lengths); "" for the first
         for pc in pieces:
             lang = np.array([self._lang_index[k] for k in pc.languages], np.int32)
-            at = _PhaseAt(len(self.languages), out[-1] if out else None)
             key = (pc.phase, pc.start, pc.languages, pc.weights.tobytes(), history)
+            # One _PhaseAt per key, as one blend: a piece an amendment left alone keeps the counts
+            # already computed where it starts, so the next piece's excess is one walk (of the
+            # piece before it), not a walk of every piece since the phase began.
+            at = self._phase_ats.get(key)
+            if at is None:
+                at = self._phase_ats[key] = _PhaseAt(len(self.languages), out[-1] if out else None)
             blend = self._blends.get(key)
             if blend is None:
                 c = self._chunk or adaptive_chunk(pc.stop - pc.start, len(pc.languages))
                 excess = None if not out else (lambda at=at, lang=lang: at.excess(lang))
-                blend = self._blends[key] = BlendIndex(pc.weights, c, excess, tag=history)
+                # The excess depends on the pieces before and on this piece's languages: both name
+                # its index file (a first piece's blend depends on its weights alone).
+                tag = "" if not out else f"{history}:{lang.tobytes().hex()}"
+                blend = self._blends[key] = BlendIndex(pc.weights, c, excess, tag=tag)
                 if self.index_dir is not None:
                     path = self._index_path(blend)
                     if path.exists():
@@ -395,7 +409,7 @@ class Sampler:
         # A blend is a function of its weights and of the pieces before it in its phase (none for
         # a phase's first piece), and its chunk shapes the checkpoints, so index files are named
         # by content: amended runs share them with the unamended one.
-        digest = hashlib.sha256(blend.weights.tobytes() + blend.tag.encode()).hexdigest()[:20]
+        digest = hashlib.sha256(blend.weights.tobytes() + (b"|" + blend.tag.encode() if blend.tag else b"")).hexdigest()[:20]
         return self.index_dir / f"blend-{digest}-c{blend.chunk}.npy"
 
     def build_index(self, progress=None) -> dict:

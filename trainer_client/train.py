@@ -239,9 +239,14 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optim: torch.optim.Optim
     try:
         dcp.load(state, checkpoint_id=str(path))
         set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    except (Exception, CheckpointException) as exc:  # a damaged save: EOFError, AssertionError, ... (CheckpointException is a BaseException)
-        raise TrainError(f"checkpoint {path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                         "delete that directory to resume from the one before") from None
+    except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
+        # A damaged save (a file cut short or missing) gives EOFError, AssertionError, a zip error
+        # wrapped in CheckpointException...; other failures (out of memory, a collective timing
+        # out, another model shape) reach here too, so deletion is advice for the first kind only.
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise TrainError(f"checkpoint {path}: could not be loaded ({type(exc).__name__}: {first}); if it is damaged "
+                         "(a file cut short or missing: compare it with the one before), delete that directory to "
+                         "resume from the one before") from None
     for g, f in zip(optim.param_groups, flags):
         g.update(f)
     return meta

@@ -259,6 +259,7 @@ class BlendIndex:
                     raise ValueError(f"BlendIndex: excess must be {self.weights.size} finite numbers, got {e!r}")
                 e.flags.writeable = False
                 self._excess = e
+                self._excess_arg = None  # a callable may hold the pieces before: not needed any more
             return self._excess
 
     def attach(self, matrix: np.ndarray) -> None:

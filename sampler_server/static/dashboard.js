@@ -452,7 +452,7 @@ function renderEpochs() {
       const over = v > plan.epoch_warning;
       tip(s.appendChild(el("circle", { class: "pt" + (over ? " hot" : ""), cx: X(i).toFixed(1), cy: Y(v).toFixed(1), r,
         fill: over ? HOT : COLORS[0], "fill-opacity": over ? 0.95 : 0.6 })),
-        `${e.language[i]}: ${v.toFixed(2)} epochs of ${fmtTokens(e.available_tokens[i])} tokens${e.capped[i] ? " (capped)" : ""}`);
+        `${e.language[i]}: ${v.toFixed(2)} epochs of its ${fmtTokens(e.available_tokens[i])} tokens (+ [CLS]/[SEP] a document)${e.capped[i] ? " (capped)" : ""}`);
     });
     c.appendChild(s);
   }

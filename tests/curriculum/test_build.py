@@ -463,10 +463,20 @@ def test_a_new_tokenizer_redoes_only_the_tokenize_stage(corpus, small_tokenizer,
     # A change to an extract setting is refused, naming it, --retokenize or not.
     with pytest.raises(CurriculumError, match=r"settings \(min_chars\)"):
         build(BuildConfig(out=str(out), min_chars=30, **cfg), workers=1, progress=False, retokenize=True)
+    # Work left by a version with other extract rules (normalization, labels) is not finished by
+    # this one: the records would mix two rules. Nor tokenize records of other tokenize rules.
+    record = json.loads((out / ".work" / "build.json").read_text())
+    for group, key, why in (("settings", "extract_rules", r"settings \(extract_rules\)"),
+                            ("tokenize", "tokenize_rules", r"tokenize \(tokenize_rules\).*--retokenize")):
+        older = {**record, group: {**record[group], key: 1}}
+        (out / ".work" / "build.json").write_text(json.dumps(older))
+        with pytest.raises(CurriculumError, match=why):
+            build(BuildConfig(out=str(out), **cfg), workers=1, progress=False)
+    (out / ".work" / "build.json").write_text(json.dumps(record))
     # A new dedup threshold redoes dedup and tokenize, keeping language ID and signatures (it was
     # refused: "delete .work to start over", losing the extract stage's work).
     extract = {p: p.stat().st_mtime_ns for p in (out / ".work" / "extract").rglob("*") if p.is_file()}
-    with pytest.raises(CurriculumError, match=r"dedup \(dedup_threshold\).*To keep its language ID and signatures and "
+    with pytest.raises(CurriculumError, match=r"dedup \(dedup_threshold, lsh_bands_rows\).*To keep its language ID and signatures and "
                                               r"dedup and tokenize again, add --retokenize"):
         build(BuildConfig(out=str(out), dedup_threshold=0.5, **cfg), workers=1, progress=False)
     redone = build(BuildConfig(out=str(out), dedup_threshold=0.5, **cfg), workers=1, progress=False, retokenize=True)

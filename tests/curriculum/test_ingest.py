@@ -208,6 +208,15 @@ def test_row_labels_without_a_script_outside_a_language_folder_take_the_texts_sc
     texts, langs, _, drops, _, _ = read_all(f)
     assert langs == ["srp_Latn", "srp_Cyrl", "uzn_Cyrl", "uzn_Latn", "srp_Cyrl", None, None, None]
     assert drops == {"unknown_language": 1}
+    # Inside a folder of that language the folder's script stands, whichever script the label's
+    # language usually has and whatever the letters say (a folder is a deliberate choice).
+    for folder, label, text in [("srp_Latn", "sr", "Ово је реченица."), ("srp_Cyrl", "sr", "Ovo je rečenica."),
+                                ("uzn_Latn", "uz", "Бу гап."), ("uzn_Cyrl", "uz", "Bu gap.")]:
+        d = tmp_path / folder / "train"
+        d.mkdir(parents=True)
+        (d / "a.jsonl").write_text(json.dumps({"text": text, "language": label}) + "\n")
+        (f,), _ = discover_inputs([d / "a.jsonl"])
+        assert read_all(f)[1] == [folder], (folder, label)
 
 
 # -- formats round-trip with provenance ---------------------------------------------------------

@@ -186,3 +186,59 @@ def test_prepare_walks_amended_blends_and_persists_their_index(corpus, amended, 
     assert all(sg.blend._matrix is not None for sg in pieces[:-1])  # attached: a restart does not walk them
     for step in (S, 41, 57):
         assert same(again.batch(step), amended.batch(step))
+
+
+def test_pieces_with_equal_weights_over_other_languages_keep_their_own_index_files(tmp_path):
+    # A piece's checkpoints depend on its weights, the pieces before it and its own languages (the
+    # excess it starts from). Index files were named without the last: two runs sharing an index
+    # directory, whose amended pieces had equal weights over other languages, shared one file, and
+    # the second served other bytes than without the index.
+    sizes = {f"l{i:02d}_Latn": 40_000 + 7_000 * i for i in range(4)}
+    m = write_random_corpus(tmp_path / "m", sizes, seed=4, mean_doc_tokens=50, shard_tokens=60_000)
+    r = {"name": "r", "phases": [{"name": "p", "tokens": 40 * 8 * 128, "batch_tokens": 8 * 128, "seq_len": 128,
+                                  "languages": "all", "tau": 0.7}]}
+    # τ = 0 and the same multiplier pattern: equal weight vectors over different language sets.
+    a = parse_amendment({"from_step": 2, "changes": {"p": {"tau": 0.0, "languages": ["l00_Latn", "l01_Latn", "l02_Latn"],
+                                                           "language_weights": {"l02_Latn": 2.3}}}})
+    b = parse_amendment({"from_step": 2, "changes": {"p": {"tau": 0.0, "languages": ["l01_Latn", "l02_Latn", "l03_Latn"],
+                                                           "language_weights": {"l03_Latn": 2.3}}}})
+
+    def sampler(amendment, index=None):
+        return Sampler(m, parse_recipe(r), seed=1, chunk=16, amendments=[amendment], index_dir=index)
+
+    sa = sampler(a, tmp_path / "index")
+    sa.build_index()
+    sb, plain = sampler(b, tmp_path / "index"), sampler(b)
+    pa_, pb = sa._state.segments[0][1], sb._state.segments[0][1]
+    assert np.array_equal(pa_.blend.weights, pb.blend.weights) and not np.array_equal(pa_.blend.excess, pb.blend.excess)
+    assert sa._index_path(pa_.blend) != sb._index_path(pb.blend)
+    steps = list(reversed(range(plain.total_steps)))  # a resume: far steps first, through checkpoints
+    assert [sb.batch(t).input_ids.tobytes() for t in steps] == [plain.batch(t).input_ids.tobytes() for t in steps]
+
+
+def test_each_new_piece_walks_only_the_piece_before_it(tmp_path, monkeypatch):
+    # Amendments one at a time (a feedback policy): the first batch of the k-th new piece walked
+    # every earlier piece of the phase to its end again (k walks), and each blend kept its own copy
+    # of the whole chain of counts alive.
+    from sampler_server.kernels import blend as blend_module
+
+    calls = []
+    counts_at = blend_module.BlendIndex.counts_at
+    monkeypatch.setattr(blend_module.BlendIndex, "counts_at", lambda self, g: calls.append(g) or counts_at(self, g))
+    sizes = {f"l{i:02d}_Latn": 20_000 + 3_000 * i for i in range(6)}
+    m = write_random_corpus(tmp_path / "m", sizes, seed=4, mean_doc_tokens=50, shard_tokens=60_000)
+    r = {"name": "r", "phases": [{"name": "p", "tokens": 100 * 4 * 64, "batch_tokens": 4 * 64, "seq_len": 64,
+                                  "languages": "all", "tau": 0.7}]}
+    s = Sampler(m, parse_recipe(r), seed=1, chunk=16)
+    rng = np.random.default_rng(0)
+    journal, walks = [], []
+    for k in range(1, 31):
+        journal.append(parse_amendment({"from_step": 2 * k, "changes": {"p": {
+            "language_weights": {f"l{i:02d}_Latn": float(np.round(rng.uniform(0.5, 2), 2)) for i in range(6)}}}}))
+        s.amend(journal)
+        calls.clear()
+        s.batch(2 * k)  # the first batch of the new piece
+        walks.append(len(calls))
+    assert max(walks) <= 2, walks  # the piece before (and the stream base), whatever k
+    fresh = Sampler(m, parse_recipe(r), seed=1, chunk=16, amendments=journal)
+    assert all(fresh.batch(t).input_ids.tobytes() == s.batch(t).input_ids.tobytes() for t in range(0, 62, 3))
