@@ -117,6 +117,10 @@ class Live:
             self.error = f"journal {self.journal.path} cannot be applied: {exc}"
             log.error("%s", self.error)
             raise JournalBroken(self.error) from None
+        except Exception as exc:  # not the journal's fault (a full disk, a bug): 503 and /readyz false, not 500s
+            self.error = f"journal {self.journal.path} could not be applied here: {type(exc).__name__}: {exc}"
+            log.exception("%s", self.error)
+            raise JournalBroken(self.error) from None
         finally:
             self.applying = False
         self.error = None

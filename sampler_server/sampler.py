@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from sampler_server.kernels.assemble import assemble
 from sampler_server.kernels.mask import MASK_RULE_VERSION, free_range, pool_run
 from sampler_server.kernels.rng import sequence_keys
 from sampler_server.streams import DEFAULT_BLOCK_TOKENS, LanguageStream, Runs
+
+log = logging.getLogger("sampler_server.sampler")
 
 
 @dataclass(frozen=True)
@@ -352,11 +355,10 @@ class Sampler:
                 # The excess depends on the pieces before and on this piece's languages: both name
                 # its index file (a first piece's blend depends on its weights alone).
                 tag = "" if not out else f"{history}:{lang.tobytes().hex()}"
-                blend = self._blends[key] = BlendIndex(pc.weights, c, excess, tag=tag)
+                blend = BlendIndex(pc.weights, c, excess, tag=tag)
                 if self.index_dir is not None:
-                    path = self._index_path(blend)
-                    if path.exists():
-                        blend.attach(np.load(path, mmap_mode="r"))
+                    self._attach(blend, self._index_path(blend))
+                self._blends[key] = blend
             out.append(_Segment(pc.start, pc.stop, lang, blend, at))
             history = hashlib.sha256(f"{history}:{lang.tobytes().hex()}:{pc.weights.tobytes().hex()}:"
                                      f"{pc.stop - pc.start}".encode()).hexdigest()
@@ -412,6 +414,34 @@ class Sampler:
         digest = hashlib.sha256(blend.weights.tobytes() + (b"|" + blend.tag.encode() if blend.tag else b"")).hexdigest()[:20]
         return self.index_dir / f"blend-{digest}-c{blend.chunk}.npy"
 
+    @staticmethod
+    def _index_matrix(path: Path) -> np.ndarray | None:
+        """An index file's checkpoints, memory-mapped; None when it is missing or unreadable (a
+        damaged file is a warning naming it, not an error: the blend walks without it, and
+        `build_index` / `prepare` write it again)."""
+        if not path.exists():
+            return None
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as exc:
+            log.warning("index file %s is unreadable (%s); ignored (the blend walks without it; building the index "
+                        "writes it again)", path, exc)
+            return None
+
+    def _attach(self, blend: BlendIndex, path: Path, rows: int = 0) -> bool:
+        """Attach the index file at `path` to `blend` if it is readable, fits it and has at least
+        `rows` rows; False (a warning for a file that does not fit) otherwise."""
+        m = self._index_matrix(path)
+        if m is None or m.shape[0] < rows:
+            return False
+        try:
+            blend.attach(m)
+        except ValueError as exc:
+            log.warning("index file %s does not fit its blend (%s); ignored (building the index writes it again)",
+                        path, exc)
+            return False
+        return True
+
     def build_index(self, progress=None) -> dict:
         """Build every blend checkpoint of the run and write them to `index_dir` (one .npy per
         blend, memory-mapped on load): after this, any step of any phase is O(chunk) away, and a
@@ -428,13 +458,12 @@ class Sampler:
             for s, segm in enumerate(segs):
                 path = self._index_path(segm.blend)
                 rows = (segm.stop - segm.start) // segm.blend.chunk + 1
-                have = np.load(path, mmap_mode="r").shape[0] if path.exists() else 0
-                if have < rows:
+                if not self._attach(segm.blend, path, rows):
                     matrix = segm.blend.checkpoint_matrix(segm.stop - segm.start)
                     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
                     np.save(tmp, matrix)
                     os.replace(tmp, path)
-                segm.blend.attach(np.load(path, mmap_mode="r"))
+                    segm.blend.attach(np.load(path, mmap_mode="r"))
                 if path not in files:
                     files.add(path)
                     total += path.stat().st_size
@@ -462,7 +491,7 @@ class Sampler:
                 segm = st.segments[p][s]
                 path = self._index_path(segm.blend)
                 rows = (segm.stop - segm.start) // segm.blend.chunk + 1
-                if path.exists() and np.load(path, mmap_mode="r").shape[0] >= rows:
+                if self._attach(segm.blend, path, rows):
                     continue
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
                 np.save(tmp, segm.blend.checkpoint_matrix(segm.stop - segm.start))

@@ -168,12 +168,17 @@ def amended_mixture_json(view: dict, regs: list, plans: list, phase: int,
     allot = phase_allotments(regs, plans, phase)
     total = sum(allot.values()) or 1.0
     rows = {r["language"]: r for r in view["languages"]}
+    # Capped: in any piece the phase served (the last regime's flag alone hid caps of earlier ones).
+    capped = set()
+    for pc in phase_pieces(regs, plans, phase):
+        plan = plans[pc.regime][phase]
+        capped.update(k for k, c in zip(plan.languages, plan.segments[pc.segment].allocation.capped) if c)
     langs = []
     for k in sorted(allot, key=lambda k: (-allot[k], k)):
         have, source, epoch = available.get(k, (0, "web", 0))  # epoch: see curriculum.plan.epoch_tokens
-        r = rows.get(k, {"language": k, "source": source, "capped": False})
+        r = rows.get(k, {"language": k, "source": source})
         langs.append({**r, "available_tokens": have, "weight": allot[k] / total, "allotted_tokens": allot[k],
-                      "epochs": allot[k] / epoch if epoch else 0.0})
+                      "epochs": allot[k] / epoch if epoch else 0.0, "capped": k in capped})
     L = regs[-1].recipe.phases[phase].seq_len
     pieces = [{"tau": plans[pc.regime][phase].segments[pc.segment].tau, "tokens": float((pc.stop - pc.start) * L),
                "regime": pc.regime} for pc in phase_pieces(regs, plans, phase)]

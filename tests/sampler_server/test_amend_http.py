@@ -450,3 +450,27 @@ def test_a_journal_the_run_cannot_apply_is_shown_and_curriculum_amend_checks_the
         assert "sampler_ready 0.0" in c.get("/metrics").text  # was 1.0 while /readyz said 503
         # A served step's schedule (a trainer's journal check after a failover) still answers.
         assert c.get("/v1/schedule", params={"step": 3}).status_code == 200
+
+
+def test_a_failure_applying_the_journal_that_is_not_the_journals_is_a_503_not_500s(manifest, recipe, monkeypatch):
+    # Any other error while applying (a damaged file met on the way, a full disk) escaped as a 500
+    # for every batch, with /readyz still true: a balancer kept routing to the replica.
+    from curriculum.amend import parse_amendment
+
+    path = journal_beside(recipe)
+    with client(manifest, recipe) as c:
+        fetch(c, 3)
+
+        def failing(self, entries):
+            raise OSError("No space left on device")
+
+        monkeypatch.setattr(Sampler, "amend", failing)
+        Journal(path).append(parse_amendment({"from_step": 30, "changes": {"pretrain": {"tau": 0.4}}}, "t"))
+        r = c.get("/v1/batches/31")
+        assert r.status_code == 503 and r.json()["error"] == "journal_broken", r.text
+        assert "could not be applied here: OSError: No space left on device" in r.json()["message"]
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and not ready.json()["ready"]
+        monkeypatch.undo()  # the cause goes away: the next request applies the journal and serves
+        assert fetch(c, 31).metadata["journal_version"] == 1
+        assert c.get("/readyz").status_code == 200

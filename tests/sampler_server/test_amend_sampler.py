@@ -242,3 +242,25 @@ def test_each_new_piece_walks_only_the_piece_before_it(tmp_path, monkeypatch):
     assert max(walks) <= 2, walks  # the piece before (and the stream base), whatever k
     fresh = Sampler(m, parse_recipe(r), seed=1, chunk=16, amendments=journal)
     assert all(fresh.batch(t).input_ids.tobytes() == s.batch(t).input_ids.tobytes() for t in range(0, 62, 3))
+
+
+def test_an_amended_phase_reports_caps_of_every_piece_it_served(corpus):
+    # /v1/mixture of an amended phase took `capped` from the last regime's plan alone: a language
+    # held at its cap for the first half of the phase showed as uncapped once an amendment lifted it.
+    from curriculum.plan import epoch_tokens
+    from sampler_server.service import amended_mixture_json, phase_mixture_json
+
+    r = {"name": "r", "phases": [{"name": "p", "tokens": 40 * 64 * 128, "batch_tokens": 64 * 128, "seq_len": 128,
+                                  "languages": "all", "tau": 0.1, "max_epochs": 1.0}]}
+    lift = parse_amendment({"from_step": 20, "changes": {"p": {"max_epochs": 100.0}}})
+    s = Sampler(corpus, parse_recipe(r), seed=1, chunk=16, amendments=[lift])
+    st = s._state
+    first, last = st.plans[0][0], st.plans[-1][0]
+    capped_first = {k for k, c in zip(first.languages, first.table["capped"].to_list()) if c}
+    assert capped_first and not last.table["capped"].any()
+    ml = s.manifest.languages
+    available = {k: (int(t), src, int(e)) for k, t, src, e in zip(ml["language"].to_list(), ml["tokens"].to_list(),
+                                                                   ml["source"].to_list(),
+                                                                   epoch_tokens(ml["tokens"].to_numpy(), ml["docs"].to_numpy()))}
+    view = amended_mixture_json(phase_mixture_json(last), st.regimes, st.plans, 0, available)
+    assert {x["language"] for x in view["languages"] if x["capped"]} == capped_first

@@ -201,3 +201,27 @@ def test_plan_epochs_are_the_passes_the_sampler_makes(tmp_path):
         # Within one sequence of the plan's share (the blend's bound), counted in passes.
         assert abs(used[row["language"]] - row["epochs"] * served) <= 128 / stream + 1e-9, row
         assert row["epochs"] > 1.5  # several passes: a 10 % unit error would be ~0.15
+
+
+def test_a_damaged_index_file_is_ignored_with_a_warning_and_rewritten(corpus, tmp_path, caplog):
+    # A truncated file in the index directory stopped the server at start-up with numpy's
+    # "EOF: reading array header" (no path), and one met while applying an amendment made every
+    # batch a 500 with /readyz still true. It is now skipped (the blend walks without it), named
+    # in a warning, and written again by build_index.
+    r = {"name": "r", "phases": [{"name": "b", "tokens": 20 * 48 * 128, "batch_tokens": 48 * 128, "seq_len": 128,
+                                  "languages": "all", "tau": {"start": 0.9, "end": 0.5}, "anneal_segments": 4}]}
+    index = tmp_path / "index"
+    Sampler(corpus, parse_recipe(r), seed=5, block_tokens=2048, chunk=64, index_dir=index).build_index()
+    files = sorted(index.glob("blend-*.npy"))
+    assert len(files) == 4
+    for f in files[1:3]:
+        f.write_bytes(f.read_bytes()[:90])
+    with caplog.at_level("WARNING", logger="sampler_server.sampler"):
+        s = Sampler(corpus, parse_recipe(r), seed=5, block_tokens=2048, chunk=64, index_dir=index)
+    named = {m for m in caplog.messages if "is unreadable" in m}
+    assert {str(f) for f in files[1:3]} == {m.split("index file ")[1].split(" is unreadable")[0] for m in named}
+    plain = Sampler(corpus, parse_recipe(r), seed=5, block_tokens=2048, chunk=64)
+    steps = list(reversed(range(s.total_steps)))
+    assert [s.batch(t).input_ids.tobytes() for t in steps] == [plain.batch(t).input_ids.tobytes() for t in steps]
+    s.build_index()
+    assert all(np.load(f).shape[0] > 1 for f in files)  # written again, whole
