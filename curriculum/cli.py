@@ -156,7 +156,7 @@ def amend(
     a: Amendment = parse_amendment({"from_step": from_step, "changes": changes, "reason": reason, "source": "cli"},
                                    "--set")
     a = resolve_current(a, regimes(rec, j.entries)[-1].timeline)
-    man = _run_manifest(j, manifest)
+    man = _run_manifest(j, manifest, dry_run)
 
     def check(entries: list[Amendment]) -> None:
         from curriculum.amend import AmendmentError
@@ -180,10 +180,11 @@ def amend(
                   + "; ".join(f"{p}: {c.model_dump_json(exclude_none=True)}" for p, c in stored.changes.items()))
 
 
-def _run_manifest(journal, given: str | None):
+def _run_manifest(journal, given: str | None, dry_run: bool = False):
     """The manifest an amendment is checked against: the run's, as the server that bound the
     journal recorded it (`<journal>.run`). An unchecked amendment that cannot be planned on it
-    stops every replica of the run (503 journal_broken) until the journal is mended by hand."""
+    stops every replica of the run (503 journal_broken) until the journal is mended by hand, and
+    keeps a server from starting on the journal at all."""
     from curriculum.manifest import read_manifest
 
     rec = (journal.run_record() or {}).get("manifest") or {}
@@ -205,8 +206,11 @@ def _run_manifest(journal, given: str | None):
         err_console.print(f"[yellow]warning:[/] the manifest at {rec['root']} changed since the run started; not "
                           "checked against it: pass --manifest", highlight=False, soft_wrap=True)
         return None
-    err_console.print("[yellow]warning:[/] not checked against a manifest (no server has recorded the run's yet): "
-                      "pass --manifest to check it can be planned", highlight=False, soft_wrap=True)
+    if not dry_run:  # was a warning, and one bad entry then kept every server on the journal from starting
+        raise CurriculumError(f"journal {journal.path}: no server has bound it yet, so the run's manifest is unknown; "
+                              "pass --manifest DIR so the amendment (from its step on) is checked to plan on it")
+    err_console.print("[yellow]warning:[/] dry run not checked against a manifest (no server has recorded the run's "
+                      "yet): pass --manifest to check it can be planned", highlight=False, soft_wrap=True)
     return None
 
 

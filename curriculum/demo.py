@@ -1,6 +1,6 @@
 """`make demo`: the main job on the embedded default, end to end as far as it exists.
 
-1. the embedded real multilingual corpus (gflanguages' UDHR samples, ~700 languages, part of it
+1. the embedded real multilingual corpus (gflanguages' UDHR samples, 548 languages, part of it
    unlabeled) → a tokenizer trained offline → `curriculum build` (real fastText LID, MinHash dedup,
    shards) → `curriculum verify` → `curriculum inspect` → `curriculum plan demo.toml`;
 2. `sampler-server serve --policy loss-balance` on the built manifest in the background, and
@@ -123,7 +123,7 @@ def _check_replay(url: str, built: Path, recipe: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="demo-out", help="Working directory for the demo's outputs.")
-    ap.add_argument("--no-train", action="store_true", help="Stop after planning (skip serving and training).")
+    ap.add_argument("--no-train", action="store_true", help="Skip serving and training (the full-scale synthetic plan still runs).")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

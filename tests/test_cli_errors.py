@@ -283,3 +283,19 @@ def test_a_ray_address_nothing_answers_at_is_refused_in_seconds(place, small_tok
                             str(small_tokenizer), "--executor", "ray", *extra], capture_output=True, text=True,
                            timeout=120, cwd=place, env={**os.environ, **env})
         assert p.returncode == 2 and "--ray-address 127.0.0.1:1 (or RAY_ADDRESS): nothing answers there" in p.stderr, p.stderr
+
+
+def test_amend_on_a_journal_no_server_bound_needs_the_manifest(tmp_path):
+    # Was a warning and an unchecked append: one entry that did not plan (here an unknown language)
+    # then kept every server on the journal from starting.
+    import shutil
+
+    recipe = tmp_path / "demo.toml"
+    shutil.copy(RECIPES / "demo.toml", recipe)
+    args = [sys.executable, "-m", "curriculum.cli", "amend", str(recipe), "--from-step", "10", "--set",
+            "language_weights.nope_Latn=2"]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 2 and "no server has bound it yet" in p.stderr and "pass --manifest DIR" in p.stderr, p.stderr
+    assert not (tmp_path / "demo.amendments.jsonl").exists() or (tmp_path / "demo.amendments.jsonl").read_bytes() == b""
+    p = subprocess.run([*args, "--dry-run"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0 and "dry run not checked against a manifest" in p.stderr, p.stderr
