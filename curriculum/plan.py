@@ -262,7 +262,7 @@ def phase_summary(plan: PhasePlan) -> dict:
         "anneal_segments": p.anneal_segments if p.annealed else 1,
         "n_languages": t.height,
         "top10_share": top10,
-        "tail_share": 1.0 - top10,
+        "tail_share": max(0.0, 1.0 - top10) if tail_n else 0.0,  # no tail: 0, not 1 - 1.0000000002
         "tail_languages": tail_n,
         "max_epochs_used": float(t["epochs"].max()),
         "capped_languages": int(t["capped"].sum()),
