@@ -510,7 +510,7 @@ def _row_language(label: object, default: str | None, text: str) -> str | None |
     Cyrillic); elsewhere the text's letters choose among its language's scripts, as for LID."""
     if label is None or label == "":
         return default
-    if isinstance(label, str) and re.split(r"[-_@]", label.removeprefix("__label__"), maxsplit=1)[0].lower() in _UNLABELED:
+    if isinstance(label, str) and _says_unlabeled(label):
         return default
     key = _label_key(label) if isinstance(label, str) else None
     if key is None:
@@ -522,7 +522,14 @@ def _row_language(label: object, default: str | None, text: str) -> str | None |
     return script_from_text(key, text[:_SCRIPT_PREFIX])
 
 
-_SCRIPT_PREFIX = 1000  # characters of a row whose letters choose the script of a label without one
+_SCRIPT_PREFIX = 600  # characters of a row whose letters choose the script of a label without one (LID's read)
+
+
+@functools.lru_cache(maxsize=4096)
+def _says_unlabeled(label: str) -> bool:
+    """`und`, `mul`, `mis` with or without a region or script (`und-Latn`, `__label__und`): labels
+    repeat row after row, so this is decided once per distinct label."""
+    return re.split(r"[-_@]", label.removeprefix("__label__"), maxsplit=1)[0].lower() in _UNLABELED
 
 
 def _with_script(label: object, script: object) -> object:
