@@ -5,7 +5,8 @@ A *location* is a local path (`demo-out/manifest`, `file:///data/m`) or a URI th
 `hdfs://host:port/path`, `abfs://…`. S3 takes these query options (pyarrow 26; anything else is
 rejected by pyarrow): `region`, `scheme` (http | https), `endpoint_override` (host:port of an
 S3-compatible server such as MinIO or moto), `allow_bucket_creation`, `allow_bucket_deletion`,
-`tls_ca_file_path`, `tls_verify_certificates`. Credentials never go in the URI: pyarrow reads
+`tls_ca_file_path`, `tls_verify_certificates`; a `gs://` URI takes `retry_limit_seconds` (default
+here `GCS_RETRY_LIMIT_S`, 30, not the client's 15 minutes). Credentials never go in the URI: pyarrow reads
 them from the environment (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`,
 `AWS_PROFILE`, instance metadata, …).
 
@@ -94,9 +95,23 @@ def _env_key() -> tuple:
     return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
 
 
+# Google Cloud Storage retries a failing call for 15 minutes by default, so a machine without
+# credentials or network waited that long per call before any message; a limit the URI does not
+# set is this many seconds (`?retry_limit_seconds=N` in the URI overrides it).
+GCS_RETRY_LIMIT_S = 30
+
+
+def _with_default_retry_limit(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in ("gs", "gcs") or "retry_limit_seconds=" in parts.query:
+        return uri
+    query = "&".join(q for q in (parts.query, f"retry_limit_seconds={GCS_RETRY_LIMIT_S}") if q)
+    return urlunsplit(parts._replace(query=query))
+
+
 def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
-        return pafs.FileSystem.from_uri(uri)
+        return pafs.FileSystem.from_uri(_with_default_retry_limit(uri))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, OSError) as exc:
         raise StorageError(
             f"{display(uri)}: not a usable location ({exc}); give a local path or a pyarrow.fs URI such as "

@@ -205,3 +205,18 @@ def test_a_remote_out_that_cannot_be_written_fails_before_any_work(corpus, small
         build(BuildConfig(inputs=[str(corpus)], out=s3.uri("/m"), tokenizer=str(small_tokenizer)), workers=1,
               progress=False, work_dir=tmp_path / "stage2")
     assert not [k for k in storage.list_files(s3.uri("")) if ".curriculum-write-probe" in k]  # no probe left behind
+
+
+def test_gcs_locations_get_a_bounded_retry_limit():
+    # Google Cloud Storage's client retries a failing call for 15 minutes: without credentials or
+    # network a `gs://` build or server sat silent that long per call. A URI that sets no limit
+    # gets GCS_RETRY_LIMIT_S; one that sets it keeps its own; other schemes are left alone. The
+    # filesystem is built from the rewritten URI (pyarrow accepts the option; no network needed).
+    from curriculum.storage import GCS_RETRY_LIMIT_S, _with_default_retry_limit
+
+    assert _with_default_retry_limit("gs://b/p") == f"gs://b/p?retry_limit_seconds={GCS_RETRY_LIMIT_S}"
+    assert _with_default_retry_limit("gs://b/p?scheme=http") == f"gs://b/p?scheme=http&retry_limit_seconds={GCS_RETRY_LIMIT_S}"
+    assert _with_default_retry_limit("gs://b/p?retry_limit_seconds=5") == "gs://b/p?retry_limit_seconds=5"
+    assert _with_default_retry_limit("s3://b/p?region=x") == "s3://b/p?region=x"
+    fs, path = storage.resolve("gs://some-bucket/prefix")
+    assert isinstance(fs, pafs.GcsFileSystem) and path == "some-bucket/prefix"
