@@ -581,3 +581,43 @@ def test_shards_end_at_the_document_that_reaches_the_bound(corpus, small_tokeniz
         last = 4 * int(view.offsets[-1] - view.offsets[-2]) + 8
         size = 4 * view.tokens.size + 8 * view.docs  # the rule: tokens plus 8 bytes per document
         assert size - last < bound, r  # under the bound until its last document
+
+
+def test_documents_keep_their_source_and_line_when_one_encode_batch_spans_files(small_tokenizer, tmp_path):
+    # A language spread over many files has a few documents per extract part; tokenizing batches
+    # them across parts, and each document must still name its own file and line.
+    import pyarrow as pa
+
+    from curriculum.democorpus import demo_documents
+    from curriculum.normalize import normalize_texts
+    from curriculum.tokenize import load_tokenizer
+
+    docs = demo_documents()
+    fra, deu = [t for t in docs["fra_Latn"] if len(t) >= 40], [t for t in docs["deu_Latn"] if len(t) >= 40]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    want: dict[tuple[str, int], str] = {}
+    for f in range(6):
+        lines = []
+        for k in range(3):  # fra and deu interleaved, three of each per file
+            for lang, texts in (("fra", fra), ("deu", deu)):
+                text = f"{texts[(3 * f + k) % len(texts)]} ({lang} {f}.{k})"
+                lines.append(json.dumps({"text": text, "language": lang}))
+                want[(str(corpus / f"web-{f}.jsonl"), len(lines))] = text  # rows of JSONL: 1-based lines
+        (corpus / f"web-{f}.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    # No dedup: the few demo texts repeat across files, and every document should reach a shard.
+    build(BuildConfig(inputs=[str(corpus)], out=str(out), tokenizer=str(small_tokenizer), dedup=False),
+          workers=1, progress=False)
+    tok = load_tokenizer(small_tokenizer)
+    seen = set()
+    for rel in read_manifest(out).shards["path"]:
+        view = open_shard(out / rel)
+        with pa.OSFile(str(out / rel)) as src:
+            batch = pa.ipc.open_file(src).get_batch(0)
+        for d, (source, row) in enumerate(zip(batch.column("source").to_pylist(), batch.column("row").to_pylist())):
+            _, norm = normalize_texts([want[(source, row)]])
+            flat, _ = tok.encode_arrow(norm)
+            assert view.tokens[view.offsets[d] : view.offsets[d + 1]].tolist() == flat.tolist(), (rel, source, row)
+            seen.add((source, row))
+    assert seen == set(want)  # every document, once
