@@ -548,6 +548,7 @@ def tokenize_task(spec: TokenizeSpec) -> dict:
             return stats
         done.unlink()  # a shard deleted (or cut short) since: write the chunk again, same bytes
     tok = _tokenizer(cfg)
+    roles_before = tok.literal_roles  # the tokenizer is the process's: count this task's share
     for stale in (Path(spec.out) / spec.language).glob(f".{spec.chunk:05d}-*.tmp"):  # a killed attempt's
         stale.unlink()
     dropped = np.load(Path(spec.work) / "dedup" / f"{spec.language}.npy")
@@ -613,7 +614,8 @@ def tokenize_task(spec: TokenizeSpec) -> dict:
                     encode_pending()
     encode_pending()
     flush()
-    stats = {"language": spec.language, "chunk": spec.chunk, "docs": docs, "tokens": tokens, "bytes": text_bytes, "shards": shards}
+    stats = {"language": spec.language, "chunk": spec.chunk, "docs": docs, "tokens": tokens, "bytes": text_bytes, "shards": shards,
+             "role_ids_spelled_out": tok.literal_roles - roles_before}
     _atomic_json(done, stats)
     return stats
 
@@ -634,6 +636,9 @@ class BuildReport:
     upload: dict[str, int] = field(default_factory=dict)  # remote --out: objects uploaded / skipped, bytes
     retokenized: bool = False  # an earlier build's extract and dedup work was kept, only tokenize redone
     workers_note: str = ""  # with workers="auto": the count chosen and why
+    # Per language: role ids (e.g. Gemma 2's <mask>) that document text produced and that were
+    # written as ordinary pieces instead (curriculum/tokenize.py); only languages with any.
+    role_ids_spelled_out: dict[str, int] = field(default_factory=dict)
 
 
 def _inputs_change(before: object, now: list[list]) -> str:
@@ -1060,7 +1065,9 @@ def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seco
         if s["near_duplicate"]:
             lang_drops[lang]["near_duplicate"] += s["near_duplicate"]
     per: dict[str, dict] = defaultdict(lambda: {"docs": 0, "tokens": 0, "bytes": 0, "shards": []})
+    spelled: Counter = Counter()
     for s in sorted(tk_stats, key=lambda s: (s["language"], s["chunk"])):
+        spelled[s["language"]] += s.get("role_ids_spelled_out", 0)  # absent from a work dir of older code
         p = per[s["language"]]
         p["docs"] += s["docs"]
         p["tokens"] += s["tokens"]
@@ -1081,6 +1088,7 @@ def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seco
     drops = Counter(unattributed)
     for c in lang_drops.values():
         drops.update(c)
+    spelled_out = {k: v for k, v in sorted(spelled.items()) if v}
     info = tok.info
     lid = None
     if any(not f.language for f in files):
@@ -1092,11 +1100,13 @@ def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seco
                    "prefix_chars": cfg.lid_prefix_chars, "quick_chars": lid.quick_chars, "sure": cfg.lid_sure} if lid else None,
         build={k: v for k, v in cfg.model_dump().items() if k not in ("out", "tokenizer_threads")},
         file_issues=issues,
-        documents={"input": docs_in, "kept": kept, "dropped": dict(sorted(drops.items())), "unattributed_drops": dict(sorted(unattributed.items()))},
+        documents={"input": docs_in, "kept": kept, "dropped": dict(sorted(drops.items())), "unattributed_drops": dict(sorted(unattributed.items())),
+                   "role_ids_spelled_out": spelled_out},
     )
     langs_df = pl.DataFrame(lang_rows) if lang_rows else pl.DataFrame(schema={"language": pl.String, "source": pl.String, "docs": pl.Int64, "tokens": pl.Int64, "bytes": pl.Int64, "shards": pl.Int32})
     from curriculum.manifest import SHARD_SCHEMA
 
     shards_df = pl.DataFrame(shard_rows, schema=SHARD_SCHEMA) if shard_rows else pl.DataFrame(schema=SHARD_SCHEMA)
     write_manifest(out, meta, langs_df, shards_df)
-    return BuildReport(out, len(per), docs_in, kept, int(langs_df["tokens"].sum()) if lang_rows else 0, dict(drops), issues, seconds)
+    return BuildReport(out, len(per), docs_in, kept, int(langs_df["tokens"].sum()) if lang_rows else 0, dict(drops), issues, seconds,
+                       role_ids_spelled_out=spelled_out)

@@ -433,6 +433,8 @@ def build(
                          f"manifest does not list" if rep.upload.get("deleted") else ""))
     if rep.drops:
         console.print("dropped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rep.drops.items())))
+    if rep.role_ids_spelled_out:
+        console.print(_spelled_line(rep.role_ids_spelled_out))
     for issue in rep.issues[:20]:
         line = f":{issue['line']}" if issue.get("line") is not None else ""  # Parquet rows count from 0
         # Paths and messages carry the input's own text: printed as text, never as rich markup.
@@ -518,8 +520,18 @@ def inspect(manifest: str = typer.Argument(..., help="Manifest directory or URI.
     if docs:
         console.print(f"documents: input {docs['input']:,} = kept {docs['kept']:,} + dropped {sum(docs['dropped'].values()):,} "
                       + str(docs["dropped"]))
+        if docs.get("role_ids_spelled_out"):
+            console.print(_spelled_line(docs["role_ids_spelled_out"]))
     if m.meta.file_issues:
         console.print(f"{len(m.meta.file_issues)} bad-input issue(s) recorded in manifest.json")
+
+
+def _spelled_line(per_language: dict[str, int]) -> str:
+    """One line for the role ids that document text produced (written as ordinary pieces)."""
+    top = sorted(per_language.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{k} {v:,}" for k, v in top[:5]) + (f", ... ({len(top) - 5} more languages)" if len(top) > 5 else "")
+    return (f"role ids written as text: {sum(per_language.values()):,} (document text that the tokenizer reads as a "
+            f"CLS/SEP/MASK/PAD id, e.g. a literal <mask>, kept as ordinary pieces): {shown}")
 
 
 tokenizer_app = typer.Typer(help="Tokenizer utilities.", no_args_is_help=True)

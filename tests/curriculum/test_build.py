@@ -621,3 +621,27 @@ def test_documents_keep_their_source_and_line_when_one_encode_batch_spans_files(
             assert view.tokens[view.offsets[d] : view.offsets[d + 1]].tolist() == flat.tolist(), (rel, source, row)
             seen.add((source, row))
     assert seen == set(want)  # every document, once
+
+
+def test_role_ids_that_text_produced_are_counted_in_the_manifest_and_shown(tmp_path):
+    # Gemma 2's MASK is a user-defined piece: "<mask>" in a document comes out of SentencePiece as
+    # the MASK id, and the build writes it as ordinary pieces. How often is data a user should see.
+    from curriculum import assets
+    from curriculum.democorpus import demo_documents
+
+    gemma = assets.gemma2_tokenizer_path()
+    docs = demo_documents()
+    corpus = tmp_path / "corpus"
+    for lang, extra in (("fra_Latn", ["Écrivez <mask> ici, puis <mask> là.", "<mask><mask> et <mask>"]), ("deu_Latn", [])):
+        (corpus / lang / "train").mkdir(parents=True)
+        texts = [t for t in docs[lang] if len(t) >= 40] + extra
+        (corpus / lang / "train" / "000.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "out"
+    proc = run_cli("build", str(corpus), "--out", str(out), "--tokenizer", str(gemma), "--no-dedup")
+    assert "role ids written as text: 5 " in proc.stdout and "fra_Latn 5" in proc.stdout, proc.stdout
+    m = read_manifest(out)
+    assert m.meta.model_extra["documents"]["role_ids_spelled_out"] == {"fra_Latn": 5}  # deu_Latn had none
+    mask = m.meta.tokenizer.mask_id
+    for rel in m.shards["path"]:
+        assert mask not in open_shard(out / rel).tokens.tolist()
+    assert "role ids written as text: 5 " in run_cli("inspect", str(out)).stdout
