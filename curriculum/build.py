@@ -108,12 +108,6 @@ def _atomic_json(path: Path, data: dict) -> None:
     _atomic_text(path, json.dumps(data, sort_keys=True))
 
 
-def _rows(path: Path) -> int:
-    with pa.OSFile(str(path), "rb") as src:
-        reader = pa.ipc.open_file(src)
-        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-
-
 def _iter_batches(path: Path, columns: list[str], lo: int = 0, hi: int | None = None):
     """Record batches lo..hi-1 (default all) of an extract part, one at a time (bounded memory:
     read, not memory-mapped, so resident memory does not grow with the file)."""
@@ -302,6 +296,7 @@ class DedupSpec:
     parts: tuple[str, ...]  # extract Arrow files of this language, in file order
     work: str
     cfg: dict
+    rows: tuple[int, ...]  # documents in each part (its extract task's count: no file is opened to count them)
 
 
 def dedup_task(spec: DedupSpec) -> dict:
@@ -316,7 +311,7 @@ def dedup_task(spec: DedupSpec) -> dict:
     ddir.mkdir(parents=True, exist_ok=True)
     for stale in ddir.glob(f".{spec.language}.sig.*.tmp.npy"):  # left by a killed attempt
         stale.unlink()
-    n = sum(_rows(Path(p)) for p in spec.parts)
+    n = sum(spec.rows)
     ids = np.empty(n, np.int64)
     dropped = np.zeros(0, np.int64)
     if cfg.dedup and n > 1:
@@ -330,12 +325,18 @@ def dedup_task(spec: DedupSpec) -> dict:
         else:
             sig = np.lib.format.open_memmap(sig_path, mode="w+", dtype=np.uint32, shape=(n, cfg.num_perm))
         at = 0
-        for p in spec.parts:
+        for p, want in zip(spec.parts, spec.rows):
+            got = 0
             for rb in _iter_batches(Path(p), ["doc_id", "sig"]):
                 k = rb.num_rows
+                if got + k > want:
+                    break
                 ids[at : at + k] = rb.column(0).to_numpy()
                 sig[at : at + k] = rb.column(1).values.to_numpy().reshape(k, -1)
-                at += k
+                at, got = at + k, got + k
+            if got != want:  # a part changed since its stats were written (by hand: tasks write both atomically)
+                raise CurriculumError(f"{p}: holds other documents than its extract stats count ({want:,}); delete "
+                                      f"{Path(p).parent} and rerun the build to extract that input again")
         try:
             dcfg = DedupConfig(num_perm=cfg.num_perm, threshold=cfg.dedup_threshold)
             drop = find_duplicates(sig, ids, dcfg, workdir=ddir)
@@ -916,14 +917,16 @@ def _build(cfg: BuildConfig, out: Path, remote: bool, executor: str, workers: in
         seconds["extract"] = time.perf_counter() - t0
 
         batches: dict[str, list[tuple[str, list[int]]]] = defaultdict(list)  # per language: (part, text bytes per batch)
+        rows: dict[str, list[int]] = defaultdict(list)  # per language: documents in each part
         for s in ex_stats:
             for lang in sorted(s["kept"]):
                 batches[lang].append((str(_extract_dir(work, s["index"], s.get("row_groups")) / f"{lang}.arrow"),
                                       s["batch_bytes"][lang]))
+                rows[lang].append(s["kept"][lang])
         langs = sorted(batches)
         t0 = time.perf_counter()
         text_bytes = {l: sum(sum(sizes) for _, sizes in batches[l]) for l in langs}
-        specs2 = _largest_first([DedupSpec(l, tuple(p for p, _ in batches[l]), str(work), raw) for l in langs],
+        specs2 = _largest_first([DedupSpec(l, tuple(p for p, _ in batches[l]), str(work), raw, tuple(rows[l])) for l in langs],
                                 lambda s: text_bytes[s.language])
         dd_stats = {s["language"]: s for s in _run_stage(ex, dedup_task, specs2, "dedup (MinHash LSH per language)", prog)}
         seconds["dedup"] = time.perf_counter() - t0

@@ -645,3 +645,31 @@ def test_role_ids_that_text_produced_are_counted_in_the_manifest_and_shown(tmp_p
     for rel in m.shards["path"]:
         assert mask not in open_shard(out / rel).tokens.tolist()
     assert "role ids written as text: 5 " in run_cli("inspect", str(out)).stdout
+
+
+def test_dedup_counts_each_part_from_its_extract_stats_and_names_a_part_that_disagrees(corpus, small_tokenizer, tmp_path):
+    # The dedup task sizes its arrays from the extract stats' counts (no pass over the files to
+    # count them); a part that holds other rows than its stats say is named, not misread.
+    import pyarrow as pa
+
+    from curriculum.errors import CurriculumError
+
+    out = tmp_path / "out"
+    run_build(corpus, out, small_tokenizer)
+    before = tables(out)
+    work = out / ".work"
+    part = sorted((work / "extract").glob("*/fra_Latn.arrow"))[0]
+    for f in list((work / "dedup").glob("fra_Latn.*")) + list((work / "tokenize").glob("fra_Latn.*")):
+        f.unlink()
+    (out / "manifest.json").unlink()
+    run_build(corpus, out, small_tokenizer)  # the fra_Latn dedup again, from the counts: the same tables
+    assert tables(out) == before
+    with pa.OSFile(str(part)) as src:
+        table = pa.ipc.open_file(src).read_all()
+    with pa.OSFile(str(part), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table.slice(1))  # one document fewer than its stats count
+    for f in list((work / "dedup").glob("fra_Latn.*")):
+        f.unlink()
+    (out / "manifest.json").unlink()
+    with pytest.raises(CurriculumError, match=rf"{re.escape(str(part))}: holds other documents than its extract stats count"):
+        run_build(corpus, out, small_tokenizer)
