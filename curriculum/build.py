@@ -567,7 +567,7 @@ def tokenize_task(spec: TokenizeSpec) -> dict:
 
     # Documents are encoded TOKENIZE_BATCH at a time across parts: a language spread over many
     # input files (mixed-language JSONL after LID) has a few dozen documents per part, and one
-    # encode call per part cost ~7% more tokenizing time on the build benchmark's UNLABELED corpus.
+    # encode call per part cost 5-7% more tokenizing time on the build benchmark's UNLABELED corpus.
     pending: list[tuple[pa.Array, np.ndarray, str]] = []  # (texts, doc ids, source file)
     n_pending = 0
 
@@ -1070,7 +1070,7 @@ def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seco
     per: dict[str, dict] = defaultdict(lambda: {"docs": 0, "tokens": 0, "bytes": 0, "shards": []})
     spelled: Counter = Counter()
     for s in sorted(tk_stats, key=lambda s: (s["language"], s["chunk"])):
-        spelled[s["language"]] += s.get("role_ids_spelled_out", 0)  # absent from a work dir of older code
+        spelled[s["language"]] += s.get("role_ids_spelled_out", 0)
         p = per[s["language"]]
         p["docs"] += s["docs"]
         p["tokens"] += s["tokens"]
@@ -1091,7 +1091,11 @@ def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seco
     drops = Counter(unattributed)
     for c in lang_drops.values():
         drops.update(c)
-    spelled_out = {k: v for k, v in sorted(spelled.items()) if v}
+    # Recorded only when there are any, and known for every chunk: a chunk tokenized by older code
+    # (a resumed build) did not count them, and a manifest without spelled-out ids stays the bytes
+    # (so the fingerprint and the run ids) that older code wrote.
+    known = all("role_ids_spelled_out" in s for s in tk_stats)
+    spelled_out = {k: v for k, v in sorted(spelled.items()) if v} if known else {}
     info = tok.info
     lid = None
     if any(not f.language for f in files):
@@ -1104,7 +1108,7 @@ def _merge(cfg, out, tok, files, file_issues, ex_stats, dd_stats, tk_stats, seco
         build={k: v for k, v in cfg.model_dump().items() if k not in ("out", "tokenizer_threads")},
         file_issues=issues,
         documents={"input": docs_in, "kept": kept, "dropped": dict(sorted(drops.items())), "unattributed_drops": dict(sorted(unattributed.items())),
-                   "role_ids_spelled_out": spelled_out},
+                   **({"role_ids_spelled_out": spelled_out} if spelled_out else {})},
     )
     langs_df = pl.DataFrame(lang_rows) if lang_rows else pl.DataFrame(schema={"language": pl.String, "source": pl.String, "docs": pl.Int64, "tokens": pl.Int64, "bytes": pl.Int64, "shards": pl.Int32})
     from curriculum.manifest import SHARD_SCHEMA

@@ -15,8 +15,10 @@ cached kernel by its own file's modification time and size only, not by the file
 functions it calls and inlines or the constants it freezes: after an edit to `mask.py` alone (a
 `git pull`, a wheel with fixed timestamps, a cache volume kept across image versions),
 `assemble` — in an unchanged `assemble.py` — loaded machine code with the old masking rule.
-The folder is `$NUMBA_CACHE_DIR/kernels-<hash of KERNEL_SOURCES>` (the user cache when the
-variable is unset), so any edit to a kernel's sources starts a fresh cache.
+The folder is `$NUMBA_CACHE_DIR/curriculum-kernels-<hash of KERNEL_SOURCES>` (the user cache
+when the variable is unset), so any edit to a kernel's sources starts a fresh cache; where it
+cannot be written, a private folder of the process (numba would otherwise fall back to folders
+where a stale kernel loads again).
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ import sys
 from pathlib import Path
 
 # Every module whose code or constants a kernel's machine code can hold: those that define
-# kernels (njit, intrinsic, overload) and the project modules they import from. The test
-# (tests/curriculum/test_numba_boot.py) derives this list from the sources and must agree.
+# kernels (njit, intrinsic, overload) and the project modules importing them imports, transitively
+# (a global a kernel reads is frozen at compile time, and its value can come from any of them).
+# The test (tests/curriculum/test_numba_boot.py) derives this list from the sources.
 KERNEL_SOURCES = (
     "curriculum/dedup.py",
     "curriculum/errors.py",
+    "curriculum/fileperm.py",
     "curriculum/ingest.py",
     "curriculum/languages.py",
     "curriculum/minhash.py",
     "curriculum/nfc.py",
     "curriculum/normalize.py",
     "curriculum/numba_boot.py",
+    "curriculum/shards.py",
     "curriculum/unicode_tables.py",
     "sampler_server/kernels/assemble.py",
     "sampler_server/kernels/blend.py",
@@ -49,7 +54,7 @@ KERNEL_SOURCES = (
     "sampler_server/virtual.py",
 )
 _ROOT = Path(__file__).resolve().parent.parent
-_PREFIX = "kernels-"
+_PREFIX = "curriculum-kernels-"
 
 
 def kernel_fingerprint(root: Path = _ROOT) -> str:
@@ -65,8 +70,8 @@ def kernel_fingerprint(root: Path = _ROOT) -> str:
 
 
 def cache_base() -> str:
-    """Where this project's caches go: `$NUMBA_CACHE_DIR` (without a kernels-… folder this module
-    appended, which a child process inherits), else the user cache folder."""
+    """Where this project's caches go: `$NUMBA_CACHE_DIR` (without the curriculum-kernels-… folder
+    this module appended, which a child process inherits), else the user cache folder."""
     env = os.environ.get("NUMBA_CACHE_DIR")
     if env:
         env = os.path.normpath(env)
@@ -75,10 +80,31 @@ def cache_base() -> str:
                         "language-curriculum")
 
 
+def _writable_dir(path: str) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
+
+
 def _use_fingerprinted_cache_dir() -> None:
     import numba
 
     path = os.path.join(cache_base(), _PREFIX + kernel_fingerprint())
+    if not _writable_dir(path):
+        # numba would fall back to a folder beside the sources or its user cache, where a stale
+        # kernel loads again: a private folder of this process instead, removed at exit.
+        import atexit
+        import shutil
+        import tempfile
+        import warnings
+
+        warnings.warn(f"numba cache folder {path} cannot be written: every process compiles its kernels (seconds each); "
+                      "set NUMBA_CACHE_DIR to a writable folder", stacklevel=2)
+        numba.config.CACHE_DIR = tempfile.mkdtemp(prefix="curriculum-numba-")  # not exported: child processes try again
+        atexit.register(shutil.rmtree, numba.config.CACHE_DIR, ignore_errors=True)
+        return
     numba.config.CACHE_DIR = path  # read when a kernel is decorated (its cache locator is made then)
     # numba re-reads its NUMBA_* variables before a compile when they changed, and child processes
     # inherit them: both see this folder too.

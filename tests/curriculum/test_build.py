@@ -673,3 +673,33 @@ def test_dedup_counts_each_part_from_its_extract_stats_and_names_a_part_that_dis
     (out / "manifest.json").unlink()
     with pytest.raises(CurriculumError, match=rf"{re.escape(str(part))}: holds other documents than its extract stats count"):
         run_build(corpus, out, small_tokenizer)
+
+
+def test_role_id_counts_are_left_out_when_none_or_unknown(tmp_path):
+    # A manifest with no spelled-out ids is the bytes older code wrote (its fingerprint names the
+    # run); a chunk tokenized by older code did not count them, so the count is unknown: left out.
+    from curriculum import assets
+    from curriculum.democorpus import demo_documents
+    from curriculum.manifest import read_manifest
+
+    gemma = assets.gemma2_tokenizer_path()
+    corpus = tmp_path / "corpus"
+    (corpus / "fra_Latn" / "train").mkdir(parents=True)
+    texts = [t for t in demo_documents()["fra_Latn"] if len(t) >= 40]
+    (corpus / "fra_Latn" / "train" / "000.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "out"
+    run_build(corpus, out, gemma, dedup=False)
+    assert "role_ids_spelled_out" not in read_manifest(out).meta.model_extra["documents"]
+    (corpus / "fra_Latn" / "train" / "001.jsonl").write_text(json.dumps({"text": "Écrivez <mask> ici, s'il vous plaît."}) + "\n")
+    out2 = tmp_path / "out2"
+    run_build(corpus, out2, gemma, dedup=False)
+    assert read_manifest(out2).meta.model_extra["documents"]["role_ids_spelled_out"] == {"fra_Latn": 1}
+    with_count = json.loads((out2 / "manifest.json").read_text())
+    for done in (out2 / ".work" / "tokenize").glob("*.json"):  # as a work dir of older code left them
+        stats = json.loads(done.read_text())
+        del stats["role_ids_spelled_out"]
+        done.write_text(json.dumps(stats, sort_keys=True))
+    (out2 / "manifest.json").unlink()
+    run_build(corpus, out2, gemma, dedup=False)
+    del with_count["documents"]["role_ids_spelled_out"]
+    assert json.loads((out2 / "manifest.json").read_text()) == with_count  # all else the same

@@ -223,6 +223,7 @@ def _sleep_here(spec: tuple[int, str]) -> str:
 def test_ctrl_c_stops_the_task_running_in_this_process(tmp_path) -> None:
     # The task this process runs is in the iterating thread, so SIGINT interrupts it there and
     # then (a worker thread would have to be waited for: 30 s here).
+    import gc
     import os
     import signal
     import threading
@@ -230,22 +231,19 @@ def test_ctrl_c_stops_the_task_running_in_this_process(tmp_path) -> None:
     import pytest
 
     ex = LocalExecutor(2)
-    stop = threading.Event()
-
-    def press_ctrl_c() -> None:
-        # Again every 0.5 s until it lands: a SIGINT that arrives while the main thread runs a
-        # finalizer (garbage of earlier tests) is swallowed there, once in a full suite run.
-        while not stop.wait(0.5):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    # One press. A SIGINT that arrives while the main thread runs a finalizer is swallowed there
+    # (once in a full suite run it slept the whole 30 s): collect earlier tests' garbage first and
+    # hold the collector off until the press has landed.
+    gc.collect()
+    gc.disable()
     try:
-        presser.start()
+        timer.start()
         with pytest.raises(KeyboardInterrupt):
             list(ex.map_unordered(_sleep_here, [(os.getpid(), str(tmp_path))] * 3))
     finally:
-        stop.set()
-        presser.join()
+        gc.enable()
+        timer.cancel()
         ex.close()
     assert not (tmp_path / "finished").exists()
 

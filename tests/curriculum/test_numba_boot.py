@@ -49,19 +49,21 @@ JIT_NAMES = {"njit", "jit", "intrinsic", "overload", "overload_method", "overloa
              "generated_jit", "vectorize", "guvectorize", "cfunc", "jitclass"}
 
 
-def _defines_kernels(path: Path) -> bool:
-    """Whether a module's code (not its text: docstrings name @njit too) decorates or wraps a
-    function with one of numba's compilers."""
-    def name(node: ast.AST) -> str | None:
-        node = node.func if isinstance(node, ast.Call) else node
-        return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+def _jit_name(node: ast.AST) -> str | None:
+    node = node.func if isinstance(node, ast.Call) else node
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
 
+
+def _first_kernel_line(path: Path) -> int | None:
+    """Line of the module's first numba compiler use in code (decorator or njit(...) call; not
+    its text: docstrings name @njit too), or None."""
+    lines = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and any(name(d) in JIT_NAMES for d in node.decorator_list):
-            return True
-        if isinstance(node, ast.Call) and name(node) in ("njit", "jit"):
-            return True
-    return False
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            lines += [d.lineno for d in node.decorator_list if _jit_name(d) in JIT_NAMES]
+        elif isinstance(node, ast.Call) and _jit_name(node) in ("njit", "jit"):
+            lines.append(node.lineno)
+    return min(lines, default=None)
 
 
 def _module_file(name: str) -> str | None:
@@ -72,30 +74,48 @@ def _module_file(name: str) -> str | None:
     return None
 
 
-def _project_imports(rel: str) -> set[str]:
-    """Project modules `rel` imports anywhere (top level or inside functions)."""
-    out = set()
-    for node in ast.walk(ast.parse((ROOT / rel).read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+def _import_time_imports(rel: str) -> dict[str, int]:
+    """Project modules that importing `rel` imports (statements run at import time: not those
+    inside functions), with the line of each."""
+    out: dict[str, int] = {}
+    todo = list(ast.parse((ROOT / rel).read_text()).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{rel}:{node.lineno}: a relative import; resolve it here"
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         else:
+            todo += list(ast.iter_child_nodes(node))
             continue
-        out |= {f for n in names if n.split(".")[0] in PACKAGES and (f := _module_file(n))}
+        for n in names:
+            if n.split(".")[0] in PACKAGES and (f := _module_file(n)):
+                out[f] = min(out.get(f, node.lineno), node.lineno)
     return out
 
 
 def test_kernel_sources_are_every_kernel_module_and_what_they_import():
+    # What a kernel's machine code can hold: the code of the kernels it calls and every global it
+    # reads, frozen at compile time, whose value can come from any module imported on the way.
     from curriculum.numba_boot import KERNEL_SOURCES
 
-    kernels = {p.relative_to(ROOT).as_posix() for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if _defines_kernels(p)}
-    assert {"sampler_server/kernels/mask.py", "sampler_server/kernels/assemble.py", "curriculum/minhash.py"} <= kernels
-    want = set(kernels)
-    for rel in kernels:
-        want |= _project_imports(rel)
-        # Each imports numba_boot itself, so its kernels are decorated after the cache folder is set.
-        assert "curriculum/numba_boot.py" in _project_imports(rel) or rel == "curriculum/numba_boot.py", rel
+    kernels = {p.relative_to(ROOT).as_posix(): line for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+               if (line := _first_kernel_line(p)) is not None}
+    assert {"sampler_server/kernels/mask.py", "sampler_server/kernels/assemble.py", "curriculum/minhash.py"} <= set(kernels)
+    for rel, first in kernels.items():
+        # numba_boot is imported before the module's first kernel is decorated: the cache folder
+        # is read then.
+        at = _import_time_imports(rel).get("curriculum/numba_boot.py")
+        assert at is not None and at < first, f"{rel}: import curriculum.numba_boot before line {first}"
+    want, todo = set(kernels), list(kernels)
+    while todo:  # the modules importing them imports, transitively
+        for dep in _import_time_imports(todo.pop()):
+            if dep not in want:
+                want.add(dep)
+                todo.append(dep)
     assert sorted(KERNEL_SOURCES) == sorted(want), "update curriculum/numba_boot.py: KERNEL_SOURCES"
 
 
@@ -141,7 +161,7 @@ def test_an_edit_to_an_inlined_module_does_not_load_stale_kernels(tmp_path):
         return _parse(out.stdout)
 
     first = run()
-    assert first[1] == first[2] and Path(first[1]).parent == cache and Path(first[1]).name.startswith("kernels-")
+    assert first[1] == first[2] and Path(first[1]).parent == cache and Path(first[1]).name.startswith("curriculum-kernels-")
     assert first[3] == 0 and any(Path(first[1]).rglob("*.nbi"))  # compiled and saved there
     again = run({**env, "NUMBA_CACHE_DIR": first[1]})  # a child inherits the folder: not nested again
     assert again[1] == first[1] and again[3] == 1 and again[0] == first[0]
@@ -157,3 +177,19 @@ def _parse(stdout: str) -> tuple[str, str, str, int]:
     perm, rest = line.split("]", 1)
     numba_dir, env_dir, hits = rest.split()
     return perm + "]", numba_dir, env_dir, int(hits)
+
+
+def test_an_unwritable_cache_folder_gives_a_private_one_and_a_warning(tmp_path):
+    # Not numba's own fallbacks (a folder beside the sources, its user cache): a stale kernel can
+    # load from those.
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = ("import os, numba, numpy as np\nfrom sampler_server.kernels.rng import mix64\nmix64(np.uint64(1))\n"
+            "print(numba.config.CACHE_DIR, os.environ['NUMBA_CACHE_DIR'], sum(mix64.stats.cache_misses.values()))")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(blocker / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"numba cache folder {blocker / 'cache'}" in out.stderr and "cannot be written" in out.stderr
+    private, exported, misses = out.stdout.split()
+    assert Path(private).name.startswith("curriculum-numba-") and not Path(private).exists()  # removed at exit
+    assert exported == str(blocker / "cache") and misses == "1"  # children try the folder again
