@@ -223,26 +223,28 @@ def _sleep_here(spec: tuple[int, str]) -> str:
 def test_ctrl_c_stops_the_task_running_in_this_process(tmp_path) -> None:
     # The task this process runs is in the iterating thread, so SIGINT interrupts it there and
     # then (a worker thread would have to be waited for: 30 s here).
-    import gc
     import os
     import signal
     import threading
+    import time
 
     import pytest
 
     ex = LocalExecutor(2)
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-    # One press. A SIGINT that arrives while the main thread runs a finalizer is swallowed there
-    # (once in a full suite run it slept the whole 30 s): collect earlier tests' garbage first and
-    # hold the collector off until the press has landed.
-    gc.collect()
-    gc.disable()
+    # Ctrl-C in a terminal reaches the main thread. os.kill from the timer's thread was delivered to
+    # that thread instead, which left the main thread's sleep running: once in a full suite run the
+    # test slept the whole 30 s and did not see the interrupt.
+    timer = threading.Timer(0.5, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    t0 = time.monotonic()
     try:
         timer.start()
-        with pytest.raises(KeyboardInterrupt):
-            list(ex.map_unordered(_sleep_here, [(os.getpid(), str(tmp_path))] * 3))
+        list(ex.map_unordered(_sleep_here, [(os.getpid(), str(tmp_path))] * 3))
+    except KeyboardInterrupt:
+        pass
+    else:  # what a failure needs to be understood (it has been seen once in a long run)
+        pytest.fail(f"no KeyboardInterrupt: the map ran {time.monotonic() - t0:.1f} s; SIGINT handler "
+                    f"{signal.getsignal(signal.SIGINT)!r}, threads {[t.name for t in threading.enumerate()]}")
     finally:
-        gc.enable()
         timer.cancel()
         ex.close()
     assert not (tmp_path / "finished").exists()
