@@ -28,7 +28,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 import curriculum.numba_boot  # noqa: F401  (before any kernel runs: numba without scipy.linalg)
-from sampler_server.kernels.mask import _WORKERS, _check_range, _check_run, _mask_row, hash_words
+from sampler_server.kernels.mask import _WORKERS, _check_range, _check_run, _mask_row, scratch_words
 from sampler_server.kernels.pack import copy_run, copy_run_virtual
 
 RUN_SHARD, RUN_VIRTUAL = 0, 1
@@ -172,7 +172,7 @@ def assemble(
     starts = np.empty((B, L // 2 + 1), np.int32)
     n_starts = np.empty(B, np.int64)
     n_work = min(B, _WORKERS)  # fixed, not the thread count: the bytes never depend on threads
-    scratch = np.empty((n_work, hash_words(L)), np.uint64)
+    scratch = np.empty((n_work, scratch_words(L)), np.uint64)
     for c in prange(n_work):
         _assemble_rows(c, n_work, runs, row_first, kind, cls_id, sep_id, input_ids, labels, starts, n_starts, seq_keys,
                        mask_ratio, is_special, mid, random_pool, pool_run, ulo, span, scratch[c])

@@ -156,6 +156,26 @@ def test_kernel_matches_numpy_reference(seed: int, specials: str) -> None:
     np.testing.assert_array_equal(got_labels, want_labels)
 
 
+@pytest.mark.parametrize("specials", sorted(SPECIAL_SETS))
+def test_blocks_with_many_random_ids_and_specials_match_reference(specials: str) -> None:
+    """The kernel records each 32-token block's random-id and special positions with four
+    unconditional writes and loops only past four: drive both lists past four in many blocks."""
+    is_special, pool = vocab_tables(specials=SPECIAL_SETS[specials])
+    B, L = 64, 1024
+    ids = make_batch(B, L, seed=11, special_rate=0.3, specials=SPECIAL_SETS[specials])
+    keys = keys_for(11, 1, range(B))
+    ratios = np.full(B, 1.0)  # a tenth of the tokens get a random id: ~3 per block
+    got_ids, got_labels = run_kernel(ids, keys, ratios, is_special, pool)
+    want_ids, want_labels = reference_mask(ids, keys, ratios, is_special, MASK_ID, pool)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_array_equal(got_labels, want_labels)
+    blocks = (slice(None), slice(0, L - L % 32))
+    per_block = lambda m: m[blocks].reshape(B, -1, 32).sum(axis=2)  # noqa: E731
+    randomized = (want_labels != IGNORE_INDEX) & (want_ids != MASK_ID) & (want_ids != ids)
+    assert (per_block(randomized) > 4).sum() > 100
+    assert (per_block(is_special[ids]) > 4).sum() > 100
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     B=st.integers(1, 6),
