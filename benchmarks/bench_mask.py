@@ -154,9 +154,9 @@ def bench_shape(B: int, L: int, reps: int, collator) -> dict[str, float]:
         numba.set_num_threads(threads)
         asm()
         # No restore: assemble writes every byte of ids and labels from the shard, so it is timed
-        # back to back like memcpy. Restoring ids on the main thread before each rep (done up to
-        # session 11) leaves half the rows' lines dirty in the other core's cache: a cost of the
-        # setup, not of the kernel (on two threads it took 64 x 1,024 from 0.36x to 0.32x).
+        # back to back, like memcpy: both in their best cache state. Restoring ids on the main
+        # thread before each rep (done up to session 11) left half the rows' lines dirty in the
+        # other core's cache (on two threads it took 64 x 1,024 from 0.36x to 0.32x).
         t = timed(asm, next_keys, reps)
         out[f"ours, pack + mask, {threads} thread{'s' if threads > 1 else ''}"] = n / t
     del keep
@@ -206,7 +206,7 @@ MEMCPY = {"1 thread": "memcpy (np.copyto ids -> labels, int32)", "2 threads": "m
 
 @numba.njit(nogil=True, parallel=True)
 def _copy_rows(dst: np.ndarray, src: np.ndarray) -> None:
-    """dst[:] = src[:], rows dealt round-robin to two threads (each row one memcpy)."""
+    """dst[:] = src[:], rows dealt round-robin to two threads (a vectorized copy loop per row)."""
     for c in numba.prange(2):
         for b in range(c, src.shape[0], 2):
             dst[b, :] = src[b, :]

@@ -257,7 +257,7 @@ def _record(buf: np.ndarray, n: np.int64, o: np.int64, bits: np.uint32) -> np.in
     With no branch on how many bits are set, which is random: a loop over the bits mispredicted
     about once a block (a block has no random-id token 38% of the time at ratio 0.3), a third of
     the masking time once the keys change from batch to batch. Four are written whatever the
-    count (writes past it are overwritten later or unused; trailing_zeros(0) = 32 is defined);
+    count (writes past it are overwritten later or unused; trailing_zeros(0) = 64 is defined);
     more than four (0.4% of blocks at ratio 0.3) loop."""
     c = np.int64(_popcount(bits))
     b = np.uint64(bits)
