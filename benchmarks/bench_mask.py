@@ -28,10 +28,6 @@ os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
 # 2-thread region sometimes lands on the caller's CPU and stays there; every parallel call then
 # waits out a scheduler slice (~4 ms) for the whole process (seen in about half of the runs).
 os.environ.setdefault("OMP_PROC_BIND", "spread")
-# Binding also pins the calling thread, so after the pool starts this process's affinity is one
-# CPU; a kernel compiled after that (a cold cache) re-reads numba's config, whose default thread
-# count follows the affinity, and numba refuses the change. Fix the count before numba loads.
-os.environ.setdefault("NUMBA_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402

@@ -127,5 +127,20 @@ def _import_arraymath_without_scipy() -> None:
             del sys.modules[hidden]
 
 
+def _pin_thread_count() -> None:
+    """Export the thread count numba settled on at import, unless the user set one.
+
+    numba re-reads its NUMBA_* variables before a compile when one changed (NUMBA_CACHE_DIR does,
+    just above), and a default NUMBA_NUM_THREADS is recomputed from the process's CPU affinity.
+    With OMP_PROC_BIND set (common on HPC nodes), starting the OpenMP pool pins the calling thread
+    to one CPU: a process that ran a parallel kernel from the cache and then compiled any kernel
+    read a default of 1, and numba raised "Cannot set NUMBA_NUM_THREADS to a different value once
+    the threads have been launched"."""
+    import numba
+
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(numba.config.NUMBA_NUM_THREADS))
+
+
 _import_arraymath_without_scipy()
 _use_fingerprinted_cache_dir()
+_pin_thread_count()

@@ -193,3 +193,52 @@ def test_an_unwritable_cache_folder_gives_a_private_one_and_a_warning(tmp_path):
     private, exported, misses = out.stdout.split()
     assert Path(private).name.startswith("curriculum-numba-") and not Path(private).exists()  # removed at exit
     assert exported == str(blocker / "cache") and misses == "1"  # children try the folder again
+
+
+BOUND = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import curriculum.numba_boot  # noqa: F401  (changes NUMBA_CACHE_DIR: numba re-reads its config at the next compile)
+import numpy as np
+from numba import njit
+import bound_kernels
+
+bound_kernels.total(np.ones(64))  # from the cache on the second run: starts the OpenMP pool, no compile
+if sys.argv[2] == "compile":
+    print(njit(lambda x: x + 1)(41))  # a compile after the pool started
+"""
+
+BOUND_KERNELS = """
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def total(x):
+    s = 0.0
+    for i in prange(x.shape[0]):
+        s += x[i]
+    return s
+"""
+
+
+def test_a_compile_after_a_bound_openmp_pool_started_does_not_crash(tmp_path):
+    """With OMP_PROC_BIND set (HPC nodes), starting the pool pins the calling thread to one CPU,
+    and numba recomputed its default thread count from that affinity when it re-read its config
+    before the next compile: "Cannot set NUMBA_NUM_THREADS ... once the threads have been
+    launched". numba_boot exports the count numba settled on at import. (On a 1-CPU machine
+    the two counts agree and this passes either way.)"""
+    (tmp_path / "bound_kernels.py").write_text(BOUND_KERNELS)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    env.update(NUMBA_CACHE_DIR=str(tmp_path / "cache"), OMP_PROC_BIND="close", NUMBA_THREADING_LAYER="omp",
+               PYTHONPATH=str(ROOT))
+
+    def run(mode: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", BOUND, str(tmp_path), mode], env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    first = run("warm")  # compiles `total` into the cache
+    assert first.returncode == 0, first.stderr
+    second = run("compile")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.split() == ["42"]
