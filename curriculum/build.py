@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curriculum.errors import CurriculumError
 from curriculum.executors import make_executor
+from curriculum.resources import usable_cores
 
 WORK = ".work"
 WORK_LAYOUT = 3  # bump when task outputs change form: a work dir of another layout is not resumed
@@ -417,12 +418,14 @@ def _restore_numba_threads(before: int | None) -> None:
 
 def _task_config(raw: dict) -> BuildConfig:
     """A task's settings; with one tokenizer thread (a worker among others, which use the other
-    cores) the numba kernels of this thread run on one thread too."""
+    cores) the numba kernels of this thread run on one thread too, and inline on the cores this
+    process may use (numba's own count follows the CPU affinity only, not a container's CPU quota:
+    64 threads on a 2-CPU pod of a 64-core host)."""
     cfg = BuildConfig.model_validate(raw)
-    if cfg.tokenizer_threads == 1:
-        import numba
+    import numba
 
-        numba.set_num_threads(1)  # per calling thread; build() gives the caller's count back
+    # Per calling thread; build() gives the caller's count back.
+    numba.set_num_threads(1 if cfg.tokenizer_threads == 1 else min(numba.config.NUMBA_NUM_THREADS, usable_cores()))
     return cfg
 
 

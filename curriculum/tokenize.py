@@ -41,6 +41,7 @@ import pyarrow as pa
 
 from curriculum.errors import CurriculumError
 from curriculum.fileperm import share
+from curriculum.resources import usable_cores
 
 TokenizerKind = Literal["hf", "sentencepiece"]
 ROLES = ("cls", "sep", "mask", "pad")
@@ -227,8 +228,9 @@ def load_tokenizer(
 ) -> Tokenizer:
     """Load an HF tokenizer.json or a SentencePiece model and resolve its special ids.
 
-    `num_threads` is SentencePiece's thread count per call (default: all cores); HF tokenizers
-    use the process's rayon pool (see `thread_env`).
+    `num_threads` is SentencePiece's thread count per call (default: the cores this process may
+    use, affinity and cgroup CPU quota counted: in a container limited to 2 CPUs on a 64-core host,
+    2); HF tokenizers use the process's rayon pool (see `thread_env`).
     """
     p = Path(path)
     try:
@@ -236,7 +238,7 @@ def load_tokenizer(
     except OSError as exc:
         raise TokenizerError(f"--tokenizer {p}: cannot read it ({exc.strerror}); give the path of a tokenizer.json or a SentencePiece .model") from exc
     digest = sha256_bytes(data)
-    threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
+    threads = num_threads if num_threads is not None else usable_cores()
     be = _load_hf(p, data) if data.lstrip()[:1] == b"{" else _load_sp(p, data)
     given = {"cls": cls_id, "sep": sep_id, "mask": mask_id, "pad": pad_id}
     ids: dict[str, int] = {}

@@ -78,3 +78,27 @@ def test_the_count_is_the_smallest_limit_and_says_which():
     for tiny in (0, 1, 1 << 20):
         assert auto_workers(tiny, SHARD, cores=64, memory=0).workers == 1  # never below one
     assert auto_workers(big, SHARD).workers == min(usable_cores(), auto_workers(big, SHARD).memory_workers or 10**9)
+
+
+def test_inline_threads_follow_the_usable_cores(monkeypatch, small_tokenizer, tmp_path):
+    """A build inline (one worker) and a tokenizer given no thread count use the cores this process
+    may use, quota counted, not the host's CPU count or numba's affinity-based pool size."""
+    import numba
+
+    import curriculum.build as build_mod
+    import curriculum.tokenize as tokenize_mod
+
+    monkeypatch.setattr(tokenize_mod, "usable_cores", lambda: 3)
+    assert tokenize_mod.load_tokenizer(small_tokenizer)._num_threads == 3
+    assert tokenize_mod.load_tokenizer(small_tokenizer, num_threads=5)._num_threads == 5
+
+    monkeypatch.setattr(build_mod, "usable_cores", lambda: 1)
+    raw = build_mod.BuildConfig(inputs=[str(tmp_path)], out=str(tmp_path / "out"), tokenizer=str(small_tokenizer)).model_dump()
+    try:
+        build_mod._task_config(raw)
+        assert numba.get_num_threads() == 1
+        monkeypatch.setattr(build_mod, "usable_cores", lambda: 10_000)  # never above numba's pool
+        build_mod._task_config(raw)
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
