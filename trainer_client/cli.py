@@ -24,6 +24,7 @@ from typing import Optional
 
 import typer
 
+from curriculum.resources import usable_cores
 from trainer_client.typer_main import run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a ModernBERT MLM on batches from the sampler service.")
@@ -72,12 +73,20 @@ def _how_it_ended(rc: int) -> str:
     return f"exited with code {rc}"
 
 
+def launch_env(nproc: int, port: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every rank of a local launch shares (each adds RANK and LOCAL_RANK)."""
+    env = dict(os.environ if environ is None else environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), **{_LAUNCHED: "1"})
+    # The cores this process may use (affinity, cgroup CPU quota), shared by the ranks: in a 4-CPU
+    # pod of a 64-core host os.cpu_count() gave each of 2 ranks 32 torch threads.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc)))
+    return env
+
+
 def launch_local(nproc: int, argv: list[str]) -> int:
     """Start `nproc` ranks of `trainer-client <argv>` on this machine; the first failure stops the
     rest and is reported (which rank, how, and how to resume)."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(nproc),
-               LOCAL_WORLD_SIZE=str(nproc), **{_LAUNCHED: "1"})
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env = launch_env(nproc, _free_port())
     procs = []
     for r in range(nproc):
         e = dict(env, RANK=str(r), LOCAL_RANK=str(r))

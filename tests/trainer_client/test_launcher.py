@@ -10,7 +10,8 @@ import time
 
 import psutil
 
-from trainer_client.cli import launch_local, resume_hint
+import trainer_client.cli as cli
+from trainer_client.cli import launch_env, launch_local, resume_hint
 
 
 def test_resume_hint_names_the_checkpoint_dir_or_says_a_rerun_starts_over():
@@ -18,6 +19,15 @@ def test_resume_hint_names_the_checkpoint_dir_or_says_a_rerun_starts_over():
         "rerun the same command to resume from the newest checkpoint in runs/a"
     assert resume_hint(["train", "--checkpoint-dir=runs/b"]).endswith("in runs/b")
     assert "starts from the beginning" in resume_hint(["train", "--server", "http://x:1"])
+
+
+def test_ranks_share_the_usable_cores_not_the_hosts(monkeypatch):
+    monkeypatch.setattr(cli, "usable_cores", lambda: 4)  # e.g. a 4-CPU pod of a 64-core host
+    env = launch_env(2, 1234, {"PATH": "/bin"})
+    assert env["OMP_NUM_THREADS"] == "2"
+    assert (env["MASTER_ADDR"], env["MASTER_PORT"], env["WORLD_SIZE"], env["PATH"]) == ("127.0.0.1", "1234", "2", "/bin")
+    assert launch_env(8, 1, {})["OMP_NUM_THREADS"] == "1"
+    assert launch_env(2, 1, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"  # the user's setting wins
 
 
 def test_a_rank_killed_by_a_signal_is_named_and_the_exit_code_says_which(capfd):
