@@ -18,6 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
 from curriculum.errors import CurriculumError
+from curriculum.resources import usable_cores
 
 Task = Callable[[Any], dict]
 # How often a task may be running in a pool process that dies (the OS's OOM killer, a crash in a
@@ -279,7 +280,9 @@ class RayExecutor:
             if address:
                 kwargs["address"] = address
             else:
-                kwargs.update(num_cpus=workers or os.cpu_count(), _node_ip_address="127.0.0.1")
+                # The usable cores (affinity, cgroup quota), not os.cpu_count(): a 2-CPU pod of a
+                # 64-core host would run 64 tasks at once.
+                kwargs.update(num_cpus=workers or usable_cores(), _node_ip_address="127.0.0.1")
             ray.init(**kwargs)
         self.max_retries = max_retries
 

@@ -156,6 +156,19 @@ def test_ray_executor_gives_the_same_manifest(corpus, small_tokenizer, tmp_path)
     assert tables(tmp_path / "local") == tables(tmp_path / "ray")
 
 
+@pytest.mark.slow
+def test_a_local_ray_instance_gets_the_usable_cores(monkeypatch):
+    """Not os.cpu_count(): in a 2-CPU pod of a 64-core host that ran 64 tasks at once."""
+    import curriculum.executors as executors
+
+    monkeypatch.setattr(executors, "usable_cores", lambda: 1)
+    ex = executors.RayExecutor()
+    try:
+        assert ex._ray.cluster_resources()["CPU"] == 1
+    finally:
+        ex.close()
+
+
 def test_resuming_into_a_work_dir_of_another_build_is_refused(corpus, small_tokenizer, tmp_path):
     from curriculum.errors import CurriculumError
 
