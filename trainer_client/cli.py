@@ -24,7 +24,6 @@ from typing import Optional
 
 import typer
 
-from curriculum.resources import usable_cores
 from trainer_client.typer_main import run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a ModernBERT MLM on batches from the sampler service.")
@@ -71,6 +70,22 @@ def _how_it_ended(rc: int) -> str:
         except ValueError:
             return f"was killed by signal {-rc}"
     return f"exited with code {rc}"
+
+
+def usable_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's
+    /sys/fs/cgroup/cpu.max). The trainer image ships without `curriculum`, whose
+    `resources.usable_cores` also reads cgroup v1 and nested groups."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()
+        cores = min(cores, -(-int(quota) // int(period)))
+    except (OSError, ValueError):  # no such file, or "max": no quota
+        pass
+    return max(1, cores)
 
 
 def launch_env(nproc: int, port: int, environ: dict[str, str] | None = None) -> dict[str, str]:

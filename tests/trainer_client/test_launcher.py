@@ -21,6 +21,18 @@ def test_resume_hint_names_the_checkpoint_dir_or_says_a_rerun_starts_over():
     assert "starts from the beginning" in resume_hint(["train", "--server", "http://x:1"])
 
 
+def test_usable_cores_read_the_cgroup_quota(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("100000 100000\n")  # one CPU's worth
+    assert cli.usable_cores(str(cpu_max)) == 1
+    cpu_max.write_text("150000 100000\n")  # 1.5 CPUs: two threads
+    assert cli.usable_cores(str(cpu_max)) == min(affinity, 2)
+    cpu_max.write_text("max 100000\n")
+    assert cli.usable_cores(str(cpu_max)) == affinity
+    assert cli.usable_cores(str(tmp_path / "absent")) == affinity
+
+
 def test_ranks_share_the_usable_cores_not_the_hosts(monkeypatch):
     monkeypatch.setattr(cli, "usable_cores", lambda: 4)  # e.g. a 4-CPU pod of a 64-core host
     env = launch_env(2, 1234, {"PATH": "/bin"})
