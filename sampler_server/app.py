@@ -28,6 +28,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -189,8 +190,11 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
             svc.close_pool()
 
     docs = svc.token is None  # with a token the OpenAPI schema is not served unauthenticated
-    app = FastAPI(title="language-curriculum sampler", version=wire.WIRE_VERSION, lifespan=lifespan,
-                  docs_url="/docs" if docs else None, redoc_url=None, openapi_url="/openapi.json" if docs else None)
+    # FastAPI's /docs page loads Swagger UI from a CDN: blank on an air-gapped cluster. fastapi-offline
+    # serves the same page with the scripts from the package (/static-offline-docs/...).
+    app = (FastAPIOffline if docs else FastAPI)(
+        title="language-curriculum sampler", version=wire.WIRE_VERSION, lifespan=lifespan,
+        docs_url="/docs" if docs else None, redoc_url=None, openapi_url="/openapi.json" if docs else None)
     app.state.service = svc
 
     @app.exception_handler(ApiError)
@@ -269,8 +273,10 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
 
     # -- health (never behind the token) ---------------------------------------------------
 
-    # HEAD too: uptime checkers probe with it (405 marked a healthy replica down).
-    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    # HEAD too: uptime checkers probe with it (405 marked a healthy replica down). Registered apart,
+    # outside the schema: one route for both gave the OpenAPI schema a duplicate operation id.
+    @app.head("/healthz", include_in_schema=False)
+    @app.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok", "build_id": sampler.build_id}
 
@@ -279,7 +285,8 @@ def create_app(settings: ServerSettings, *, sampler: Sampler | None = None) -> F
         read (it makes every step above the watermark a 503)."""
         return list(svc.failed_shards.values()) + [x for x in (svc.live.error, svc.live.unavailable) if x]
 
-    @app.api_route("/readyz", methods=["GET", "HEAD"])
+    @app.head("/readyz", include_in_schema=False)
+    @app.get("/readyz")
     async def readyz() -> JSONResponse:
         if not svc.ready:
             await anyio.to_thread.run_sync(svc.recheck)  # S3 calls: never on the event loop

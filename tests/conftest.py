@@ -54,6 +54,9 @@ def chromium(tmp_path):
     for flag in (
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+        # No host name resolves but 127.0.0.1: a page that needs anything from outside fails here
+        # as it would on an air-gapped cluster, whether or not this machine has a network.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
         f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1400,2000",
     ):
         opts.add_argument(flag)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -356,6 +357,22 @@ def test_phase_variants_are_served_on_request(tmp_path, inputs):
         dash = c.get("/v1/dashboard").json()
         assert [p["name"] for p in dash["phases"]] == ["pretrain", "midtrain", "decay:top6"]
         assert [p["name"] for p in dash["variant_phases"]] == ["decay:all"]
+
+
+def test_docs_page_loads_nothing_from_outside(server):
+    """/docs on an air-gapped cluster: FastAPI's page pulled Swagger UI from a CDN (blank there)."""
+    with httpx.Client(base_url=server, timeout=30) as c:
+        page = c.get("/docs")
+        assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: ["']([^"']+)["']""", page.text)
+        urls = [a or b for a, b in urls]
+        assert {u.rsplit("/", 1)[-1] for u in urls} >= {"swagger-ui-bundle.js", "swagger-ui.css", "openapi.json"}
+        for u in urls:
+            assert u.startswith("/"), f"/docs loads {u} from outside the server"
+            r = c.get(u)
+            assert r.status_code == 200 and len(r.content) > 100, u
+        ids = [op["operationId"] for ops in c.get("/openapi.json").json()["paths"].values() for op in ops.values()]
+        assert len(ids) == len(set(ids))  # HEAD /healthz and /readyz had GET's operation id
 
 
 def test_bearer_token_guards_all_but_health(inputs):

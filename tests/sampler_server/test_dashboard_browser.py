@@ -217,3 +217,18 @@ def test_dashboard_marks_amendments(amended_url, chromium, tmp_path):
     shot = tmp_path / "dashboard-amended.png"
     assert chromium.save_screenshot(str(shot))
     assert shot.stat().st_size > 30_000
+
+
+def test_api_docs_render_with_no_network(tmp_path, chromium):
+    """/docs draws every route from files the server itself serves (FastAPI's page took Swagger UI
+    from a CDN: blank on an air-gapped cluster; the browser here resolves no host name)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app = create_app(settings_for(make_corpus(tmp_path / "m"), write_recipe(tmp_path / "recipe.toml", RECIPE), warmup=False))
+    with live_server(app) as url:
+        chromium.get(url + "/docs")
+        WebDriverWait(chromium, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 8)
+        paths = {e.text.replace("\u200b", "") for e in chromium.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        assert {"/v1/batches/{step}", "/v1/stream", "/v1/amendments", "/healthz"} <= paths
+        assert chromium.find_element(By.CSS_SELECTOR, ".info .title").text.startswith("language-curriculum sampler")
