@@ -136,6 +136,10 @@ class LanguageStream:
         self._lock = threading.Lock()
         self._epochs = _LRU(cache)
         self._blocks = _LRU(cache * 8)
+        # (epoch, block start and end in the epoch's order, block, docs, dcum, docs address) of the
+        # block the last run was in.
+        self._last: tuple = (-1, 0, 0, 0, None, None, 0)
+        self._block_addrs: list[tuple[int, int]] = []  # per block: its shard's (tokens, offsets) addresses
 
     def _load(self) -> None:
         with self._lock:
@@ -158,6 +162,7 @@ class LanguageStream:
                     raise ValueError(f"language {self.key}: a shard's arrays are not contiguous uint32 tokens / "
                                      "int64 offsets; rebuild it with `curriculum build`")
             self._addrs = [(v.tokens.ctypes.data, v.offsets.ctypes.data) for v in shards]
+            self._block_addrs = [self._addrs[s] for s in table.shard.tolist()]
             self._shards, self._table = shards, table
 
     def token_at_least(self, limit: int) -> tuple[Path | str, int] | None:
@@ -227,19 +232,28 @@ class LanguageStream:
         pos, T = 0, int(start)
         while pos < n_tokens:
             e, o = divmod(T, S)
-            perm, cum = self.epoch_order(e)
-            j = int(cum.searchsorted(o, "right")) - 1
-            b = int(perm[j])
-            docs, dcum, addr = self._block_entry(e, b)
-            ob = o - int(cum[j])
+            # A language's next sequence mostly lies in the block its last one ended in (blocks
+            # are ~1M tokens): that block's entry is kept, and the epoch's search skipped. One
+            # tuple, replaced whole, so threads racing read a consistent (if older) one.
+            last = self._last
+            if last[0] == e and last[1] <= o < last[2]:
+                _, lo, hi, b, docs, dcum, addr = last
+            else:
+                perm, cum = self.epoch_order(e)
+                j = int(cum.searchsorted(o, "right")) - 1
+                b = int(perm[j])
+                lo, hi = int(cum[j]), int(cum[j + 1])
+                docs, dcum, addr = self._block_entry(e, b)
+                self._last = (e, lo, hi, b, docs, dcum, addr)
+            ob = o - lo
             d = int(dcum.searchsorted(ob, "right")) - 1
-            n = min(n_tokens - pos, int(cum[j + 1]) - o)
+            n = min(n_tokens - pos, hi - o)
             self._add_run(b, docs, addr, d, ob - int(dcum[d]), n, runs)
             pos += n
             T += n
 
     def _add_run(self, block: int, docs: np.ndarray, docs_addr: int, d: int, od: int, n: int, runs: Runs) -> None:
-        tok, off = self._addrs[self.table.shard[block]]
+        tok, off = self._block_addrs[block]
         runs.rows.append((RUN_SHARD, tok, off, docs_addr, 0, d, od, n, 0, 0))
         runs.keep.append(docs)  # the LRU may drop it while the kernel reads it
 

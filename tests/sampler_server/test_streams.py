@@ -69,6 +69,25 @@ def test_random_access_equals_sequential_reads(tmp_path):
         assert np.array_equal(part, full[start : start + 500])
 
 
+def test_one_stream_read_out_of_order_equals_sequential_reads(tmp_path):
+    """The stream keeps the block its last read ended in: reads that jump between blocks and
+    epochs (same offset in another epoch too), and reads within the kept block, on one object."""
+    paths, _ = docs_corpus(tmp_path, seed=2)
+    st = LanguageStream("z_Latn", paths, seed=4, block_tokens=200)
+    S = st.stream_len
+    full = np.empty(3 * S, np.int32)
+    LanguageStream("z_Latn", paths, seed=4, block_tokens=200).fill(0, full, np.empty(full.size, np.int32), CLS, SEP)
+    rng = np.random.default_rng(1)
+    starts = rng.integers(0, 3 * S - 120, 200).tolist()
+    starts += [s + k * S for s in starts[:20] for k in (0, 1) if s + (k + 1) * S < 3 * S - 120]  # offset kept, epoch not
+    starts += [starts[0] + 7, starts[0] + 9]  # inside the block just read
+    for start in starts:
+        n = int(rng.integers(1, 120))
+        part = np.empty(n, np.int32)
+        st.fill(int(start), part, np.empty(n, np.int32), CLS, SEP)
+        assert np.array_equal(part, full[start : start + n]), start
+
+
 def test_seed_and_language_change_the_order(tmp_path):
     paths, _ = docs_corpus(tmp_path, seed=2)
     a = LanguageStream("a_Latn", paths, seed=1, block_tokens=200)
