@@ -66,13 +66,35 @@ def admissible(a: Amendment, watermark: int, entries: list[Amendment]) -> None:
             f"from_step {a.from_step} is too early: {why}; the earliest allowed from_step is {earliest}", earliest)
 
 
+class JournalLocationError(CurriculumError):
+    """A journal location no journal can live at (a URI other than s3://)."""
+
+
+def journal_location(location: str | Path) -> str | Path:
+    """`location` as a journal can live there: an `s3://` URI as given, a file path (a `file://`
+    URI becomes its path). Any other URI is refused: appends need a filesystem's locks or S3's
+    conditional writes (a `gs://` one became a local folder named `gs:` in the working directory)."""
+    from curriculum import storage
+
+    if isinstance(location, Path) or not storage.is_uri(location):
+        return Path(location)
+    if str(location).lower().startswith("s3://"):
+        return str(location)
+    if not storage.is_remote(location):
+        return storage.local_path(location)
+    raise JournalLocationError(f"amendment journal {storage.display(location)}: only a file (on a filesystem every "
+                               "replica shares) or an s3:// object can hold the journal; pass --journal FILE or "
+                               "--journal s3://bucket/key")
+
+
 def open_any(location: str | Path):
     """A journal by location: `s3://bucket/key?...` (curriculum.journal_s3) or a file."""
-    if str(location).startswith("s3://"):
+    where = journal_location(location)
+    if isinstance(where, str):
         from curriculum.journal_s3 import ObjectJournal
 
-        return ObjectJournal(str(location))
-    return Journal(location)
+        return ObjectJournal(where)
+    return Journal(where)
 
 
 def journal_beside(recipe: str | Path) -> Path:

@@ -298,16 +298,24 @@ def open_journal(path: str | Path | None, recipe: Path, *, required: bool, manif
     on any host). Without an explicit path, a recipe in a read-only directory runs without live
     amendments (logged)."""
     from curriculum import storage
-    from curriculum.journal import journal_beside
+    from curriculum.journal import journal_beside, journal_location
 
     if path is None and manifest is not None and storage.is_remote(str(manifest)):
         parts = urlsplit(str(manifest))
+        if parts.scheme.lower() != "s3":
+            # Replicas of a remote manifest run on many hosts: a journal beside each one's recipe
+            # would let an amendment reach one replica only, and the replicas serve other bytes.
+            log.warning("live amendments are off: the manifest %s is not on S3, so there is no default journal "
+                        "every replica shares; pass --journal FILE (on a shared filesystem) or s3://bucket/key",
+                        storage.display(str(manifest)))
+            return None
         path = urlunsplit(parts._replace(path=parts.path.rstrip("/") + f"/{Path(recipe).stem}.amendments.json"))
-    if path is not None and str(path).startswith("s3://"):
+    where = journal_location(path) if path is not None else journal_beside(recipe)
+    if isinstance(where, str):  # s3://
         from curriculum.journal_s3 import ObjectJournal
 
-        return ObjectJournal(str(path))
-    target = Path(path) if path is not None else journal_beside(recipe)
+        return ObjectJournal(where)
+    target = where
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         probe = target.with_name(target.name + ".lock")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from curriculum.amend import AmendmentConflict, AmendmentError, parse_amendment
-from curriculum.journal import Journal, JournalOwnerError, journal_beside
+from curriculum.journal import Journal, JournalLocationError, JournalOwnerError, journal_beside, journal_location, open_any
 
 
 def A(from_step: int, reason: str = "", **changes):
@@ -24,6 +24,20 @@ def path(tmp_path) -> Path:
 
 def snapshot(p: Path) -> bytes | None:
     return p.read_bytes() if p.exists() else None
+
+
+def test_journal_locations(tmp_path):
+    assert journal_location(str(tmp_path / "j.jsonl")) == tmp_path / "j.jsonl"
+    assert journal_location(f"file://{tmp_path}/j.jsonl") == tmp_path / "j.jsonl"
+    assert journal_location("s3://b/run.amendments.json?endpoint_override=127.0.0.1:9") == \
+        "s3://b/run.amendments.json?endpoint_override=127.0.0.1:9"
+    # Any other store: refused, naming it (it became a local folder `gs:` in the working directory).
+    for uri in ("gs://bucket/m/run.amendments.json?retry_limit_seconds=1", "hdfs://h:9000/j"):
+        with pytest.raises(JournalLocationError, match=r"amendment journal \S+: only a file .* or an s3:// object"):
+            journal_location(uri)
+        with pytest.raises(JournalLocationError):
+            open_any(uri)
+    assert isinstance(open_any(f"file://{tmp_path}/k.jsonl"), Journal)
 
 
 def test_journal_beside_the_recipe():

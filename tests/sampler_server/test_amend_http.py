@@ -55,6 +55,24 @@ def journal_bytes(recipe: Path) -> bytes:
     return p.read_bytes() if p.exists() else b""
 
 
+def test_a_remote_manifest_off_s3_has_no_default_journal(tmp_path, monkeypatch, caplog):
+    """Only S3 can hold the replicas' shared journal: a gs:// manifest's default journal was a
+    local folder `gs:/bucket/...` in the working directory, one per host."""
+    from curriculum.journal import JournalLocationError
+    from sampler_server.live import open_journal
+
+    monkeypatch.chdir(tmp_path)
+    recipe_file = tmp_path / "r.toml"
+    recipe_file.write_text("")
+    with caplog.at_level("WARNING"):
+        assert open_journal(None, recipe_file, required=False, manifest="gs://bucket/m?retry_limit_seconds=1") is None
+    assert "live amendments are off" in caplog.text and "gs://bucket/m " in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.toml"]
+    with pytest.raises(JournalLocationError, match="gs://bucket/j: only a file"):
+        open_journal("gs://bucket/j", recipe_file, required=True, manifest=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.toml"]
+
+
 def test_another_run_cannot_take_over_a_journal(manifest, recipe):
     """Runs that share a recipe file share the journal beside it unless told otherwise: a server of
     another seed (another run) is refused at start-up, naming the journal; the same run restarts."""
