@@ -64,13 +64,25 @@ def _ints(path: str) -> list[int] | None:
         return None  # e.g. "max"
 
 
-def usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
-    """CPUs this process may run on: its affinity, capped by a cgroup CPU quota (v2 `cpu.max`,
-    v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`)."""
+def _affinity() -> int:
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        cores = os.cpu_count() or 1
+        return os.cpu_count() or 1
+
+
+# The calling thread's CPU affinity when this module was imported (before any task runs). With
+# OpenMP thread binding (OMP_PROC_BIND, set on many HPC nodes) the thread that starts numba's pool
+# is pinned to one CPU, and os.sched_getaffinity(0) reports the calling thread's mask: read after
+# a build's first task it said 1, and every later task of an inline build ran its kernels on one
+# thread.
+_AFFINITY = _affinity()
+
+
+def usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may run on: its affinity (as at import, see `_AFFINITY`), capped by a
+    cgroup CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`)."""
+    cores = _AFFINITY
     for d in _cgroup_dirs(cgroup_root, "cpu"):
         v2 = _ints(f"{d}/cpu.max")  # "max 100000" reads as None: no quota
         quota, period = (v2 if v2 and len(v2) == 2 else

@@ -102,3 +102,32 @@ def test_inline_threads_follow_the_usable_cores(monkeypatch, small_tokenizer, tm
         assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
     finally:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+BOUND_TASKS = """
+import numba
+import numpy as np
+from curriculum.build import BuildConfig, _task_config
+
+raw = BuildConfig(inputs=["in"], out="out", tokenizer="t.model").model_dump()
+seen = []
+for _ in range(3):
+    _task_config(raw)
+    seen.append(numba.get_num_threads())
+    numba.njit(parallel=True)(lambda x: np.sum(x * 2.0))(np.ones(1000))  # a parallel region on this thread
+print(seen, numba.config.NUMBA_NUM_THREADS)
+"""
+
+
+def test_inline_tasks_keep_their_threads_under_openmp_binding(tmp_path):
+    """OMP_PROC_BIND pins the thread that starts numba's pool to one CPU; reading the affinity
+    after that gave every task but the first of an inline build one thread."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    env.update(OMP_PROC_BIND="close", NUMBA_THREADING_LAYER="omp", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    out = subprocess.run([sys.executable, "-c", BOUND_TASKS], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen, pool = out.stdout.rsplit("]", 1)
+    assert [int(x) for x in seen.strip("[ ").split(",")] == [min(int(pool), usable_cores())] * 3
