@@ -30,6 +30,18 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on 
     _state["debug"] = debug
 
 
+_URI_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # what Path() leaves of scheme:// (it folds the //)
+
+
+def _local(flag: str, *paths: Path | None) -> None:
+    """Refuse a URI where a local path is needed: Path() made `s3://b/x` the local `s3:/b/x`, and
+    an output there was a folder named `s3:` in the working directory."""
+    for p in paths:
+        if p is not None and _URI_PATH.match(str(p)):
+            uri = str(p).replace(":/", "://", 1)
+            raise CurriculumError(f"{flag} {uri}: takes a local path here, not a URI")
+
+
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Directory to write the manifest to."),
@@ -44,6 +56,9 @@ def synth(
 ) -> None:
     """Write a synthetic manifest (no shards) with a realistic long tail, for planning at scale."""
     from curriculum.synth import synth_from_mmbert_counts, synth_from_stats, synth_long_tail
+
+    _local("--out", out)
+    _local("--from-stats", from_stats)
 
     if from_stats is not None and from_mmbert_counts:
         raise typer.BadParameter("give one of --from-stats and --from-mmbert-counts", param_hint="'--from-stats'")
@@ -231,8 +246,7 @@ def plan(
     variant: Optional[str] = typer.Option(None, "--variant", help="With --journal: the phase variant the run serves."),
 ) -> None:
     """Show what a recipe does with a manifest: per phase languages, shares, tokens, epochs."""
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", str(html or "")):  # Path() made s3://b/r.html a local s3:/b/r.html
-        raise CurriculumError(f"--html {html}: give a local file path (the report is written locally)")
+    _local("--html", html)  # the report is written locally
     from curriculum.manifest import read_manifest
     from curriculum.plan import phase_summary, plan_all_variants, plan_to_json
     from curriculum.recipe import load_recipe
@@ -392,6 +406,10 @@ def build(
     from curriculum.build import BuildConfig, build as run_build
     from curriculum.storage import is_remote, local_path
 
+    _local("input", *inputs)
+    _local("--tokenizer", tokenizer)
+    _local("--work-dir", work_dir)
+    _local("--lid-model", lid_model)
     n_workers = _workers(workers)
     if min_chars > max_chars:
         raise typer.BadParameter(f"{min_chars} is above --max-chars {max_chars}: no document could be kept",
@@ -549,6 +567,8 @@ def tokenizer_train(
     from curriculum.ingest import discover_inputs, read_documents
     from curriculum.tokenize import train_tokenizer
 
+    _local("input", *inputs)
+    _local("--out", out)
     if out.is_dir():
         raise CurriculumError(f"--out {out}: is a directory; give the path of the tokenizer.json to write")
     files, issues = discover_inputs([str(p) for p in inputs])
@@ -587,6 +607,8 @@ def tokenizer_bytes_per_token(
     """Measure UTF-8 bytes per token per script on the demo corpus text (regenerates the shipped table)."""
     from curriculum.bytes_per_token import write_table
 
+    _local("--out", out)
+    _local("--tokenizer", tokenizer)
     if out.is_dir():
         raise CurriculumError(f"--out {out}: is a directory; give the path of the CSV file to write")
     if tokenizer is None:
@@ -602,6 +624,7 @@ def demo_corpus(out: Path = typer.Argument(..., help="Directory to write the cor
     """Write the embedded real multilingual demo corpus (from the PyPI package gflanguages)."""
     from curriculum.democorpus import write_demo_corpus
 
+    _local("OUT", out)
     if out.exists() and not out.is_dir():
         raise CurriculumError(f"{out}: exists and is not a directory; give a directory to write the corpus to")
     counts = write_demo_corpus(out)

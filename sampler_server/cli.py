@@ -52,7 +52,7 @@ def resolve_stack(http: str, loop: str) -> tuple[str, str]:
 @app.command()
 def serve(
     manifest: Optional[str] = typer.Option(None, "--manifest", help="Built manifest directory or URI, e.g. s3://bucket/m (env SAMPLER_MANIFEST)."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe TOML file (env SAMPLER_RECIPE)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe TOML file (env SAMPLER_RECIPE)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (default 0) (env SAMPLER_SEED)."),
     host: Optional[str] = typer.Option(None, "--host", help="Bind address (default 127.0.0.1) (env SAMPLER_HOST)."),
     port: Optional[int] = typer.Option(None, "--port", help="Port (default 8000) (env SAMPLER_PORT)."),
@@ -60,7 +60,7 @@ def serve(
     token: Optional[str] = typer.Option(None, "--token", help="Require 'Authorization: Bearer TOKEN' (all but health) "
                                         "(env SAMPLER_TOKEN: prefer it, a flag shows in `ps`)."),
     verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Check every shard's sha256 at start-up."),
-    progress_log: Optional[Path] = typer.Option(None, "--progress-log", help="JSONL file keeping trainer progress across restarts."),
+    progress_log: Optional[str] = typer.Option(None, "--progress-log", help="JSONL file keeping trainer progress across restarts."),
     variant: Optional[str] = typer.Option(None, "--variant", help="Phase variant served by default (requests may name another)."),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log", help="uvicorn access log (default on)."),
     http: Optional[str] = typer.Option(None, "--http", help="HTTP parser: auto (default: httptools when installed), "
@@ -84,7 +84,8 @@ def serve(
     for flag, value in (("--token", token), ("--amend-token", amend_token)):
         if value is not None and not value.strip():  # e.g. --token "$UNSET": an open server by accident
             _fail(f"{flag} is empty: give a token, or leave the flag out to serve without one")
-    if progress_log is not None and progress_log.is_dir():
+    # Strings, not Paths, up to the settings: a Path made "s3://b/x" into "s3:/b/x" before any check.
+    if progress_log is not None and Path(progress_log).is_dir():
         _fail(f"--progress-log {progress_log}: is a directory; give a file path (it is created if missing)")
     options = dict(manifest=manifest, recipe=recipe, seed=seed, host=host, port=port, workers=workers, token=token,
                    verify=verify, progress_log=progress_log, variant=variant, access_log=access_log, http=http, loop=loop,
@@ -102,7 +103,7 @@ def serve(
             env = f"SAMPLER_{name.upper()}"
             # Settings without a flag (cache_bytes, cache_dir, ...) come from the environment only.
             where = f"--{name.replace('_', '-')} (or {env})" if name in options else env
-            problems.append(f"{where}: {e['msg']}")
+            problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")  # pydantic's prefix for a validator's own message
         _fail("; ".join(problems))
     from sampler_server.app import LOG_FORMAT
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -12,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Same default as sampler_server.streams.DEFAULT_BLOCK_TOKENS; not imported, so that reading the
 # settings does not load numba.
 DEFAULT_BLOCK_TOKENS = 1 << 20
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class ServerSettings(BaseSettings):
@@ -63,6 +65,14 @@ class ServerSettings(BaseSettings):
                                                        "installed, else the standard asyncio loop")
     access_log: bool = True
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("cache_dir", "recipe", "progress_log", "index_dir", mode="before")
+    @classmethod
+    def _local_path(cls, v: object) -> object:
+        """These live on this host's disk: a URI (s3://b/idx) became a local folder named `s3:`."""
+        if isinstance(v, str) and _URI.match(v):
+            raise ValueError(f"{v.split('?', 1)[0]} is a URI; this setting takes a local path")
+        return v
 
     @field_validator("token", "amend_token", mode="before")
     @classmethod

@@ -54,6 +54,13 @@ CURRICULUM = [
     (["verify", "file.txt"], "manifest file.txt: not a directory"),
     (["verify", "a[/]b"], "manifest a[/]b: not a directory"),  # printed as text, never read as rich markup
     (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    # Path() folded s3://b/x into the local s3:/b/x: --work-dir made a folder named "s3:" here.
+    (["build", "file.txt", "--out", "s3://b/m", "--tokenizer", "file.txt", "--work-dir", "s3://b/work"],
+     "--work-dir s3://b/work: takes a local path here, not a URI"),
+    (["build", "gs://b/in", "--out", "o", "--tokenizer", "file.txt"], "input gs://b/in: takes a local path here, not a URI"),
+    (["demo-corpus", "s3://b/corpus"], "OUT s3://b/corpus: takes a local path here, not a URI"),
+    (["tokenizer", "train", "file.txt", "--out", "s3://b/t.json"], "--out s3://b/t.json: takes a local path here"),
+    (["synth", "--out", "gs://b/m"], "--out gs://b/m: takes a local path here, not a URI"),
     (["verify", "x:smile:"], "manifest x:smile:: not a directory"),  # was printed as "x😄"
     (["amend", str(RECIPES / "demo.toml"), "--from-step", "1", "--set", "languages=top:abc", "--dry-run"],
      "--set languages=top:abc: expected top:<N>"),  # was "top🔤"
@@ -86,6 +93,7 @@ def test_curriculum_cli_errors(place, args, says):
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert "Traceback" not in p.stderr and says in p.stderr, p.stderr
     assert not (place / "file.txt").is_dir() and (place / "file.txt").read_text() == "hello\n"  # nothing clobbered
+    assert not (place / "s3:").exists() and not (place / "gs:").exists()
 
 
 def test_dry_run_json_is_never_wrapped(tmp_path):
@@ -262,7 +270,8 @@ def test_paths_for_the_cache_the_staging_dir_and_the_report_say_what_they_are(pl
     # `--html s3://b/r.html` wrote a local folder named "s3:".
     p = run("curriculum.cli", "plan", str(RECIPES / "demo.toml"), "--manifest", str(ROOT / "manifests" / "reference" /
             "mmbert"), "--html", "s3://b/r.html", cwd=place)
-    assert p.returncode == 2 and "--html s3:/b/r.html: give a local file path" in p.stderr and not (place / "s3:").exists()
+    assert p.returncode == 2 and "--html s3://b/r.html: takes a local path here, not a URI" in p.stderr
+    assert not (place / "s3:").exists()
     # The staging directory of a remote --out (under ~/.cache): was "error: /proc/.cache: No such file or directory".
     env = {**os.environ, "HOME": "/proc/nope"}
     p = subprocess.run([sys.executable, "-m", "curriculum.cli", "build", "file.txt", "--out", "s3://b/m", "--tokenizer",

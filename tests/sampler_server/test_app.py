@@ -427,6 +427,22 @@ def test_settings_from_environment(monkeypatch, inputs):
     assert ServerSettings(seed=3).seed == 3  # explicit values win over the environment
 
 
+def test_local_path_settings_refuse_uris(inputs):
+    """--recipe, --progress-log, SAMPLER_INDEX_DIR, SAMPLER_CACHE_DIR live on this host: a URI
+    became a local folder named `s3:` (a Path folds `s3://b` into `s3:/b`)."""
+    from pydantic import ValidationError
+
+    for field in ("recipe", "progress_log", "index_dir", "cache_dir"):
+        kw = {"manifest": str(inputs[0]), "recipe": str(inputs[1]), field: "s3://bucket/x?endpoint_override=h:9"}
+        with pytest.raises(ValidationError, match="s3://bucket/x is a URI; this setting takes a local path"):
+            ServerSettings(**kw)
+    p = cli("serve", "--manifest", str(inputs[0]), "--recipe", "gs://bucket/r.toml", "--progress-log", "s3://b/p.jsonl")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2, err
+    assert "--recipe (or SAMPLER_RECIPE): gs://bucket/r.toml is a URI" in err and "--progress-log" in err
+    assert not (ROOT / "gs:").exists() and not (ROOT / "s3:").exists()
+
+
 def test_workers_get_the_real_tokens_and_tokens_are_trimmed(monkeypatch, inputs):
     # --workers N exported SAMPLER_AMEND_TOKEN=********** (pydantic's mask): the real amend token
     # got 401, and the mask itself amended the run.
