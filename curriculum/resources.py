@@ -64,11 +64,11 @@ def _ints(path: str) -> list[int] | None:
         return None  # e.g. "max"
 
 
-def _affinity() -> int:
+def _mask() -> frozenset[int] | None:
     try:
-        return len(os.sched_getaffinity(0))
+        return frozenset(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+        return None
 
 
 # The calling thread's CPU affinity when this module was imported (before any task runs). With
@@ -76,7 +76,21 @@ def _affinity() -> int:
 # is pinned to one CPU, and os.sched_getaffinity(0) reports the calling thread's mask: read after
 # a build's first task it said 1, and every later task of an inline build ran its kernels on one
 # thread.
-_AFFINITY = _affinity()
+_MASK = _mask()
+_AFFINITY = len(_MASK) if _MASK else (os.cpu_count() or 1)
+
+
+def unpin() -> None:
+    """Give the calling thread back the CPUs it had at import, after numba's OpenMP pool started on
+    it under OMP_PROC_BIND: threads and processes it starts later (the tokenizer's, a build's pool
+    processes) inherit its mask, and would all run on the one CPU it was pinned to."""
+    if _MASK is None:
+        return
+    try:
+        if frozenset(os.sched_getaffinity(0)) != _MASK:
+            os.sched_setaffinity(0, _MASK)
+    except OSError:  # e.g. a CPU taken away since (cpuset): keep what the system gives
+        pass
 
 
 def usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:

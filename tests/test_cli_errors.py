@@ -178,6 +178,14 @@ def test_trainer_settings_are_checked_before_anything_starts(place):
                  "--log-dir file.txt/logs: cannot write in file.txt/logs (Not a directory)",
                  "--summary emptydir: is a directory"):
         assert says in p.stderr, (says, p.stderr)
+    # Path() folded s3://b/ck into s3:/b/ck: checkpoints went to a local folder named "s3:".
+    p = run("trainer_client.cli", "train", "--server", "http://127.0.0.1:1", "--checkpoint-dir", "s3://b/ck",
+            "--log-dir", "gs://b/logs", "--summary", "s3://b/s.json", "--init-from", "s3://b/step_5", cwd=place)
+    assert p.returncode == 2 and "Connection refused" not in p.stderr, p.stderr
+    for flag, uri in (("--checkpoint-dir", "s3://b/ck"), ("--log-dir", "gs://b/logs"), ("--summary", "s3://b/s.json"),
+                      ("--init-from", "s3://b/step_5")):
+        assert f"{flag} {uri}: takes a local path here, not a URI" in p.stderr, p.stderr
+    assert not (place / "s3:").exists() and not (place / "gs:").exists()
     p = run("trainer_client.cli", "train", "--server", "http://127.0.0.1:1", "--nproc-per-node", "0", cwd=place)
     assert p.returncode == 2 and "'--nproc-per-node'" in p.stderr, p.stderr  # ran one rank
     assert "╭" not in p.stderr and p.stderr.startswith("Usage: ")  # plain lines, as curriculum's (was a rich box)

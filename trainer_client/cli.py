@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -70,6 +71,9 @@ def _how_it_ended(rc: int) -> str:
         except ValueError:
             return f"was killed by signal {-rc}"
     return f"exited with code {rc}"
+
+
+_URI_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # what Path() leaves of scheme://
 
 
 def usable_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
@@ -201,8 +205,12 @@ def train(
     """Train (or resume) until --steps, following the recipe's phases from the server."""
     # Checked before any rank starts: an unwritable --checkpoint-dir used to fail at the first
     # checkpoint, and an unwritable --summary after the whole run.
-    problems = _unwritable([("--checkpoint-dir", checkpoint_dir, False), ("--log-dir", log_dir, False),
-                            ("--summary", summary, True)])
+    problems = [f"{flag} {str(p).replace(':/', '://', 1)}: takes a local path here, not a URI"
+                for flag, p in (("--checkpoint-dir", checkpoint_dir), ("--log-dir", log_dir), ("--summary", summary),
+                                ("--init-from", init_from))
+                if p is not None and _URI_PATH.match(str(p))]  # Path() folded s3://b/ck into a local s3:/b/ck
+    problems = problems or _unwritable([("--checkpoint-dir", checkpoint_dir, False), ("--log-dir", log_dir, False),
+                                        ("--summary", summary, True)])
     if problems:
         typer.echo(f"trainer-client: {'; '.join(problems)}", err=True)
         raise typer.Exit(2)

@@ -115,7 +115,12 @@ for _ in range(3):
     _task_config(raw)
     seen.append(numba.get_num_threads())
     numba.njit(parallel=True)(lambda x: np.sum(x * 2.0))(np.ones(1000))  # a parallel region on this thread
-print(seen, numba.config.NUMBA_NUM_THREADS)
+import multiprocessing as mp
+import os
+ctx = mp.get_context("spawn")
+with ctx.Pool(1) as pool:  # a build's pool process, started from this thread after its tasks
+    child = pool.apply(os.sched_getaffinity, (0,))
+print(len(os.sched_getaffinity(0)), len(child), seen, numba.config.NUMBA_NUM_THREADS)
 """
 
 
@@ -129,5 +134,8 @@ def test_inline_tasks_keep_their_threads_under_openmp_binding(tmp_path):
     env.update(OMP_PROC_BIND="close", NUMBA_THREADING_LAYER="omp", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     out = subprocess.run([sys.executable, "-c", BOUND_TASKS], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    seen, pool = out.stdout.rsplit("]", 1)
+    here, child, rest = out.stdout.split(" ", 2)
+    seen, pool = rest.rsplit("]", 1)
     assert [int(x) for x in seen.strip("[ ").split(",")] == [min(int(pool), usable_cores())] * 3
+    # The thread that started the pool is unpinned, so what it starts later is not confined to one CPU.
+    assert int(here) == int(child) == len(os.sched_getaffinity(0))
