@@ -38,8 +38,9 @@ def _local(flag: str, *paths: Path | None) -> None:
     an output there was a folder named `s3:` in the working directory."""
     for p in paths:
         if p is not None and _URI_PATH.match(str(p)):
-            uri = str(p).replace(":/", "://", 1)
-            raise CurriculumError(f"{flag} {uri}: takes a local path here, not a URI")
+            from curriculum.storage import display  # no credentials or query string in the message
+
+            raise CurriculumError(f"{flag} {display(str(p).replace(':/', '://', 1))}: takes a local path here, not a URI")
 
 
 @app.command()
