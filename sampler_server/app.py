@@ -119,8 +119,9 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict]]:
         name = ".".join(loc[1:]) or "(whole body)"
         got = e.get("input")
         shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) and len(repr(got)) < 80 else ""
-        details.append({"param": name, "in": loc[0] if loc else None, "problem": e.get("msg", ""), "message":
-                        f"{kind} {name!r}: {e.get('msg', 'invalid')}{shown}"})
+        problem = e.get("msg", "invalid").removeprefix("Value error, ")  # pydantic's prefix for our validators' words
+        details.append({"param": name, "in": loc[0] if loc else None, "problem": problem, "message":
+                        f"{kind} {name!r}: {problem}{shown}"})
     return "; ".join(d["message"] for d in details), details
 
 
