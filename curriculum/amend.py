@@ -161,7 +161,7 @@ def _describe(exc: ValidationError, prefix: tuple = ()) -> tuple[list[str], list
         name = ".".join(loc) or "(amendment)"
         if name not in fields:
             fields.append(name)
-            parts.append(f"{name}: {e['msg']}")
+            parts.append(f"{name}: {e['msg'].removeprefix('Value error, ')}")  # pydantic's prefix for our own words
     return fields, parts
 
 

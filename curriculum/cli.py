@@ -434,7 +434,7 @@ def build(
             cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id,
         )
     except ValidationError as exc:
-        raise CurriculumError("; ".join(f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']} "
+        raise CurriculumError("; ".join(f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')} "
                                         f"(got {e.get('input')!r})" for e in exc.errors())) from None
     rep = run_build(cfg, executor=executor, workers=n_workers, ray_address=ray_address, work_dir=work_dir, retokenize=retokenize)
     from curriculum.storage import display

@@ -108,7 +108,7 @@ class ManifestMeta(BaseModel):
                 DocumentCounts.model_validate(docs)
             except ValidationError as exc:
                 e = exc.errors()[0]
-                raise ValueError(f"{'.'.join(['documents', *(str(x) for x in e['loc'])])}: {e['msg']}") from None
+                raise ValueError(f"{'.'.join(['documents', *(str(x) for x in e['loc'])])}: {e['msg'].removeprefix('Value error, ')}") from None
         return self
 
 

@@ -91,7 +91,12 @@ def test_invalid_field_is_named(data, field):
     exc = error_of(parse_amendment, data, "POST /v1/amendments")
     assert field in exc.fields
     assert str(exc).startswith("POST /v1/amendments: ")
-    assert f"{field}:" in str(exc)
+    assert f"{field}:" in str(exc) and "Value error" not in str(exc)  # pydantic's prefix before our own words
+
+
+def test_a_validator_message_reads_as_written(recipe):
+    exc = error_of(amend, recipe, 3, pretrain={"tau": 3.0})  # checked against the phase it changes
+    assert "changes.pretrain.tau: tau must be in [0, 1], got 3.0" in str(exc), str(exc)
 
 
 def test_unknown_fields_are_rejected():
