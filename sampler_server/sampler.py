@@ -32,6 +32,7 @@ from curriculum.errors import CurriculumError
 from curriculum.manifest import Manifest, read_manifest
 from curriculum.plan import PhasePlan, plan_phase
 from curriculum.recipe import Phase, Recipe, load_recipe
+from curriculum.resources import unpin
 from curriculum.schedule import StepInfo, Timeline
 from curriculum.shards import ShardError, open_shard
 from sampler_server.cache import DEFAULT_CACHE_BYTES, ShardCache
@@ -636,6 +637,7 @@ class Sampler:
         labels = np.empty((n, L), np.int32)
         prev = numba.get_num_threads()
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # this thread only
+        unpin()  # OMP_PROC_BIND pins the thread that starts the pool: each --workers process's to the same CPU
         try:
             cu = assemble(table, row_first, np.int64(tok.cls_id), np.int64(tok.sep_id), input_ids, labels, keys,
                           ratios, self._is_special, np.int32(tok.mask_id), self._random_pool, self._pool_run,

@@ -225,3 +225,38 @@ def test_a_damaged_index_file_is_ignored_with_a_warning_and_rewritten(corpus, tm
     assert [s.batch(t).input_ids.tobytes() for t in steps] == [plain.batch(t).input_ids.tobytes() for t in steps]
     s.build_index()
     assert all(np.load(f).shape[0] > 1 for f in files)  # written again, whole
+
+
+BOUND_BATCH = """
+import json, os, sys, threading
+from curriculum.recipe import parse_recipe
+from sampler_server.sampler import Sampler
+
+s = Sampler(sys.argv[1], parse_recipe(json.loads(sys.argv[2])), seed=7, chunk=64, block_tokens=4096)
+out = {}
+
+def serve():  # a server's batch thread: the first batch starts numba's pool on it
+    s.batch(0)
+    out["after"] = len(os.sched_getaffinity(0))
+
+t = threading.Thread(target=serve)
+t.start()
+t.join()
+print(len(os.sched_getaffinity(0)), out["after"])
+"""
+
+
+def test_a_batch_thread_is_not_left_pinned_under_openmp_binding(corpus, tmp_path):
+    """OMP_PROC_BIND pins the thread that starts numba's pool to one CPU (the first of its mask):
+    every replica's batch thread, and every `--workers` process's, would share that CPU."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    env.update(OMP_PROC_BIND="close", NUMBA_THREADING_LAYER="omp", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    p = subprocess.run([sys.executable, "-c", BOUND_BATCH, str(corpus), json.dumps(SCALED_MMBERT)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == [str(len(os.sched_getaffinity(0)))] * 2
