@@ -43,6 +43,7 @@ from sampler_server.kernels.rng import sequence_keys
 from sampler_server.streams import DEFAULT_BLOCK_TOKENS, LanguageStream, Runs
 
 log = logging.getLogger("sampler_server.sampler")
+_thread_state = threading.local()
 
 
 @dataclass(frozen=True)
@@ -637,7 +638,11 @@ class Sampler:
         labels = np.empty((n, L), np.int32)
         prev = numba.get_num_threads()
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # this thread only
-        unpin()  # OMP_PROC_BIND pins the thread that starts the pool: each --workers process's to the same CPU
+        if not getattr(_thread_state, "unpinned", False):
+            # OMP_PROC_BIND pins the thread that starts the pool (in each --workers process, to the
+            # same CPU); the pool starts once, in a thread's first call here: check once a thread.
+            unpin()
+            _thread_state.unpinned = True
         try:
             cu = assemble(table, row_first, np.int64(tok.cls_id), np.int64(tok.sep_id), input_ids, labels, keys,
                           ratios, self._is_special, np.int32(tok.mask_id), self._random_pool, self._pool_run,
