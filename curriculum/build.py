@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curriculum.errors import CurriculumError
 from curriculum.executors import make_executor
-from curriculum.resources import unpin, usable_cores
+from curriculum.resources import set_kernel_threads, usable_cores
 
 WORK = ".work"
 WORK_LAYOUT = 3  # bump when task outputs change form: a work dir of another layout is not resumed
@@ -425,8 +425,7 @@ def _task_config(raw: dict) -> BuildConfig:
     import numba
 
     # Per calling thread; build() gives the caller's count back.
-    numba.set_num_threads(1 if cfg.tokenizer_threads == 1 else min(numba.config.NUMBA_NUM_THREADS, usable_cores()))
-    unpin()  # starting the pool may have pinned this thread (OMP_PROC_BIND), and what it starts inherits that
+    set_kernel_threads(1 if cfg.tokenizer_threads == 1 else min(numba.config.NUMBA_NUM_THREADS, usable_cores()))
     return cfg
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,21 @@ def _mask() -> frozenset[int] | None:
 # thread.
 _MASK = _mask()
 _AFFINITY = len(_MASK) if _MASK else (os.cpu_count() or 1)
+
+
+_unpinned = threading.local()
+
+
+def set_kernel_threads(n: int) -> None:
+    """`numba.set_num_threads(n)` for the calling thread, which starts numba's pool on the first call
+    in a process; the first call in each thread then gives it its CPUs back (`unpin`). Every place
+    that sets a thread count goes through here, so no thread stays pinned under OMP_PROC_BIND."""
+    import numba
+
+    numba.set_num_threads(n)
+    if not getattr(_unpinned, "done", False):  # the pool starts once, in some thread's first call
+        unpin()
+        _unpinned.done = True
 
 
 def unpin() -> None:

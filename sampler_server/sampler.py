@@ -32,7 +32,7 @@ from curriculum.errors import CurriculumError
 from curriculum.manifest import Manifest, read_manifest
 from curriculum.plan import PhasePlan, plan_phase
 from curriculum.recipe import Phase, Recipe, load_recipe
-from curriculum.resources import unpin
+from curriculum.resources import set_kernel_threads
 from curriculum.schedule import StepInfo, Timeline
 from curriculum.shards import ShardError, open_shard
 from sampler_server.cache import DEFAULT_CACHE_BYTES, ShardCache
@@ -43,7 +43,6 @@ from sampler_server.kernels.rng import sequence_keys
 from sampler_server.streams import DEFAULT_BLOCK_TOKENS, LanguageStream, Runs
 
 log = logging.getLogger("sampler_server.sampler")
-_thread_state = threading.local()
 
 
 @dataclass(frozen=True)
@@ -637,12 +636,9 @@ class Sampler:
         input_ids = np.empty((n, L), np.int32)
         labels = np.empty((n, L), np.int32)
         prev = numba.get_num_threads()
-        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # this thread only
-        if not getattr(_thread_state, "unpinned", False):
-            # OMP_PROC_BIND pins the thread that starts the pool (in each --workers process, to the
-            # same CPU); the pool starts once, in a thread's first call here: check once a thread.
-            unpin()
-            _thread_state.unpinned = True
+        # This thread only; unpinned under OMP_PROC_BIND (else each --workers process's batch thread
+        # sits on the same CPU).
+        set_kernel_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         try:
             cu = assemble(table, row_first, np.int64(tok.cls_id), np.int64(tok.sep_id), input_ids, labels, keys,
                           ratios, self._is_special, np.int32(tok.mask_id), self._random_pool, self._pool_run,
